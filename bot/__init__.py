@@ -1,0 +1,1 @@
+"""The latent-painter application: command line, worker loop and Discord bot."""
