@@ -1,0 +1,267 @@
+"""Settings: built-in defaults < ``--config`` file < environment < command-line flags.
+
+Every key of every section can be set from the environment as
+``LATENT_PAINTER_<SECTION>_<KEY>`` (``LATENT_PAINTER_MODEL_ID=tiny``). Values are
+checked once, here, and a bad one fails start-up naming its key and what is allowed.
+The Discord token is never a setting: it is read from ``DISCORD_TOKEN`` only.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, get_type_hints
+
+ENV_PREFIX = "LATENT_PAINTER_"
+EFFECTS = ("strokes", "glow", "flip", "fade", "dissolve", "sharpen")
+SCHEDULERS = ("default", "ddim", "euler", "euler_a", "dpmpp", "pndm", "lms", "heun")
+FORMATS = ("mp4", "gif", "webp")
+
+
+class ConfigError(ValueError):
+    """A setting with a value that is not allowed; the message names the key."""
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    # Hub id, local directory, "tiny" (built-in offline test model) or "analytic" (closed-form, no weights).
+    id: str = "tiny"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    dtype: str = "auto"  # auto (fp16 on CUDA, else fp32) | float32 | float16 | bfloat16
+    scheduler: str = "default"
+    decoder: str = "vae"  # vae | taesd
+    taesd_id: str = ""  # hub id or local directory of an AutoencoderTiny, used when decoder = "taesd"
+
+
+@dataclass(frozen=True)
+class PainterSettings:
+    effect: str = "strokes"
+    steps: int = 30
+    guidance: float = 7.5
+    width: int = 512
+    height: int = 512
+    max_side: int = 1024
+    max_steps: int = 100
+    fps: int = 30
+    duration: float = 15.0
+    theta: float = 0.08
+    neighbourhood: int = 3
+    release: float = 0.35
+    move_sigma: float = 6.0
+    strength: float = 0.6
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    format: str = "mp4"
+    max_bytes: int = 10 * 1024 * 1024
+    paper_color: str = "#f5f0e6"
+    crf: int = 20
+    batch_size: int = 8
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    data_dir: str = "./data"
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    url: str = ""  # empty: SQLite file latent-painter.db under [storage] data_dir
+
+
+@dataclass(frozen=True)
+class QueueSettings:
+    lease_seconds: float = 120.0
+    heartbeat_seconds: float = 10.0
+    max_attempts: int = 3
+    per_user_cap: int = 3
+    poll_seconds: float = 1.0
+    backoff_seconds: float = 5.0
+
+
+@dataclass(frozen=True)
+class DiscordSettings:
+    api_base: str = "https://discord.com/api/v10"
+    gateway_url: str = "wss://gateway.discord.gg/"
+    sync_guild: int = 0
+    max_prompt_length: int = 500
+    sizes: str = "512x512,512x768,768x512"
+    upload_limit: int = 10 * 1024 * 1024
+    progress_seconds: float = 3.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: ModelSettings = field(default_factory=ModelSettings)
+    painter: PainterSettings = field(default_factory=PainterSettings)
+    render: RenderSettings = field(default_factory=RenderSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    queue: QueueSettings = field(default_factory=QueueSettings)
+    discord: DiscordSettings = field(default_factory=DiscordSettings)
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.storage.data_dir).expanduser()
+
+    @property
+    def database_url(self) -> str:
+        if self.database.url:
+            return self.database.url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'latent-painter.db').resolve()}"
+
+
+CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("model", "dtype"): ("auto", "float32", "float16", "bfloat16"),
+    ("model", "scheduler"): SCHEDULERS,
+    ("model", "decoder"): ("vae", "taesd"),
+    ("painter", "effect"): EFFECTS,
+    ("render", "format"): FORMATS,
+}
+
+# (section, key) -> (low, high), inclusive; None for an open end.
+RANGES: dict[tuple[str, str], tuple[float | None, float | None]] = {
+    ("painter", "steps"): (1, 500),
+    ("painter", "guidance"): (0.0, 50.0),
+    ("painter", "width"): (8, 4096),
+    ("painter", "height"): (8, 4096),
+    ("painter", "max_side"): (8, 4096),
+    ("painter", "max_steps"): (1, 500),
+    ("painter", "fps"): (1, 120),
+    ("painter", "duration"): (0.5, 600.0),
+    ("painter", "theta"): (0.0, None),
+    ("painter", "neighbourhood"): (1, 64),
+    ("painter", "release"): (0.0, 1.0),
+    ("painter", "move_sigma"): (0.0, None),
+    ("painter", "strength"): (0.01, 1.0),
+    ("render", "max_bytes"): (10_000, None),
+    ("render", "crf"): (0, 51),
+    ("render", "batch_size"): (1, 256),
+    ("queue", "lease_seconds"): (1.0, None),
+    ("queue", "heartbeat_seconds"): (0.1, None),
+    ("queue", "max_attempts"): (1, 100),
+    ("queue", "per_user_cap"): (1, 1000),
+    ("queue", "poll_seconds"): (0.01, None),
+    ("queue", "backoff_seconds"): (0.0, None),
+    ("discord", "max_prompt_length"): (1, 2000),
+    ("discord", "upload_limit"): (100_000, None),
+    ("discord", "progress_seconds"): (1.0, None),
+}
+
+
+def _coerce(section: str, key: str, kind: type, value: Any) -> Any:
+    name = f"[{section}] {key}"
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if kind is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if kind is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if not isinstance(value, str | int | float):
+            raise ValueError
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be {kind.__name__}, got {value!r}") from None
+
+
+def _check(section: str, key: str, value: Any) -> None:
+    name = f"[{section}] {key}"
+    allowed = CHOICES.get((section, key))
+    if allowed is not None and value not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+    bounds = RANGES.get((section, key))
+    if bounds is not None:
+        low, high = bounds
+        if (low is not None and value < low) or (high is not None and value > high):
+            span = f"{low if low is not None else '-inf'}..{high if high is not None else 'inf'}"
+            raise ConfigError(f"{name} must be in {span}; got {value!r}")
+
+
+def _section_types(section_cls: type) -> dict[str, type]:
+    hints = get_type_hints(section_cls)
+    return {f.name: hints[f.name] for f in fields(section_cls)}
+
+
+def _apply(settings: Settings, updates: Mapping[str, Mapping[str, Any]], origin: str) -> Settings:
+    sections = {f.name: getattr(settings, f.name) for f in fields(Settings)}
+    for section, values in updates.items():
+        if section not in sections:
+            raise ConfigError(f"{origin}: unknown section [{section}]; sections are {', '.join(sections)}")
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"{origin}: [{section}] must be a table of keys")
+        types = _section_types(type(sections[section]))
+        changed = {}
+        for key, value in values.items():
+            if key not in types:
+                raise ConfigError(
+                    f"{origin}: unknown key [{section}] {key}; keys are {', '.join(types)}"
+                )
+            coerced = _coerce(section, key, types[key], value)
+            _check(section, key, coerced)
+            changed[key] = coerced
+        sections[section] = replace(sections[section], **changed)
+    return Settings(**sections)
+
+
+def _env_updates(env: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    updates: dict[str, dict[str, str]] = {}
+    for f in fields(Settings):
+        section = f.name
+        for key in _section_types(type(getattr(Settings(), section))):
+            name = f"{ENV_PREFIX}{section.upper()}_{key.upper()}"
+            if name in env:
+                updates.setdefault(section, {})[key] = env[name]
+    return updates
+
+
+def load_settings(
+    config_path: str | Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Settings:
+    """Build the settings from a TOML file, the environment and flag overrides, in that order."""
+    env = os.environ if env is None else env
+    settings = Settings()
+    if config_path is None and env.get(f"{ENV_PREFIX}CONFIG"):
+        config_path = env[f"{ENV_PREFIX}CONFIG"]
+    if config_path is not None:
+        path = Path(config_path).expanduser()
+        try:
+            with path.open("rb") as handle:
+                data = tomllib.load(handle)
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"config file {path} cannot be read: {exc}") from None
+        settings = _apply(settings, data, str(path))
+    settings = _apply(settings, _env_updates(env), "environment")
+    if overrides:
+        cleaned = {s: {k: v for k, v in vals.items() if v is not None} for s, vals in overrides.items()}
+        settings = _apply(settings, {s: v for s, v in cleaned.items() if v}, "command line")
+    return settings
+
+
+def discord_token(env: Mapping[str, str] | None = None) -> str:
+    """The bot token from ``DISCORD_TOKEN``; never logged, never stored in settings."""
+    env = os.environ if env is None else env
+    token = env.get("DISCORD_TOKEN", "").strip()
+    if not token:
+        raise ConfigError("DISCORD_TOKEN is not set: export the bot token in the environment")
+    return token
