@@ -1,0 +1,288 @@
+"""Transition plans (painter/transition.py) on small synthetic trails built directly."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from painter.trail import Trail, TrailError, TrailMeta
+from painter.transition import (
+    TransitionError,
+    build_plan,
+    chain_plans,
+    check_compatible,
+    resize_trail,
+)
+
+VAE = "tiny/vae-a"
+
+
+def make_trail(
+    steps: int,
+    *,
+    seed: int,
+    size: tuple[int, int] = (8, 8),
+    channels: int = 4,
+    model_id: str = "tiny/unet-a",
+    vae_id: str = VAE,
+    scaling_factor: float = 0.18215,
+    space: str = "latent",
+) -> Trail:
+    """A trail whose entries are all different, shaped like x0-hat: a coarse start settling on a final."""
+    h, w = size
+    gen = torch.Generator().manual_seed(seed)
+    final = torch.randn(channels, h, w, generator=gen)
+    noise = torch.randn(steps, channels, h, w, generator=gen)
+    # Entry t is the final plus a shrinking error, so later entries lie closer to the final.
+    scale = torch.linspace(1.0, 0.0, steps).view(-1, 1, 1, 1)
+    latents = final + noise * scale
+    cell = 8 if space == "latent" else 1
+    meta = TrailMeta(
+        model_id=model_id,
+        vae_id=vae_id,
+        scaling_factor=scaling_factor,
+        space=space,
+        prompt=f"trail {seed}",
+        seed=seed,
+        steps=steps,
+        width=w * cell,
+        height=h * cell,
+    )
+    return Trail(latents=latents, timesteps=torch.linspace(999, 0, steps), meta=meta)
+
+
+def distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).pow(2).sum().sqrt())
+
+
+# --- schedule guidance ------------------------------------------------------------------
+
+
+def test_full_depth_runs_source_backwards_then_destination_forwards() -> None:
+    src, dst = make_trail(6, seed=1), make_trail(5, seed=2)
+    plan = build_plan(src, dst)
+
+    assert torch.equal(plan.start, src.final)
+    # Backwards from the entry before the final (the canvas already shows the final) to the first.
+    assert plan.meta.forward_start == 5
+    assert torch.equal(plan.plan[:5], src.latents[:5].flip(0))
+    assert torch.equal(plan.plan[4], src.latents[0])
+    # Then the whole destination trail forwards, ending exactly on its final.
+    assert torch.equal(plan.plan[5:], dst.latents)
+    assert torch.equal(plan.plan[-1], dst.final)
+    assert len(plan) == len(src) - 1 + len(dst)
+    assert not torch.equal(plan.plan[0], plan.start)
+
+
+@pytest.mark.parametrize(
+    ("depth", "back", "forward"),
+    [(1.0, 10, 8), (0.5, 5, 4), (0.25, 3, 2), (0.05, 1, 1)],
+)
+def test_depth_sets_how_far_back_and_where_the_destination_starts(
+    depth: float, back: int, forward: int
+) -> None:
+    src, dst = make_trail(11, seed=3), make_trail(9, seed=4)
+    plan = build_plan(src, dst, depth=depth)
+
+    assert plan.meta.forward_start == back
+    assert len(plan) == back + forward + 1
+    # Backward half: src[T-2], src[T-3], ... down to the depth point src[T-1-back].
+    assert torch.equal(plan.plan[:back], src.latents[len(src) - 1 - back : len(src) - 1].flip(0))
+    # Forward half enters the destination at the same fraction from its end.
+    assert torch.equal(plan.plan[back:], dst.latents[len(dst) - 1 - forward :])
+    assert torch.equal(plan.plan[-1], dst.final)
+    assert plan.meta.depth == depth
+
+
+def test_shallower_depth_keeps_more_of_the_source() -> None:
+    src, dst = make_trail(21, seed=5), make_trail(21, seed=6)
+    # The farthest point the backward half reaches from the source's final.
+    reach = []
+    for depth in (0.2, 0.5, 1.0):
+        plan = build_plan(src, dst, depth=depth)
+        reach.append(max(distance(p, src.final) for p in plan.plan[: plan.meta.forward_start]))
+    assert reach[0] < reach[1] < reach[2]
+
+
+def test_single_entry_trails_jump_straight_to_the_destination() -> None:
+    src, dst = make_trail(1, seed=7), make_trail(1, seed=8)
+    plan = build_plan(src, dst, depth=0.5)
+    assert len(plan) == 1
+    assert torch.equal(plan.plan[0], dst.final)
+    assert torch.equal(plan.start, src.final)
+
+
+# --- interpolate guidance --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("interp_steps", [None, 1, 7, 40])
+def test_interpolate_moves_monotonically_to_the_destination(interp_steps: int | None) -> None:
+    src, dst = make_trail(6, seed=9), make_trail(12, seed=10)
+    plan = build_plan(src, dst, guidance="interpolate", interp_steps=interp_steps)
+
+    assert len(plan) == (interp_steps or len(dst))
+    assert torch.equal(plan.start, src.final)
+    assert torch.equal(plan.plan[-1], dst.final)
+    distances = [distance(src.final, dst.final)] + [distance(p, dst.final) for p in plan.plan]
+    assert all(b < a for a, b in zip(distances, distances[1:], strict=False)), distances
+    assert distances[-1] == 0.0
+    # The targets lie on the straight line between the two finals (no schedule used).
+    for k, target in enumerate(plan.plan, start=1):
+        expected = torch.lerp(src.final, dst.final, k / len(plan))
+        assert torch.allclose(target, expected, atol=1e-6)
+    assert plan.meta.guidance == "interpolate"
+
+
+# --- compatibility ---------------------------------------------------------------------
+
+
+def test_different_unets_sharing_a_vae_are_compatible() -> None:
+    src = make_trail(4, seed=11, model_id="tiny/unet-a")
+    dst = make_trail(4, seed=12, model_id="tiny/unet-b")
+    check_compatible(src, dst)
+    plan = build_plan(src, dst)
+    assert plan.meta.model_ids == ["tiny/unet-a", "tiny/unet-b"]
+    decode = plan.trail_meta()
+    assert (decode.vae_id, decode.scaling_factor, decode.space) == (VAE, 0.18215, "latent")
+    assert (decode.width, decode.height) == (64, 64)
+    assert decode.model_id == "tiny/unet-b"
+
+
+def test_different_vaes_are_refused_naming_both() -> None:
+    src = make_trail(4, seed=13, model_id="tiny/unet-a", vae_id="tiny/vae-a")
+    dst = make_trail(4, seed=14, model_id="other/unet-b", vae_id="other/vae-b")
+    with pytest.raises(TransitionError) as info:
+        build_plan(src, dst)
+    message = str(info.value)
+    for name in ("tiny/vae-a", "other/vae-b", "tiny/unet-a", "other/unet-b"):
+        assert name in message
+    assert isinstance(info.value, TrailError)
+
+
+def test_same_vae_id_with_different_scaling_is_refused() -> None:
+    src = make_trail(4, seed=15, scaling_factor=0.18215)
+    dst = make_trail(4, seed=16, scaling_factor=0.13025)
+    with pytest.raises(TransitionError, match=r"different VAEs.*0\.18215.*0\.13025"):
+        check_compatible(src, dst)
+
+
+def test_missing_vae_id_or_mixed_spaces_are_refused() -> None:
+    with pytest.raises(TransitionError, match="records no VAE id"):
+        check_compatible(make_trail(3, seed=17, vae_id=""), make_trail(3, seed=18))
+    pixel = make_trail(3, seed=19, space="pixel", channels=3, vae_id="")
+    with pytest.raises(TransitionError, match="latent space .* pixel space"):
+        check_compatible(make_trail(3, seed=20), pixel)
+    # Pixel space needs no VAE: two pixel trails combine.
+    build_plan(pixel, make_trail(3, seed=21, space="pixel", channels=3, vae_id=""))
+
+
+def test_different_channel_counts_are_refused() -> None:
+    with pytest.raises(TransitionError, match=r"latent channels differ \(4 vs 3\)"):
+        check_compatible(make_trail(3, seed=22), make_trail(3, seed=23, channels=3))
+
+
+def test_different_sizes_need_resize() -> None:
+    src = make_trail(5, seed=24, size=(64, 64))
+    dst = make_trail(4, seed=25, size=(64, 96))
+    with pytest.raises(TransitionError, match=r"sizes differ \(64×64 vs 96×64 latents\).*--resize"):
+        build_plan(src, dst)
+
+    plan = build_plan(src, dst, resize=True)
+    assert plan.plan.shape == (len(src) - 1 + len(dst), 4, 64, 64)
+    assert plan.meta.resized
+    resized = resize_trail(dst, (64, 64))
+    assert torch.equal(plan.plan[-1], resized.final)
+    assert torch.equal(plan.plan[plan.meta.forward_start :], resized.latents)
+
+
+def test_resize_trail_averages_and_updates_the_size() -> None:
+    # Vertical stripes 1,0,0,0: a 4× shrink must average them (antialiasing), not sample the
+    # zeros between (plain bilinear gives 0 here); the border columns are clamped, so skip them.
+    stripes = torch.tensor([1.0, 0.0, 0.0, 0.0]).repeat(8).expand(2, 4, 16, 32).clone()
+    trail = Trail(
+        latents=stripes,
+        timesteps=torch.tensor([10.0, 0.0]),
+        meta=TrailMeta(vae_id=VAE, width=256, height=128),
+    )
+    small = resize_trail(trail, (4, 8))
+    assert small.latents.shape == (2, 4, 4, 8)
+    inner = small.latents[..., 1:-1]
+    assert torch.allclose(inner, torch.full_like(inner, 0.25), atol=1e-5)
+    assert (small.meta.width, small.meta.height) == (64, 32)
+    assert small.meta.extra["resized_from"] == [16, 32]
+    assert torch.equal(trail.latents, stripes)  # the input trail is left alone
+
+    pixel = make_trail(2, seed=26, space="pixel", channels=3, vae_id="", size=(16, 16))
+    grown = resize_trail(pixel, (24, 32))
+    assert (grown.meta.width, grown.meta.height) == (32, 24)
+    with pytest.raises(ValueError, match="at least 1×1"):
+        resize_trail(pixel, (0, 4))
+
+
+# --- bad options -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("depth", [0.0, -0.5, 1.01, 2, math.nan])
+def test_depth_outside_range_is_refused(depth: float) -> None:
+    with pytest.raises(ValueError, match=r"depth must be in \(0, 1\]"):
+        build_plan(make_trail(3, seed=27), make_trail(3, seed=28), depth=depth)
+
+
+def test_unknown_guidance_and_bad_interp_steps_are_refused() -> None:
+    src, dst = make_trail(3, seed=29), make_trail(3, seed=30)
+    with pytest.raises(ValueError, match="guidance must be one of schedule, interpolate"):
+        build_plan(src, dst, guidance="slerp")
+    with pytest.raises(ValueError, match="only to guidance='interpolate'"):
+        build_plan(src, dst, interp_steps=5)
+    with pytest.raises(ValueError, match="interp_steps must be"):
+        build_plan(src, dst, guidance="interpolate", interp_steps=0)
+
+
+# --- chains ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("guidance", ["schedule", "interpolate"])
+def test_chain_of_three_lands_on_each_final_at_hop_boundaries(guidance: str) -> None:
+    a, b, c = make_trail(5, seed=31), make_trail(6, seed=32, model_id="tiny/unet-b"), make_trail(4, seed=33)
+    plan = chain_plans([a, b, c], guidance=guidance, depth=0.6)
+
+    assert torch.equal(plan.start, a.final)
+    first_end, second_end = plan.meta.hop_ends
+    assert torch.equal(plan.plan[first_end], b.final)
+    assert torch.equal(plan.plan[second_end], c.final)
+    assert second_end == len(plan) - 1
+    # Each hop is exactly the single transition between its two trails.
+    ab = build_plan(a, b, guidance=guidance, depth=0.6)
+    bc = build_plan(b, c, guidance=guidance, depth=0.6)
+    assert torch.equal(plan.plan, torch.cat([ab.plan, bc.plan]))
+    assert plan.meta.forward_starts == [ab.meta.forward_start, len(ab) + bc.meta.forward_start]
+    assert plan.meta.model_ids == ["tiny/unet-a", "tiny/unet-b", "tiny/unet-a"]
+
+
+def test_chain_resizes_every_hop_to_the_first_size() -> None:
+    a = make_trail(3, seed=34, size=(8, 8))
+    b = make_trail(3, seed=35, size=(8, 12))
+    c = make_trail(3, seed=36, size=(8, 12))
+    with pytest.raises(TransitionError, match="sizes differ"):
+        chain_plans([a, b, c])
+    plan = chain_plans([a, b, c], resize=True)
+    assert plan.plan.shape[1:] == (4, 8, 8)
+    assert torch.equal(plan.plan[plan.meta.hop_ends[0]], resize_trail(b, (8, 8)).final)
+    assert torch.equal(plan.plan[-1], resize_trail(c, (8, 8)).final)
+
+
+def test_chain_refuses_too_few_trails_and_a_foreign_vae_anywhere() -> None:
+    a, b = make_trail(3, seed=37), make_trail(3, seed=38)
+    with pytest.raises(TransitionError, match="at least two trails"):
+        chain_plans([a])
+    odd = make_trail(3, seed=39, vae_id="other/vae", model_id="other/unet")
+    with pytest.raises(TransitionError, match="other/vae"):
+        chain_plans([a, b, odd])
+
+
+def test_plans_from_saved_trails_match_the_originals(tmp_path) -> None:
+    src, dst = make_trail(5, seed=40), make_trail(5, seed=41, model_id="tiny/unet-b")
+    loaded = [Trail.load(t.save(tmp_path / f"{i}.safetensors")) for i, t in enumerate((src, dst))]
+    assert torch.equal(build_plan(*loaded, depth=0.5).plan, build_plan(src, dst, depth=0.5).plan)
