@@ -17,7 +17,7 @@ from typing import Any, get_type_hints
 
 ENV_PREFIX = "LATENT_PAINTER_"
 EFFECTS = ("strokes", "glow", "flip", "fade", "dissolve", "sharpen")
-SCHEDULERS = ("default", "ddim", "euler", "euler_a", "dpmpp", "pndm", "lms", "heun")
+SCHEDULERS = ("default", "ddim", "euler", "euler_a", "dpmpp", "pndm", "heun")
 FORMATS = ("mp4", "gif", "webp")
 
 

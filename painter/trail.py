@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorsError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 FORMAT_VERSION = 1
@@ -114,7 +114,7 @@ class Trail:
 
             with safe_open(str(path), framework="pt") as handle:
                 metadata = handle.metadata() or {}
-        except (SafetensorsError, OSError, ValueError, RuntimeError) as exc:
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
             raise TrailError(f"{path} is not a readable trail file (damaged or truncated): {exc}") from exc
         if metadata.get("format") != "latent-painter-trail":
             raise TrailError(f"{path} is a safetensors file but not a Latent Painter trail")

@@ -1,0 +1,184 @@
+"""From a plan to a finished animation: paint → decode → lay on paper → encode → fit.
+
+This is the one place the painter's stages meet, used alike by ``latent-painter
+paint``, transitions and the queue's worker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, PngImagePlugin
+
+from painter.decode import DEFAULT_PAPER, Decoder, lay_on_paper, to_uint8
+from painter.effects import paint
+from painter.frame import Frame
+from painter.heatmap import HeatmapAccumulator
+from painter.video import FORMATS, FrameEncoder, VideoInfo, fit_to_budget
+
+FrameCallback = Callable[[int, int, np.ndarray], None]
+
+
+class AnimationError(ValueError):
+    """Animation settings that cannot be rendered; the message is meant for the user."""
+
+
+@dataclass
+class AnimationSpec:
+    """How the animation should look and how large it may be."""
+
+    effect: str = "strokes"
+    fps: int = 30
+    duration: float = 15.0
+    # The finished picture stays on screen this long at the end (inside ``duration``).
+    hold: float = 1.0
+    format: str = "mp4"
+    max_bytes: int = 10 * 1024 * 1024
+    paper: tuple[int, int, int] = DEFAULT_PAPER
+    crf: int = 20
+    batch_size: int = 8
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def total_frames(self) -> int:
+        return max(1, round(self.fps * self.duration))
+
+    @property
+    def hold_frames(self) -> int:
+        return min(round(self.hold * self.fps), self.total_frames - 1)
+
+    def validate(self) -> None:
+        if self.format not in FORMATS:
+            raise AnimationError(f"unknown format {self.format!r}; use {', '.join(FORMATS)}")
+        if not 1 <= self.fps <= 120:
+            raise AnimationError(f"fps {self.fps} must be between 1 and 120")
+        if not 0.5 <= self.duration <= 600:
+            raise AnimationError(f"duration {self.duration} s must be between 0.5 and 600")
+        if self.max_bytes < 10_000:
+            raise AnimationError(f"max bytes {self.max_bytes} must be at least 10000")
+
+
+@dataclass
+class Animation:
+    """What was written, with the pictures a caller shows beside the video."""
+
+    video: VideoInfo
+    heatmap: Image.Image
+    last_frame: np.ndarray
+    frames_painted: int
+
+
+def _batched(frames: Iterator[Frame], size: int) -> Iterator[list[Frame]]:
+    batch: list[Frame] = []
+    for frame in frames:
+        batch.append(frame)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def animate(
+    plan: torch.Tensor,
+    decoder: Decoder,
+    spec: AnimationSpec,
+    out: str | Path,
+    *,
+    start: torch.Tensor | None = None,
+    space: str = "latent",
+    on_frame: FrameCallback | None = None,
+) -> Animation:
+    """Paint ``plan`` with ``spec.effect`` and write the animation to ``out``.
+
+    With ``start=None`` the canvas is blank paper and cells appear as they are first
+    painted; with a start canvas (transitions, repainting a picture) it is shown
+    whole from the first frame. The last frame is the plan's last entry exactly,
+    decoded, and ``out`` appears only when complete.
+    """
+    spec.validate()
+    out = Path(out)
+    total, hold = spec.total_frames, spec.hold_frames
+    painted_frames = total - hold
+    frames = paint(plan, spec.effect, start=start, frames=painted_frames, **spec.params)
+    _, channels, height, width = plan.shape
+    painted = torch.full((height, width), start is not None, dtype=torch.bool, device=plan.device)
+    heat = HeatmapAccumulator((channels, height, width), device=plan.device)
+    master = out.with_name(f".{out.name}.master.mp4")
+    done = 0
+    last: np.ndarray | None = None
+    try:
+        encoder: FrameEncoder | None = None
+        for batch in _batched(frames, spec.batch_size):
+            coverage = []
+            for frame in batch:
+                heat.add(frame.mask)
+                painted |= frame.mask.any(dim=0)
+                coverage.append(painted.clone())
+            if done + len(batch) >= painted_frames:
+                # The finished picture shows everywhere, even where no frame changed a cell.
+                coverage[-1] = torch.ones_like(painted)
+            canvases = torch.stack([frame.canvas for frame in batch])
+            rgb = lay_on_paper(decoder.decode_float(canvases), torch.stack(coverage), spec.paper)
+            images = to_uint8(rgb)
+            if encoder is None:
+                size = (images.shape[2], images.shape[1])
+                encoder = FrameEncoder(master, size=size, fps=spec.fps, crf=spec.crf).__enter__()
+            for image in images:
+                encoder.write(image)
+                done += 1
+                if on_frame is not None:
+                    on_frame(done, total, image)
+            last = images[-1]
+        if encoder is None or last is None:
+            raise AnimationError("the effect produced no frames")
+        for _ in range(hold):
+            encoder.write(last)
+            done += 1
+            if on_frame is not None:
+                on_frame(done, total, last)
+        encoder.__exit__(None, None, None)
+        encoder = None
+        video = fit_to_budget(
+            master,
+            out,
+            spec.format,
+            fps=spec.fps,
+            frames=done,
+            width=last.shape[1],
+            height=last.shape[0],
+            max_bytes=spec.max_bytes,
+        )
+    except BaseException:
+        if encoder is not None:
+            encoder.__exit__(None, None, None)
+        master.unlink(missing_ok=True)
+        out.unlink(missing_ok=True)
+        raise
+    heatmap = heat.image((last.shape[1], last.shape[0]), space=space)
+    return Animation(video=video, heatmap=heatmap, last_frame=last, frames_painted=painted_frames)
+
+
+def decode_image(decoder: Decoder, latent: torch.Tensor) -> Image.Image:
+    """The final picture: one latent ``[C, H, W]`` decoded to a PIL image."""
+    return Image.fromarray(decoder.decode(latent[None])[0], "RGB")
+
+
+def save_png(image: Image.Image, path: str | Path, text: dict[str, Any] | None = None) -> Path:
+    """Write a PNG with ``text`` as its tEXt metadata, atomically."""
+    path = Path(path)
+    info = PngImagePlugin.PngInfo()
+    for key, value in (text or {}).items():
+        info.add_text(str(key), str(value))
+    tmp = path.with_name(f".{path.name}.partial")
+    try:
+        image.save(tmp, format="PNG", pnginfo=info)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

@@ -1,0 +1,309 @@
+"""Load Stable Diffusion-family pipelines, or build the tiny offline one.
+
+Production loads a hub id or a local directory through diffusers' own
+``from_pretrained``. ``tiny`` is a Stable Diffusion-architecture pipeline with
+small random weights and a tokenizer made from a local byte-level vocabulary; it
+is built once, written with ``save_pretrained`` and then loaded back through the
+same ``from_pretrained`` path as a real checkpoint, so tests exercise the real
+loading code without any download.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+TINY_ID = "tiny"
+ANALYTIC_ID = "analytic"
+
+SCHEDULER_CLASSES = {
+    "ddim": "DDIMScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler_a": "EulerAncestralDiscreteScheduler",
+    "dpmpp": "DPMSolverMultistepScheduler",
+    "pndm": "PNDMScheduler",
+    "heun": "HeunDiscreteScheduler",
+}
+
+
+class ModelError(ValueError):
+    """A model that cannot be found, read or used; the message is meant for the user."""
+
+
+@dataclass
+class LoadedModel:
+    """A loaded pipeline with what the painter needs to record and decode."""
+
+    pipeline: Any
+    model_id: str
+    vae_id: str
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def vae(self) -> Any:
+        return self.pipeline.vae
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when present, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise ModelError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"device {device!r} asked for, but CUDA is not available on this machine")
+    return resolved
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``auto`` is fp16 on CUDA (what SD checkpoints are published in) and fp32 elsewhere."""
+    if dtype == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    table = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    if dtype not in table:
+        raise ModelError(f"unknown dtype {dtype!r}; use auto, float32, float16 or bfloat16")
+    return table[dtype]
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's reversible byte-to-printable-character table."""
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("\xa1"), ord("\xac") + 1))
+        + list(range(ord("\xae"), ord("\xff") + 1))
+    )
+    codes = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            codes.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, (chr(c) for c in codes), strict=True))
+
+
+def _tiny_tokenizer_files(directory: Path) -> None:
+    """A CLIP byte-level BPE vocabulary with no merges: every byte is a token."""
+    symbols = list(_bytes_to_unicode().values())
+    vocab: dict[str, int] = {}
+    for symbol in symbols + [s + "</w>" for s in symbols] + ["<|startoftext|>", "<|endoftext|>"]:
+        vocab.setdefault(symbol, len(vocab))
+    (directory / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (directory / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+
+
+def build_tiny_pipeline(
+    path: str | Path,
+    *,
+    seed: int = 0,
+    prediction_type: str = "epsilon",
+    scheduler: str = "pndm",
+    vae_seed: int | None = None,
+) -> Path:
+    """Create the tiny SD-architecture pipeline with random weights and save it to ``path``.
+
+    ``seed`` sets the UNet and text encoder weights, ``vae_seed`` (default: ``seed``)
+    the VAE's, so two checkpoints sharing one VAE can be made for transition tests.
+    """
+    import diffusers
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    path = Path(path)
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=16,
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            bos_token_id=512,
+            eos_token_id=513,
+            pad_token_id=513,
+            hidden_size=32,
+            intermediate_size=37,
+            layer_norm_eps=1e-5,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            vocab_size=514,
+            max_position_embeddings=77,
+        )
+    )
+    torch.manual_seed(seed if vae_seed is None else vae_seed)
+    # Four blocks give SD's 8x spatial factor, so a tiny trail has SD's latent geometry.
+    vae = AutoencoderKL(
+        block_out_channels=(16, 16, 32, 32),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=8,
+        sample_size=64,
+    )
+    with tempfile.TemporaryDirectory() as tok_dir:
+        _tiny_tokenizer_files(Path(tok_dir))
+        tokenizer = CLIPTokenizer.from_pretrained(tok_dir, model_max_length=77)
+    scheduler_cls = getattr(diffusers, SCHEDULER_CLASSES[scheduler])
+    sched = scheduler_cls(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        prediction_type=prediction_type,
+        steps_offset=1,
+        **({"skip_prk_steps": True} if scheduler == "pndm" else {}),
+    )
+    pipe = StableDiffusionPipeline(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        scheduler=sched,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    # Build beside the target and rename, so a crash never leaves a half-written model.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=path.parent))
+    try:
+        pipe.save_pretrained(staging)
+        if path.exists():
+            shutil.rmtree(staging)
+        else:
+            staging.rename(path)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return path
+
+
+def tiny_model_dir(data_dir: str | Path) -> Path:
+    """Where the built-in tiny model lives, built on first use."""
+    path = Path(data_dir).expanduser() / "models" / TINY_ID
+    if not (path / "model_index.json").is_file():
+        build_tiny_pipeline(path)
+    return path
+
+
+def vae_fingerprint(vae: Any) -> str:
+    """A stable id of a VAE's weights: trails decode only with the VAE they came from.
+
+    Hashing the config and the decoder's first and last layers tells apart any two
+    VAEs that differ in practice, at a cost of microseconds even for SD's VAE.
+    """
+    digest = hashlib.sha256()
+    config = {k: v for k, v in dict(vae.config).items() if not k.startswith("_")}
+    digest.update(json.dumps(config, sort_keys=True, default=str).encode())
+    state = vae.state_dict()
+    for key in sorted(state):
+        if key.startswith(("decoder.conv_in", "decoder.conv_out", "post_quant_conv")):
+            digest.update(key.encode())
+            digest.update(state[key].detach().to("cpu", torch.float32).numpy().tobytes())
+    return f"vae-{digest.hexdigest()[:16]}"
+
+
+def set_scheduler(pipeline: Any, name: str) -> None:
+    """Swap the pipeline's scheduler for ``name`` (``default`` keeps the checkpoint's own)."""
+    if name == "default":
+        return
+    if name not in SCHEDULER_CLASSES:
+        raise ModelError(f"unknown scheduler {name!r}; use default, {', '.join(SCHEDULER_CLASSES)}")
+    import diffusers
+
+    cls = getattr(diffusers, SCHEDULER_CLASSES[name])
+    extra: dict[str, Any] = {}
+    if name == "dpmpp":
+        extra["algorithm_type"] = "dpmsolver++"
+    pipeline.scheduler = cls.from_config(pipeline.scheduler.config, **extra)
+
+
+def _dtype_keyword() -> str:
+    """diffusers renamed ``torch_dtype`` to ``dtype`` in 0.42; older releases know only the first."""
+    import diffusers
+
+    major, minor = (int(part) for part in diffusers.__version__.split(".")[:2])
+    return "dtype" if (major, minor) >= (0, 42) else "torch_dtype"
+
+
+def load_pipeline(
+    model_id: str,
+    *,
+    data_dir: str | Path = "./data",
+    device: str = "auto",
+    dtype: str = "auto",
+    scheduler: str = "default",
+) -> LoadedModel:
+    """Load any SD-family text-to-image pipeline by hub id or local path, or ``tiny``."""
+    from diffusers import AutoPipelineForText2Image, DiffusionPipeline
+
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    source: str | Path = model_id
+    if model_id == TINY_ID:
+        source = tiny_model_dir(data_dir)
+    elif model_id == ANALYTIC_ID:
+        raise ModelError("the analytic model has no pipeline; it paints a picture given with --image")
+    else:
+        local = Path(model_id).expanduser()
+        looks_local = model_id.startswith((".", "/", "~")) or local.exists()
+        if looks_local:
+            if not (local / "model_index.json").is_file():
+                raise ModelError(
+                    f"model path {model_id!r} is not a readable diffusers pipeline directory "
+                    "(no model_index.json)"
+                )
+            source = local
+    dtype_kw = {_dtype_keyword(): torch_dtype}
+    try:
+        try:
+            pipe = AutoPipelineForText2Image.from_pretrained(source, **dtype_kw)
+        except ValueError:
+            pipe = DiffusionPipeline.from_pretrained(source, **dtype_kw)
+    except (OSError, EnvironmentError) as exc:
+        raise ModelError(f"cannot load model {model_id!r}: {str(exc).splitlines()[0]}") from None
+    if not hasattr(pipe, "vae") or not hasattr(pipe, "scheduler"):
+        raise ModelError(f"model {model_id!r} is not a Stable Diffusion-family latent pipeline")
+    set_scheduler(pipe, scheduler)
+    pipe = pipe.to(torch_device)
+    pipe.set_progress_bar_config(disable=True)
+    return LoadedModel(
+        pipeline=pipe,
+        model_id=model_id,
+        vae_id=vae_fingerprint(pipe.vae),
+        device=torch_device,
+        dtype=torch_dtype,
+    )
+
+
+def load_taesd(taesd_id: str, *, device: torch.device, dtype: torch.dtype) -> Any:
+    """Load the tiny autoencoder (diffusers ``AutoencoderTiny``) from a hub id or local path."""
+    from diffusers import AutoencoderTiny
+
+    if not taesd_id:
+        raise ModelError("[model] decoder = taesd needs [model] taesd_id (a hub id or local directory)")
+    try:
+        taesd = AutoencoderTiny.from_pretrained(taesd_id, **{_dtype_keyword(): dtype})
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load TAESD {taesd_id!r}: {str(exc).splitlines()[0]}") from None
+    return taesd.to(device)
