@@ -235,6 +235,9 @@ def set_scheduler(pipeline: Any, name: str) -> None:
     extra: dict[str, Any] = {}
     if name == "dpmpp":
         extra["algorithm_type"] = "dpmsolver++"
+    if name == "ddim":
+        # Clipping x0 to [-1, 1] suits pixel models; for latents it is wrong (SD ships it off).
+        extra["clip_sample"] = bool(pipeline.scheduler.config.get("clip_sample", False))
     pipeline.scheduler = cls.from_config(pipeline.scheduler.config, **extra)
 
 
@@ -280,7 +283,7 @@ def load_pipeline(
             pipe = AutoPipelineForText2Image.from_pretrained(source, **dtype_kw)
         except ValueError:
             pipe = DiffusionPipeline.from_pretrained(source, **dtype_kw)
-    except (OSError, EnvironmentError) as exc:
+    except OSError as exc:
         raise ModelError(f"cannot load model {model_id!r}: {str(exc).splitlines()[0]}") from None
     if not hasattr(pipe, "vae") or not hasattr(pipe, "scheduler"):
         raise ModelError(f"model {model_id!r} is not a Stable Diffusion-family latent pipeline")

@@ -1,0 +1,298 @@
+"""The ``latent-painter`` command: paint, demo, and the queue, transition and bot subcommands.
+
+User errors end the command with one line on stderr naming the problem and a
+non-zero exit code; nothing half-written is left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+from bot.config import EFFECTS, FORMATS, SCHEDULERS, ConfigError, Settings, load_settings  # noqa: E402
+
+log = logging.getLogger("latent_painter")
+
+# Subcommands that live in their own modules, each exposing add_subcommands(subparsers).
+SUBCOMMAND_MODULES = ("bot.cli_transition", "bot.cli_queue", "bot.cli_bot")
+
+EXIT_USER_ERROR = 2
+
+
+class UsageError(ValueError):
+    """A bad flag value found after parsing; reported like an argparse error."""
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``512x768`` → (width, height)."""
+    try:
+        width, height = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size {text!r} must look like 512x512 (WIDTHxHEIGHT)") from None
+    return width, height
+
+
+def add_config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="TOML settings file (see config.toml)")
+
+
+def add_render_options(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by every command that writes an animation."""
+    parser.add_argument("--effect", choices=EFFECTS, help="painting effect (default from [painter] effect)")
+    parser.add_argument("--fps", type=int, help="frames per second of the animation")
+    parser.add_argument("--duration", type=float, help="animation length in seconds")
+    parser.add_argument("--format", choices=FORMATS, help="animation format (default from the --out suffix)")
+    parser.add_argument("--max-bytes", type=int, help="size budget of the animation file in bytes")
+
+
+def add_generation_options(parser: argparse.ArgumentParser) -> None:
+    """Flags of a generation: model, sampler and picture size."""
+    parser.add_argument("--model", help="hub id, local pipeline directory, 'tiny' or 'analytic'")
+    parser.add_argument("--negative", default="", help="negative prompt")
+    parser.add_argument("--seed", type=int, help="random seed (default: a new one, printed)")
+    parser.add_argument("--steps", type=int, help="denoising steps")
+    parser.add_argument("--guidance", type=float, help="classifier-free guidance scale")
+    parser.add_argument("--size", type=parse_size, help="WIDTHxHEIGHT, multiples of 8")
+    parser.add_argument("--scheduler", choices=SCHEDULERS, help="sampler")
+    parser.add_argument("--image", type=Path, help="paint from this picture (SDEdit, or the analytic model)")
+    parser.add_argument("--strength", type=float, help="how much of --image is repainted, in (0, 1]")
+    parser.add_argument(
+        "--start-from-image", action="store_true", help="start the canvas at --image instead of blank paper"
+    )
+
+
+def format_from_out(out: Path | None, fmt: str | None) -> str | None:
+    """The format the --out suffix implies, refusing a contradiction."""
+    if out is None:
+        return fmt
+    suffix = out.suffix.lower().lstrip(".")
+    if suffix in FORMATS:
+        if fmt is not None and fmt != suffix:
+            raise UsageError(f"--format {fmt} contradicts --out {out} (a .{suffix} file)")
+        return suffix
+    return fmt
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Flags → settings overrides (the highest precedence)."""
+    get = lambda name: getattr(args, name, None)  # noqa: E731
+    size = get("size")
+    return {
+        "model": {"id": get("model"), "scheduler": get("scheduler")},
+        "painter": {
+            "effect": get("effect"),
+            "steps": get("steps"),
+            "guidance": get("guidance"),
+            "width": size[0] if size else None,
+            "height": size[1] if size else None,
+            "fps": get("fps"),
+            "duration": get("duration"),
+            "strength": get("strength"),
+        },
+        "render": {"format": get("format"), "max_bytes": get("max_bytes")},
+    }
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    return load_settings(getattr(args, "config", None), overrides=overrides_from_args(args))
+
+
+class Progress:
+    """A two-phase progress bar on stderr: generation steps, then frames."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled and sys.stderr.isatty() or os.environ.get("LATENT_PAINTER_PROGRESS") == "1"
+        self._bar: Any = None
+        self._phase = ""
+
+    def _update(self, phase: str, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        if self._phase != phase:
+            self.close()
+            self._bar = tqdm(total=total, desc=phase, unit="", file=sys.stderr, leave=True)
+            self._phase = phase
+        self._bar.total = total
+        self._bar.n = done
+        self._bar.refresh()
+
+    def step(self, done: int, total: int) -> None:
+        self._update("generating", done, total)
+
+    def frame(self, done: int, total: int, _image: Any = None) -> None:
+        self._update("painting", done, total)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def cmd_paint(args: argparse.Namespace) -> int:
+    from bot.paint_job import PaintRequest, run_paint
+
+    args.format = format_from_out(args.out, args.format)
+    settings = settings_from_args(args)
+    out = args.out or Path(f"painting.{settings.render.format}")
+    if args.start_from_image and args.image is None:
+        raise UsageError("--start-from-image needs --image")
+    request = PaintRequest(
+        prompt=args.prompt,
+        negative_prompt=args.negative,
+        seed=args.seed,
+        image=args.image,
+        start_from_image=args.start_from_image,
+        save_trail=False,
+    )
+    if not args.prompt.strip() and settings.model.id != "analytic":
+        raise UsageError("the prompt is empty: describe the picture to paint")
+    progress = Progress()
+    try:
+        outputs = run_paint(settings, request, out, on_step=progress.step, on_frame=progress.frame)
+        if args.save_trail is not None:
+            outputs.trail.save(args.save_trail)
+    finally:
+        progress.close()
+    report_outputs(outputs, args.save_trail)
+    return 0
+
+
+def report_outputs(outputs: Any, trail_path: Path | None) -> None:
+    video = outputs.animation.video
+    meta = outputs.trail.meta
+    print(f"seed {meta.seed}, model {meta.model_id}, {len(outputs.trail)} steps")
+    print(
+        f"animation: {video.path} ({video.frames} frames, {video.fps:g} fps, "
+        f"{video.width}x{video.height}, {video.bytes / 1e6:.2f} MB)"
+    )
+    print(f"final image: {outputs.image}")
+    print(f"heatmap: {outputs.heatmap}")
+    if trail_path is not None:
+        print(f"trail: {trail_path}")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Paint a recognisable picture offline with the closed-form model."""
+    from bot.paint_job import PaintRequest, run_paint
+    from painter.sample_image import sample_picture
+
+    args.model = args.model or "analytic"
+    settings = settings_from_args(args)
+    out_dir: Path = args.out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    image: Any = args.image
+    name = None
+    if image is None and settings.model.id == "analytic":
+        import io
+
+        buffer = io.BytesIO()
+        sample_picture(settings.painter.width, settings.painter.height).save(buffer, format="PNG")
+        image, name = buffer.getvalue(), "sample picture"
+    prompt = args.prompt if args.prompt else "a lighthouse on a rock at sunset"
+    request = PaintRequest(prompt=prompt, seed=args.seed or 0, image=image, image_name=name, save_trail=True)
+    progress = Progress()
+    try:
+        outputs = run_paint(
+            settings,
+            request,
+            out_dir / f"demo.{settings.render.format}",
+            on_step=progress.step,
+            on_frame=progress.frame,
+        )
+    finally:
+        progress.close()
+    report_outputs(outputs, outputs.trail_path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="latent-painter",
+        description="Turn Stable Diffusion's denoising into a painting animation (Latent Painter).",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    paint = sub.add_parser("paint", help="generate a picture and write its painting animation")
+    paint.add_argument("prompt", help="what to paint")
+    add_generation_options(paint)
+    add_render_options(paint)
+    paint.add_argument("--out", type=Path, help="animation file (default painting.mp4)")
+    paint.add_argument("--save-trail", type=Path, help="also write the x0-hat trail (safetensors)")
+    add_config_option(paint)
+    paint.set_defaults(func=cmd_paint)
+
+    demo = sub.add_parser("demo", help="paint a picture offline into ./latent-painter-demo/")
+    demo.add_argument("--image", type=Path, help="paint this picture instead of the built-in one")
+    demo.add_argument("--prompt", default="", help="prompt (used by pipeline models)")
+    demo.add_argument("--model", help="model (default: analytic, the closed-form painter)")
+    demo.add_argument("--seed", type=int)
+    demo.add_argument("--size", type=parse_size, help="WIDTHxHEIGHT (default from [painter])")
+    demo.add_argument("--steps", type=int)
+    add_render_options(demo)
+    demo.add_argument("--out-dir", type=Path, default=Path("latent-painter-demo"))
+    add_config_option(demo)
+    demo.set_defaults(func=cmd_demo)
+
+    for name in SUBCOMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        module.add_subcommands(sub)
+    return parser
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions whose message is meant for the user: one line, non-zero exit."""
+    from painter.animate import AnimationError
+    from painter.capture import CaptureError
+    from painter.images import ImageInputError
+    from painter.models import ModelError
+    from painter.trail import TrailError
+
+    return (UsageError, ConfigError, CaptureError, ModelError, AnimationError, ImageInputError, TrailError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        for noisy in ("diffusers", "transformers", "PIL"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
+    func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return EXIT_USER_ERROR
+    try:
+        return int(func(args) or 0)
+    except user_errors() as exc:
+        print(f"latent-painter: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except ValueError as exc:
+        # Effects and plans raise ValueError for bad parameters given on the command line.
+        print(f"latent-painter: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("latent-painter: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,294 @@
+"""One paint job, start to finish: settings and a request in, animation, picture, heatmap and trail out.
+
+``latent-painter paint``, the demo and the queue's worker all paint through
+:func:`run_paint`, so a job looks the same whichever way it was asked for.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bot.config import Settings
+from painter.animate import Animation, AnimationSpec, decode_image, save_png
+from painter.capture import CaptureError, Generation, capture, validate_generation
+from painter.decode import Decoder, parse_colour
+from painter.images import image_to_tensor, load_image
+from painter.models import ANALYTIC_ID, LoadedModel, load_pipeline, load_taesd, set_scheduler
+from painter.trail import Trail
+
+StepCallback = Callable[[int, int], None]
+FrameCallback = Callable[[int, int, np.ndarray], None]
+
+
+@dataclass
+class PaintRequest:
+    """What is asked beyond the settings: the prompt, the seed and an optional picture."""
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    seed: int | None = None
+    image: str | Path | bytes | None = None
+    image_name: str | None = None
+    start_from_image: bool = False
+    save_trail: bool = True
+
+
+@dataclass
+class PaintOutputs:
+    """The files a paint job wrote, and what they were made from."""
+
+    video: Path
+    image: Path
+    heatmap: Path
+    trail_path: Path | None
+    trail: Trail
+    animation: Animation
+
+    def paths(self) -> list[Path]:
+        return [p for p in (self.video, self.image, self.heatmap, self.trail_path) if p is not None]
+
+
+class ModelCache:
+    """Keeps loaded pipelines between jobs: loading is slow, painting with one is not."""
+
+    def __init__(self) -> None:
+        self._models: dict[tuple[str, str, str], LoadedModel] = {}
+        self._taesd: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def model(self, settings: Settings) -> LoadedModel:
+        m = settings.model
+        key = (m.id, m.device, m.dtype)
+        with self._lock:
+            if key not in self._models:
+                self._models[key] = load_pipeline(
+                    m.id, data_dir=settings.data_dir, device=m.device, dtype=m.dtype, scheduler="default"
+                )
+            loaded = self._models[key]
+        default = loaded.pipeline.scheduler
+        if not hasattr(loaded, "_default_scheduler"):
+            loaded._default_scheduler = default  # type: ignore[attr-defined]
+        loaded.pipeline.scheduler = loaded._default_scheduler  # type: ignore[attr-defined]
+        set_scheduler(loaded.pipeline, m.scheduler)
+        return loaded
+
+    def decoder(self, settings: Settings, model: LoadedModel) -> Decoder:
+        m = settings.model
+        vae: Any = model.vae
+        if m.decoder == "taesd":
+            with self._lock:
+                if m.taesd_id not in self._taesd:
+                    self._taesd[m.taesd_id] = load_taesd(m.taesd_id, device=model.device, dtype=model.dtype)
+                vae = self._taesd[m.taesd_id]
+        config = model.vae.config
+        return Decoder(
+            vae,
+            scaling_factor=float(config.get("scaling_factor", 1.0) or 1.0),
+            shift_factor=float(config.get("shift_factor", 0.0) or 0.0),
+            device=model.device,
+            dtype=model.dtype,
+            batch_size=settings.render.batch_size,
+        )
+
+
+def effect_params(settings: Settings, effect: str, *, analytic: bool = False) -> dict[str, Any]:
+    """The effect's parameters from ``[painter]``; the closed-form model paints with a round brush."""
+    if effect != "strokes":
+        return {}
+    p = settings.painter
+    params: dict[str, Any] = {
+        "theta": p.theta,
+        "neighbourhood": p.neighbourhood,
+        "release": p.release,
+        "move_sigma": p.move_sigma,
+    }
+    if analytic:
+        from painter.analytic import ANALYTIC_PAINT_DEFAULTS
+
+        params.update(ANALYTIC_PAINT_DEFAULTS)
+    return params
+
+
+def animation_spec(settings: Settings, effect: str, *, analytic: bool = False) -> AnimationSpec:
+    """How to render, from ``[painter]`` and ``[render]``."""
+    return AnimationSpec(
+        effect=effect,
+        fps=settings.painter.fps,
+        duration=settings.painter.duration,
+        format=settings.render.format,
+        max_bytes=settings.render.max_bytes,
+        paper=parse_colour(settings.render.paper_color),
+        crf=settings.render.crf,
+        batch_size=settings.render.batch_size,
+        params=effect_params(settings, effect, analytic=analytic),
+    )
+
+
+def output_paths(out: str | Path) -> tuple[Path, Path, Path, Path]:
+    """``x.mp4`` → ``x.mp4``, ``x.png``, ``x.heatmap.png``, ``x.trail.safetensors``."""
+    out = Path(out)
+    stem = out.with_suffix("") if out.suffix.lower() in (".mp4", ".gif", ".webp") else out
+    return (
+        out,
+        stem.with_name(stem.name + ".png"),
+        stem.with_name(stem.name + ".heatmap.png"),
+        stem.with_name(stem.name + ".trail.safetensors"),
+    )
+
+
+def check_writable(path: Path) -> None:
+    """Refuse an output directory that does not exist or cannot be written, before any work."""
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise CaptureError(f"output directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise CaptureError(f"output directory {parent} is not writable")
+
+
+def new_seed() -> int:
+    return secrets.randbelow(2**32)
+
+
+def _generation(settings: Settings, request: PaintRequest, image: Any) -> Generation:
+    p = settings.painter
+    return Generation(
+        prompt=request.prompt,
+        negative_prompt=request.negative_prompt,
+        seed=request.seed if request.seed is not None else new_seed(),
+        steps=p.steps,
+        guidance=p.guidance,
+        width=p.width,
+        height=p.height,
+        image=image,
+        strength=p.strength,
+    )
+
+
+def run_paint(
+    settings: Settings,
+    request: PaintRequest,
+    out: str | Path,
+    *,
+    models: ModelCache | None = None,
+    on_step: StepCallback | None = None,
+    on_frame: FrameCallback | None = None,
+) -> PaintOutputs:
+    """Generate (or build the closed-form trail), paint it and write every output.
+
+    Outputs appear only when the whole job succeeded; on any error none is left.
+    """
+    models = models or ModelCache()
+    video_path, image_path, heatmap_path, trail_path = output_paths(out)
+    check_writable(video_path)
+    p = settings.painter
+    analytic = settings.model.id == ANALYTIC_ID
+    picture = None
+    if request.image is not None:
+        picture = load_image(request.image, p.width, p.height, name=request.image_name)
+    gen = _generation(settings, request, picture)
+    if analytic:
+        if picture is None:
+            raise CaptureError("the analytic model paints a picture: give one with --image")
+        if not 1 <= p.steps <= p.max_steps:
+            raise CaptureError(f"steps {p.steps} must be between 1 and {p.max_steps}")
+    else:
+        validate_generation(gen, max_side=p.max_side, max_steps=p.max_steps)
+    written: list[Path] = []
+    try:
+        start: torch.Tensor | None = None
+        if analytic:
+            from painter.analytic import analytic_trail
+
+            trail = analytic_trail(picture, p.steps, prompt=request.prompt)
+            trail.meta.seed = gen.seed
+            decoder = Decoder(None, batch_size=settings.render.batch_size)
+            if request.start_from_image:
+                start = image_to_tensor(picture)
+            if on_step is not None:
+                on_step(p.steps, p.steps)
+        else:
+            model = models.model(settings)
+            decoder = models.decoder(settings, model)
+            _, trail = capture(model, gen, on_step=on_step)
+            if request.start_from_image and picture is not None:
+                start = encode_picture(model, picture)
+        spec = animation_spec(settings, p.effect, analytic=analytic)
+        plan = trail.latents.to(decoder.device)
+        animation = animate_to(plan, decoder, spec, video_path, start=start, trail=trail, on_frame=on_frame)
+        written.append(video_path)
+        final = decode_image(decoder, trail.final)
+        save_png(final, image_path, png_text(trail, p.effect))
+        written.append(image_path)
+        save_png(animation.heatmap, heatmap_path, {"Description": f"stroke heatmap ({p.effect})"})
+        written.append(heatmap_path)
+        saved_trail = None
+        if request.save_trail:
+            trail.save(trail_path)
+            written.append(trail_path)
+            saved_trail = trail_path
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+    return PaintOutputs(video_path, image_path, heatmap_path, saved_trail, trail, animation)
+
+
+def animate_to(
+    plan: torch.Tensor,
+    decoder: Decoder,
+    spec: AnimationSpec,
+    out: Path,
+    *,
+    start: torch.Tensor | None,
+    trail: Trail,
+    on_frame: FrameCallback | None,
+) -> Animation:
+    """Render one plan; a separate function so transitions and paints share it."""
+    from painter.animate import animate
+
+    if start is not None:
+        start = start.to(plan.device)
+    return animate(plan, decoder, spec, out, start=start, space=trail.meta.space, on_frame=on_frame)
+
+
+@torch.inference_mode()
+def encode_picture(model: LoadedModel, picture: Any) -> torch.Tensor:
+    """The VAE latent of a picture, as the first canvas for ``--start-from-image``."""
+    vae = model.vae
+    pixels = image_to_tensor(picture)[None].to(model.device, vae.dtype)
+    latent = vae.encode(pixels).latent_dist.mean
+    config = vae.config
+    shift = float(config.get("shift_factor", 0.0) or 0.0)
+    scale = float(config.get("scaling_factor", 1.0) or 1.0)
+    return ((latent - shift) * scale)[0].float()
+
+
+def png_text(trail: Trail, effect: str) -> dict[str, Any]:
+    """Generation parameters as PNG text, the way SD front-ends record them."""
+    m = trail.meta
+    parameters = (
+        f"{m.prompt}\nNegative prompt: {m.negative_prompt}\n"
+        f"Steps: {m.steps}, Sampler: {m.scheduler}, CFG scale: {m.guidance}, Seed: {m.seed}, "
+        f"Size: {m.width}x{m.height}, Model: {m.model_id}, Effect: {effect}"
+    )
+    return {
+        "parameters": parameters,
+        "prompt": m.prompt,
+        "negative_prompt": m.negative_prompt,
+        "seed": m.seed,
+        "steps": m.steps,
+        "guidance": m.guidance,
+        "model": m.model_id,
+        "vae": m.vae_id,
+        "effect": effect,
+        "Software": "latent-painter",
+    }

@@ -1,0 +1,59 @@
+"""Shared fixtures: offline tiny models built once per test session."""
+
+from __future__ import annotations
+
+import os
+
+# Never let a test reach for a model hub.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from painter.models import build_tiny_pipeline  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data directory holding the built-in tiny model, as `latent-painter` lays it out."""
+    root = tmp_path_factory.mktemp("data")
+    build_tiny_pipeline(root / "models" / "tiny")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_model(data_dir: Path) -> Path:
+    """The tiny epsilon-prediction SD pipeline directory."""
+    return data_dir / "models" / "tiny"
+
+
+@pytest.fixture(scope="session")
+def tiny_v_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny v-prediction pipeline (as SD 2.x 768 checkpoints are)."""
+    path = tmp_path_factory.mktemp("v") / "tiny-v"
+    return build_tiny_pipeline(path, seed=1, prediction_type="v_prediction")
+
+
+@pytest.fixture(scope="session")
+def tiny_pair_same_vae(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Two tiny checkpoints with different UNet weights sharing one VAE."""
+    root = tmp_path_factory.mktemp("pair")
+    a = build_tiny_pipeline(root / "a", seed=11, vae_seed=5)
+    b = build_tiny_pipeline(root / "b", seed=12, vae_seed=5)
+    return a, b
+
+
+@pytest.fixture(scope="session")
+def tiny_other_vae(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny checkpoint whose VAE differs from the default tiny model's."""
+    return build_tiny_pipeline(tmp_path_factory.mktemp("other") / "c", seed=13, vae_seed=99)
+
+
+@pytest.fixture
+def env_for(data_dir: Path, monkeypatch: pytest.MonkeyPatch):
+    """Point the settings' data directory at the session's tiny model."""
+    monkeypatch.setenv("LATENT_PAINTER_STORAGE_DATA_DIR", str(data_dir))
+    return data_dir

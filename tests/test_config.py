@@ -1,0 +1,87 @@
+"""Settings precedence and validation."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from bot.config import ConfigError, Settings, discord_token, load_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_config_toml_documents_every_key_with_its_default():
+    text = (ROOT / "config.toml").read_text()
+    data = tomllib.loads(text)
+    defaults = Settings()
+    for section in fields(Settings):
+        keys = {f.name for f in fields(getattr(defaults, section.name))}
+        assert set(data[section.name]) == keys, section.name
+    assert load_settings(ROOT / "config.toml", env={}) == defaults
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if "=" in line and not line.startswith("#") and not line.startswith("["):
+            assert lines[i - 1].startswith("#") or lines[i - 1].strip() and "=" in lines[i - 1], line
+
+
+def test_precedence_flag_over_env_over_file(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[painter]\nfps = 12\nsteps = 7\n[model]\nid = "from-file"\n')
+    env = {"LATENT_PAINTER_PAINTER_FPS": "24", "LATENT_PAINTER_STORAGE_DATA_DIR": "/data"}
+    s = load_settings(cfg, env=env, overrides={"painter": {"fps": 60, "steps": None}})
+    assert s.painter.fps == 60
+    assert s.painter.steps == 7
+    assert s.model.id == "from-file"
+    assert s.storage.data_dir == "/data"
+    s = load_settings(cfg, env=env)
+    assert s.painter.fps == 24
+
+
+def test_every_key_settable_from_environment():
+    for section in fields(Settings):
+        for f in fields(getattr(Settings(), section.name)):
+            name = f"LATENT_PAINTER_{section.name.upper()}_{f.name.upper()}"
+            value = getattr(getattr(Settings(), section.name), f.name)
+            s = load_settings(env={name: str(value)})
+            assert getattr(getattr(s, section.name), f.name) == value, name
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"LATENT_PAINTER_PAINTER_EFFECT": "splash"}, r"\[painter\] effect must be one of strokes"),
+        ({"LATENT_PAINTER_PAINTER_FPS": "fast"}, r"\[painter\] fps must be int"),
+        ({"LATENT_PAINTER_PAINTER_RELEASE": "1.5"}, r"\[painter\] release must be in 0.0..1.0"),
+        ({"LATENT_PAINTER_MODEL_DTYPE": "int8"}, r"\[model\] dtype must be one of auto, float32"),
+    ],
+)
+def test_invalid_values_name_the_key(env, message):
+    with pytest.raises(ConfigError, match=message):
+        load_settings(env=env)
+
+
+def test_unknown_keys_and_sections_in_file(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[painter]\nfsp = 3\n")
+    with pytest.raises(ConfigError, match=r"unknown key \[painter\] fsp"):
+        load_settings(cfg, env={})
+    cfg.write_text("[paint]\nfps = 3\n")
+    with pytest.raises(ConfigError, match=r"unknown section \[paint\]"):
+        load_settings(cfg, env={})
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_settings(tmp_path / "missing.toml", env={})
+
+
+def test_token_only_from_environment():
+    assert discord_token({"DISCORD_TOKEN": " abc "}) == "abc"
+    with pytest.raises(ConfigError, match="DISCORD_TOKEN is not set"):
+        discord_token({})
+    assert "token" not in {f.name for f in fields(Settings().discord)}
+
+
+def test_default_database_is_sqlite_under_data_dir():
+    s = load_settings(env={"LATENT_PAINTER_STORAGE_DATA_DIR": "/srv/lp"})
+    assert s.database_url == "sqlite+aiosqlite:////srv/lp/latent-painter.db"
