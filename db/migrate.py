@@ -113,9 +113,7 @@ async def diff(url: str | URL) -> list[Any]:
     """What autogenerate would change to make the database match the models (empty: none)."""
 
     def compare(connection: Connection) -> list[Any]:
-        context = MigrationContext.configure(
-            connection, opts={"compare_type": True, "render_as_batch": True}
-        )
+        context = MigrationContext.configure(connection, opts={"compare_type": True, "render_as_batch": True})
         return list(compare_metadata(context, Base.metadata))
 
     return await _on_connection(url, compare)
@@ -188,4 +186,3 @@ async def table_names(url: str | URL) -> list[str]:
         return sorted(row[0] for row in rows)
 
     return await _on_connection(url, names)
-

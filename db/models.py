@@ -173,9 +173,7 @@ class Result(Base):
     # What people type (``/transition from:K3F97QXM``): short, case-insensitive, unambiguous.
     public_id: Mapped[str] = mapped_column(String(16), unique=True)
     # One result per job, enforced by the database: a job can never be delivered twice.
-    job_id: Mapped[int | None] = mapped_column(
-        ForeignKey("jobs.id", ondelete="SET NULL"), unique=True
-    )
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"), unique=True)
     kind: Mapped[str] = mapped_column(String(16))
     owner_id: Mapped[int] = mapped_column(BigInteger)
     guild_id: Mapped[int | None] = mapped_column(BigInteger, index=True)

@@ -1,0 +1,481 @@
+"""Queue subcommands of ``latent-painter``: db, worker, submit, jobs, results, cancel.
+
+``bot.cli`` calls :func:`add_subcommands`; ``python -m bot.cli_queue`` runs them on their
+own. Every command returns an exit code. A user error (a bad flag value, a bad config, an
+old schema) prints one line on stderr and exits non-zero without writing anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from bot.config import ConfigError, Settings, load_settings
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # the environment is not right (schema, database)
+EXIT_USAGE = 2  # the command line is not right
+
+
+class UsageError(ValueError):
+    """A flag value that is not allowed; the message names the flag."""
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(getattr(args, "config", None))
+
+
+def _int(name: str, text: str | None, *, low: int | None = None) -> int | None:
+    if text is None:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise UsageError(f"{name} must be a whole number, got {text!r}") from None
+    if low is not None and value < low:
+        raise UsageError(f"{name} must be at least {low}, got {value}")
+    return value
+
+
+def _float(name: str, text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise UsageError(f"{name} must be a number, got {text!r}") from None
+
+
+def _size(text: str | None) -> tuple[int | None, int | None]:
+    if text is None:
+        return None, None
+    try:
+        width, height = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise UsageError(f"--size {text!r} must look like 512x512 (WIDTHxHEIGHT)") from None
+    return width, height
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def job_summary(job: Any) -> dict[str, Any]:
+    """A job as plain JSON-able values (the interaction token left out: it is a credential)."""
+    return {
+        "id": job.id,
+        "kind": job.kind,
+        "status": job.status,
+        "user_id": job.user_id,
+        "guild_id": job.guild_id,
+        "channel_id": job.channel_id,
+        "priority": job.priority,
+        "attempts": job.attempts,
+        "max_attempts": job.max_attempts,
+        "worker_id": job.worker_id,
+        "progress": {"step": job.progress_step, "frame": job.progress_frame, "total": job.progress_total},
+        "cancel_requested": job.cancel_requested,
+        "dedupe_key": job.dedupe_key,
+        "error": job.error,
+        "params": job.params,
+        "created_at": _iso(job.created_at),
+        "run_at": _iso(job.run_at),
+        "started_at": _iso(job.started_at),
+        "finished_at": _iso(job.finished_at),
+    }
+
+
+def result_summary(result: Any) -> dict[str, Any]:
+    """A result as plain JSON-able values: its public id, job, parameters and artifact keys."""
+    keys = result.artifact_keys()
+    return {
+        "id": result.public_id,
+        "job_id": result.job_id,
+        "status": "done",
+        "kind": result.kind,
+        "owner_id": result.owner_id,
+        "guild_id": result.guild_id,
+        "prompt": result.prompt,
+        "negative_prompt": result.negative_prompt,
+        "seed": result.seed,
+        "steps": result.steps,
+        "guidance": result.guidance,
+        "width": result.width,
+        "height": result.height,
+        "scheduler": result.scheduler,
+        "model_id": result.model_id,
+        "vae_id": result.vae_id,
+        "effect": result.effect,
+        "format": result.format,
+        "artifacts": keys,
+        **{f"{role}_key": keys.get(role) for role in ("video", "image", "heatmap", "trail")},
+        "sizes": result.sizes,
+        "frames": result.frames,
+        "duration_seconds": result.duration_seconds,
+        "visibility": result.visibility,
+        "created_at": _iso(result.created_at),
+    }
+
+
+async def _open(settings: Settings, *, create: bool) -> Any:
+    """The database, schema checked (the embedded SQLite one is upgraded in place).
+
+    With ``create`` False a SQLite file that does not exist yet is not created: there is
+    nothing to list, and listing should not write.
+    """
+    from db.engine import Database, sqlite_path
+    from db.migrate import ensure_schema_current
+
+    url = settings.database_url
+    path = sqlite_path(url)
+    if path is not None and not create and not path.exists():
+        return None
+    await ensure_schema_current(url, upgrade_if_old=path is not None)
+    return Database.from_url(url)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from bot.artifacts import ArtifactKeyError
+    from db.engine import DatabaseURLError
+    from db.migrate import MigrationError, SchemaError
+    from db.queue import QueueError
+    from db.results import ResultNotFound
+
+    return (
+        UsageError,
+        ConfigError,
+        DatabaseURLError,
+        SchemaError,
+        MigrationError,
+        QueueError,
+        ResultNotFound,
+        ArtifactKeyError,
+        ValueError,
+    )
+
+
+def _command(name: str, body: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Wrap a command so a user error is one line on stderr and a non-zero exit code."""
+
+    def run(args: argparse.Namespace) -> int:
+        # Alembic logs each plugin and migration at INFO; our commands print their own summary.
+        if not logging.getLogger().isEnabledFor(logging.DEBUG):
+            logging.getLogger("alembic").setLevel(logging.WARNING)
+        from db.migrate import MigrationError, SchemaError
+
+        try:
+            return body(args)
+        except (SchemaError, MigrationError) as exc:
+            print(f"latent-painter {name}: error: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        except _user_errors() as exc:
+            print(f"latent-painter {name}: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        except OSError as exc:
+            # Database unreachable, data directory not writable, ...
+            print(f"latent-painter {name}: error: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+
+    return run
+
+
+# -- db -----------------------------------------------------------------------------------
+
+
+def _db(args: argparse.Namespace) -> int:
+    from sqlalchemy.engine import make_url
+
+    from db import migrate
+
+    settings = _settings(args)
+    url = settings.database_url
+    shown = make_url(url).render_as_string(hide_password=True)
+    action = args.db_action
+    if action == "upgrade":
+        asyncio.run(migrate.upgrade(url, args.revision))
+        state = asyncio.run(migrate.schema_state(url))
+        print(f"{shown}: schema at revision {state.current} (head {state.head})")
+    elif action == "downgrade":
+        asyncio.run(migrate.downgrade(url, args.revision))
+        state = asyncio.run(migrate.schema_state(url))
+        print(f"{shown}: schema at revision {state.current or 'base (empty)'} (head {state.head})")
+    elif action == "current":
+        state = asyncio.run(migrate.schema_state(url))
+        note = "up to date" if state.is_current else "run `latent-painter db upgrade`"
+        print(f"{shown}: schema at revision {state.current or 'none'}, head {state.head} ({note})")
+    else:
+        asyncio.run(migrate.check(url))
+        print(f"{shown}: schema is at head and matches the models")
+    return EXIT_OK
+
+
+# -- worker -------------------------------------------------------------------------------
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from bot.worker import load_runner, run_worker
+
+    settings = _settings(args)
+    # Imported before the database is touched, so a wrong --runner fails fast.
+    runner = load_runner(args.runner)
+    max_jobs = _int("--max-jobs", args.max_jobs, low=1)
+    handled = asyncio.run(
+        run_worker(
+            settings,
+            runner=runner,
+            worker_id=args.worker_id,
+            max_jobs=max_jobs,
+            exit_when_idle=args.exit_when_idle,
+        )
+    )
+    logging.getLogger("latent_painter.worker").info("handled %d job(s)", handled)
+    return EXIT_OK
+
+
+# -- submit -------------------------------------------------------------------------------
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from bot.worker import queue_policy
+    from db.params import validate_params
+    from db.queue import JobQueue
+
+    width, height = _size(args.size)
+    params = {
+        "prompt": args.prompt,
+        "negative_prompt": args.negative,
+        "seed": _int("--seed", args.seed),
+        "steps": _int("--steps", args.steps),
+        "guidance": _float("--guidance", args.guidance),
+        "width": width,
+        "height": height,
+        "scheduler": args.scheduler,
+        "model": args.model,
+        "effect": args.effect,
+        "fps": _int("--fps", args.fps),
+        "duration": _float("--duration", args.duration),
+        "format": args.format,
+    }
+    user = _int("--user", args.user, low=0) or 0
+    guild = _int("--guild", args.guild, low=0)
+    priority = _int("--priority", args.priority)
+    # Everything the user typed is checked before the database is touched.
+    params = validate_params("paint", params)
+    settings = _settings(args)
+
+    async def enqueue() -> Any:
+        db = await _open(settings, create=True)
+        try:
+            return await JobQueue(db, queue_policy(settings)).enqueue(
+                "paint",
+                params,
+                user_id=user,
+                guild_id=guild,
+                priority=priority or 0,
+                dedupe_key=args.dedupe_key,
+            )
+        finally:
+            await db.dispose()
+
+    outcome = asyncio.run(enqueue())
+    if args.json:
+        print(json.dumps({**job_summary(outcome.job), "created": outcome.created}))
+    else:
+        print(outcome.job.id)
+        if not outcome.created:
+            print(
+                f"(job {outcome.job.id} with this dedupe key was already {outcome.job.status})",
+                file=sys.stderr,
+            )
+    return EXIT_OK
+
+
+# -- jobs / results / cancel --------------------------------------------------------------
+
+
+def _shorten(text: str | None, width: int) -> str:
+    text = (text or "").replace("\n", " ")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    from db.models import JobStatus
+    from db.queue import JobQueue
+
+    if args.status is not None and args.status not in tuple(JobStatus):
+        raise UsageError(f"--status must be one of {', '.join(JobStatus)}; got {args.status!r}")
+    user = _int("--user", args.user, low=0)
+    limit = _int("--limit", args.limit, low=1) or 50
+    settings = _settings(args)
+
+    async def fetch() -> list[Any]:
+        db = await _open(settings, create=False)
+        if db is None:
+            return []
+        try:
+            return await JobQueue(db).list_jobs(status=args.status, user_id=user, limit=limit)
+        finally:
+            await db.dispose()
+
+    jobs = asyncio.run(fetch())
+    if args.json:
+        print(json.dumps([job_summary(job) for job in jobs], indent=2))
+        return EXIT_OK
+    if not jobs:
+        print("no jobs")
+        return EXIT_OK
+    print(
+        f"{'ID':>6}  {'STATUS':<9}  {'KIND':<10}  {'USER':>20}  {'TRIES':>5}  {'PROGRESS':>9}  ERROR / PROMPT"
+    )
+    for job in jobs:
+        progress = f"{job.progress_frame}/{job.progress_total}" if job.progress_total else "-"
+        detail = job.error or job.params.get("prompt") or ""
+        print(
+            f"{job.id:>6}  {job.status:<9}  {job.kind:<10}  {job.user_id:>20}  "
+            f"{job.attempts}/{job.max_attempts:<3}  {progress:>9}  {_shorten(detail, 60)}"
+        )
+    return EXIT_OK
+
+
+def _results(args: argparse.Namespace) -> int:
+    from db.results import list_results
+
+    user = _int("--user", args.user, low=0)
+    limit = _int("--limit", args.limit, low=1) or 50
+    settings = _settings(args)
+
+    async def fetch() -> list[Any]:
+        db = await _open(settings, create=False)
+        if db is None:
+            return []
+        try:
+            return await list_results(db, user_id=user, limit=limit)
+        finally:
+            await db.dispose()
+
+    results = asyncio.run(fetch())
+    if args.json:
+        print(json.dumps([result_summary(result) for result in results], indent=2))
+        return EXIT_OK
+    if not results:
+        print("no results")
+        return EXIT_OK
+    print(f"{'ID':<8}  {'JOB':>6}  {'OWNER':>20}  {'EFFECT':<8}  {'MODEL':<20}  PROMPT")
+    for result in results:
+        print(
+            f"{result.public_id:<8}  {result.job_id or '-':>6}  {result.owner_id:>20}  "
+            f"{result.effect or '-':<8}  {_shorten(result.model_id, 20):<20}  {_shorten(result.prompt, 50)}"
+        )
+    return EXIT_OK
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    from db.queue import JobQueue
+
+    job_id = _int("JOB_ID", args.job_id, low=1)
+    settings = _settings(args)
+
+    async def cancel() -> Any:
+        db = await _open(settings, create=False)
+        if db is None:
+            raise UsageError(f"no job {job_id}")
+        try:
+            return await JobQueue(db).cancel(job_id or 0)
+        finally:
+            await db.dispose()
+
+    job = asyncio.run(cancel())
+    state = "cancel requested (it stops at its next step)" if job.status == "running" else job.status
+    print(f"job {job.id}: {state}")
+    return EXIT_OK
+
+
+# -- wiring -------------------------------------------------------------------------------
+
+
+def _config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="TOML settings file (see config.toml)")
+
+
+def add_subcommands(subparsers: Any) -> None:
+    """Add db, worker, submit, jobs, results and cancel to the ``latent-painter`` command."""
+    db = subparsers.add_parser("db", help="database schema: upgrade, downgrade, check, current")
+    actions = db.add_subparsers(dest="db_action", metavar="ACTION", required=True)
+    upgrade = actions.add_parser("upgrade", help="migrate the schema up (to the newest by default)")
+    upgrade.add_argument("--revision", default="head", help="target revision (default: head)")
+    downgrade = actions.add_parser("downgrade", help="migrate the schema down to REVISION ('base': empty)")
+    downgrade.add_argument("revision", help="target revision, e.g. base or -1")
+    actions.add_parser("check", help="fail unless the schema is at head and matches the models")
+    actions.add_parser("current", help="show the schema revision")
+    for parser in actions.choices.values():
+        _config_option(parser)
+    db.set_defaults(func=_command("db", _db))
+
+    worker = subparsers.add_parser("worker", help="run jobs from the queue until stopped (SIGTERM)")
+    _config_option(worker)
+    worker.add_argument("--runner", default="bot.jobs:run_job", help=argparse.SUPPRESS)
+    worker.add_argument("--worker-id", default=None, help=argparse.SUPPRESS)
+    worker.add_argument("--max-jobs", default=None, help=argparse.SUPPRESS)
+    worker.add_argument("--exit-when-idle", action="store_true", help=argparse.SUPPRESS)
+    worker.set_defaults(func=_command("worker", _worker))
+
+    submit = subparsers.add_parser("submit", help="queue a paint job; prints its job id")
+    submit.add_argument("prompt", help="what to paint")
+    submit.add_argument("--negative", default=None, help="negative prompt")
+    submit.add_argument("--seed", help="random seed (default: the worker picks one)")
+    submit.add_argument("--steps", help="denoising steps")
+    submit.add_argument("--guidance", help="classifier-free guidance scale")
+    submit.add_argument("--size", help="WIDTHxHEIGHT, multiples of 8")
+    submit.add_argument("--scheduler", help="sampler")
+    submit.add_argument("--model", help="model id (default: the worker's [model] id)")
+    submit.add_argument("--effect", help="strokes, glow, flip, fade, dissolve or sharpen")
+    submit.add_argument("--fps", help="frames per second of the animation")
+    submit.add_argument("--duration", help="animation length in seconds")
+    submit.add_argument("--format", help="mp4, gif or webp")
+    submit.add_argument("--user", help="requesting user id (default 0, the operator)")
+    submit.add_argument("--guild", help="guild id the job belongs to")
+    submit.add_argument("--priority", help="lower runs first among one user's jobs (default 0)")
+    submit.add_argument("--dedupe-key", help="do not queue again while a job with this key is live")
+    submit.add_argument("--json", action="store_true", help="print the job as JSON")
+    _config_option(submit)
+    submit.set_defaults(func=_command("submit", _submit))
+
+    jobs = subparsers.add_parser("jobs", help="list jobs with status, attempts, progress and errors")
+    jobs.add_argument("--status", help="only jobs with this status")
+    jobs.add_argument("--user", help="only this user's jobs")
+    jobs.add_argument("--limit", help="at most this many (default 50), newest first")
+    jobs.add_argument("--json", action="store_true", help="print a JSON array")
+    _config_option(jobs)
+    jobs.set_defaults(func=_command("jobs", _jobs))
+
+    results = subparsers.add_parser("results", help="list results with their artifact keys")
+    results.add_argument("--user", help="only this user's results")
+    results.add_argument("--limit", help="at most this many (default 50), newest first")
+    results.add_argument("--json", action="store_true", help="print a JSON array")
+    _config_option(results)
+    results.set_defaults(func=_command("results", _results))
+
+    cancel = subparsers.add_parser("cancel", help="cancel a job (a running one stops at its next step)")
+    cancel.add_argument("job_id", metavar="JOB_ID")
+    _config_option(cancel)
+    cancel.set_defaults(func=_command("cancel", _cancel))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the queue subcommands without the rest of the CLI (``python -m bot.cli_queue``)."""
+    parser = argparse.ArgumentParser(prog="latent-painter")
+    add_subcommands(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,571 @@
+"""The worker loop: claim a job, run it in a thread, keep the lease alive, store what it made.
+
+One loop serves one GPU. It runs as its own process (``latent-painter worker``) or as an
+asyncio task inside the bot (``asyncio.create_task(worker.run())``); both are the same
+:class:`Worker`. For each job:
+
+1. claim it (``db.queue``), make a private work directory for this attempt;
+2. run the job runner in a thread (never on the event loop), while the loop renews the
+   lease every ``heartbeat_seconds`` and saves progress at most every ``progress_seconds``;
+   a cancel request or a lost lease makes ``ctx.cancelled()`` true so the runner can stop;
+3. on success store the files in the artifact store under keys of this job and attempt,
+   then write the result row and mark the job done in one transaction; if that fails
+   because the lease was lost, the files of this attempt are deleted again;
+4. on an exception record the failure (retried with backoff until ``max_attempts``, unless
+   the exception says ``retryable = False``);
+5. remove the work directory, whatever happened.
+
+On SIGTERM (or :meth:`Worker.stop`) the running job is released back to the queue at once
+(its attempt not counted), the runner is told to stop, and the loop exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bot.artifacts import ArtifactStore, LocalArtifactStore, job_key, job_prefix
+from db.queue import JobQueue, Lease, LeaseLost, QueuePolicy
+from db.results import ARTIFACT_ROLES, NewResult
+
+log = logging.getLogger("latent_painter.worker")
+
+DEFAULT_RUNNER = "bot.jobs:run_job"
+
+
+class JobCancelled(Exception):
+    """Raised by a runner (``ctx.raise_if_cancelled()``) to stop early when asked to."""
+
+
+class PermanentJobError(Exception):
+    """A failure that retrying cannot fix (bad input found while running): no retry."""
+
+    retryable = False
+
+
+@dataclass
+class JobOutput:
+    """What a runner returns: files in its work directory by role, and the result's fields."""
+
+    files: dict[str, Path]  # "video", "image", "heatmap", "trail"
+    result: dict[str, Any] = field(default_factory=dict)  # prompt, seed, model_id, vae_id, effect, ...
+
+
+class JobContext:
+    """What a runner gets: the job, a private work directory, progress and cancel hooks.
+
+    ``progress`` and ``cancelled`` may be called from the runner's thread at any rate: the
+    worker saves the latest progress on its own schedule.
+    """
+
+    def __init__(
+        self,
+        *,
+        job_id: int,
+        kind: str,
+        params: dict[str, Any],
+        attempt: int,
+        workdir: Path,
+        user_id: int,
+        guild_id: int | None,
+        settings: Any = None,
+    ) -> None:
+        self.job_id = job_id
+        self.kind = kind
+        self.params = params
+        self.attempt = attempt
+        self.workdir = workdir
+        self.user_id = user_id
+        self.guild_id = guild_id
+        self.settings = settings  # the worker's bot.config.Settings, for runners that need it
+        self._lock = threading.Lock()
+        self._progress: tuple[int, int, int] | None = None
+        self._stop = threading.Event()
+        self.cancel_requested = False  # a user asked (as opposed to shutdown or lost lease)
+        self.lease_lost = False
+
+    def progress(self, step: int, frame: int, total: int) -> None:
+        """Report progress: denoising ``step``, painted ``frame`` of ``total`` frames."""
+        with self._lock:
+            self._progress = (int(step), int(frame), int(total))
+
+    def cancelled(self) -> bool:
+        """True once the job should stop: cancelled, worker shutting down, or lease lost."""
+        return self._stop.is_set()
+
+    def raise_if_cancelled(self) -> None:
+        """Raise :class:`JobCancelled` if the job should stop."""
+        if self._stop.is_set():
+            raise JobCancelled(f"job {self.job_id} was stopped")
+
+    def _take_progress(self) -> tuple[int, int, int] | None:
+        with self._lock:
+            progress, self._progress = self._progress, None
+        return progress
+
+    def _request_stop(self) -> None:
+        self._stop.set()
+
+
+Runner = Callable[[JobContext], JobOutput]
+
+
+class WorkerListener:
+    """Hooks for the bot, called on the event loop; override what you need. Errors are logged."""
+
+    async def job_started(self, lease: Lease) -> None: ...
+
+    async def job_progress(self, lease: Lease, step: int, frame: int, total: int) -> None: ...
+
+    async def job_finished(self, job_id: int, result: Any) -> None: ...
+
+    async def job_failed(self, job: Any) -> None: ...
+
+    async def job_cancelled(self, job: Any) -> None: ...
+
+
+def load_runner(spec: str) -> Runner:
+    """Import a runner given as ``module:function`` (``bot.jobs:run_job`` by default)."""
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise ValueError(f"runner {spec!r} must look like module:function")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise ValueError(f"runner module {module_name!r} cannot be imported: {exc}") from None
+    runner = getattr(module, attribute, None)
+    if not callable(runner):
+        raise ValueError(f"runner {spec!r}: {module_name} has no callable {attribute!r}")
+    return runner
+
+
+def make_worker_id() -> str:
+    """``host-pid-random``: unique, readable in ``jobs`` output, and safe as a directory name."""
+    host = "".join(ch if ch.isalnum() or ch in "._" else "_" for ch in socket.gethostname())[:80] or "host"
+    return f"{host}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+def queue_policy(settings: Any) -> QueuePolicy:
+    """The queue policy from ``[queue]`` settings."""
+    q = settings.queue
+    return QueuePolicy(
+        lease_seconds=q.lease_seconds,
+        max_attempts=q.max_attempts,
+        per_user_cap=q.per_user_cap,
+        backoff_seconds=q.backoff_seconds,
+    )
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Worker:
+    """One job at a time from ``queue``, run by ``runner``, artifacts into ``store``."""
+
+    def __init__(
+        self,
+        queue: JobQueue,
+        store: ArtifactStore,
+        runner: Runner,
+        *,
+        workdir_root: Path,
+        worker_id: str | None = None,
+        heartbeat_seconds: float = 10.0,
+        poll_seconds: float = 1.0,
+        progress_seconds: float = 1.0,
+        shutdown_grace_seconds: float = 10.0,
+        kinds: tuple[str, ...] | None = None,
+        settings: Any = None,
+        listener: WorkerListener | None = None,
+    ) -> None:
+        self.queue = queue
+        self.store = store
+        self.runner = runner
+        self.worker_id = worker_id or make_worker_id()
+        self.workdir_root = Path(workdir_root)
+        self.heartbeat_seconds = heartbeat_seconds
+        self.poll_seconds = poll_seconds
+        self.progress_seconds = progress_seconds
+        self.shutdown_grace_seconds = shutdown_grace_seconds
+        self.kinds = kinds
+        self.settings = settings
+        self.listener = listener or WorkerListener()
+        self.current: Lease | None = None
+        self._stopping = asyncio.Event()
+        self._wake = asyncio.Event()
+
+    # -- control ------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the loop to end: the running job goes back to the queue at once."""
+        self._stopping.set()
+
+    def wake(self) -> None:
+        """Skip the rest of an idle wait (the bot calls this right after enqueueing)."""
+        self._wake.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    async def run(self, *, max_jobs: int | None = None, exit_when_idle: bool = False) -> int:
+        """Work until stopped (or ``max_jobs`` done, or the queue is empty with ``exit_when_idle``).
+
+        Returns how many jobs it handled. Database errors while claiming are logged and
+        retried after a poll interval, so a database restart does not end the worker.
+        """
+        handled = 0
+        self.sweep_dead_workdirs()
+        was_busy = False
+        while not self._stopping.is_set():
+            try:
+                lease = await self.queue.claim(self.worker_id, kinds=self.kinds)
+            except Exception:
+                log.exception("worker %s: claiming failed; retrying", self.worker_id)
+                await self._idle(self.poll_seconds)
+                continue
+            if lease is None:
+                if exit_when_idle:
+                    break
+                if was_busy:
+                    self.sweep_dead_workdirs()
+                    was_busy = False
+                await self._idle(self.poll_seconds)
+                continue
+            was_busy = True
+            await self.process(lease)
+            handled += 1
+            if max_jobs is not None and handled >= max_jobs:
+                break
+        with contextlib.suppress(OSError):
+            (self.workdir_root / self.worker_id).rmdir()  # only if empty: a runner may still be in it
+        return handled
+
+    async def _idle(self, seconds: float) -> None:
+        self._wake.clear()
+        waits = [asyncio.ensure_future(self._stopping.wait()), asyncio.ensure_future(self._wake.wait())]
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waits:
+                waiter.cancel()
+
+    # -- one job ------------------------------------------------------------------
+
+    async def process(self, lease: Lease) -> None:
+        """Run one claimed job to its end: done, failed/retried, cancelled or released."""
+        job = lease.job
+        workdir = self.workdir_root / self.worker_id / f"job-{job.id}-attempt-{lease.attempt}"
+        shutil.rmtree(workdir, ignore_errors=True)
+        workdir.mkdir(parents=True)
+        ctx = JobContext(
+            job_id=job.id,
+            kind=job.kind,
+            params=dict(job.params),
+            attempt=lease.attempt,
+            workdir=workdir,
+            user_id=job.user_id,
+            guild_id=job.guild_id,
+            settings=self.settings,
+        )
+        self.current = lease
+        log.info("worker %s: job %s (%s) attempt %s started", self.worker_id, job.id, job.kind, lease.attempt)
+        await self._notify("job_started", lease)
+        keeper = asyncio.create_task(self._keep_lease(lease, ctx))
+        outcome = self._start_runner(ctx)
+        stop_wait = asyncio.ensure_future(self._stopping.wait())
+        try:
+            try:
+                await asyncio.wait({outcome, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:
+                # The task running the worker was cancelled (the bot is closing) without
+                # stop(): still hand the job back rather than leave it to the lease timeout.
+                self._stopping.set()
+                await asyncio.shield(self._shut_down_during(lease, ctx, outcome))
+                raise
+            if not outcome.done():
+                await self._shut_down_during(lease, ctx, outcome)
+                return
+            await self._conclude(lease, ctx, outcome)
+        finally:
+            self.current = None
+            stop_wait.cancel()
+            keeper.cancel()
+            await asyncio.gather(keeper, return_exceptions=True)
+            if outcome.done() or not self._stopping.is_set():
+                shutil.rmtree(workdir, ignore_errors=True)
+            else:
+                # The runner ignored the stop; clean up once its thread lets go.
+                outcome.add_done_callback(lambda _f: shutil.rmtree(workdir, ignore_errors=True))
+
+    def _start_runner(self, ctx: JobContext) -> asyncio.Future[JobOutput]:
+        """Run the runner in a daemon thread and return a future for its outcome.
+
+        Not ``asyncio.to_thread``: its executor threads are joined when the interpreter
+        exits, so a runner that ignores ``cancelled()`` would hold a SIGTERM'd worker open.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[JobOutput] = loop.create_future()
+
+        def settle(value: Any, error: BaseException | None) -> None:
+            if future.done():
+                return
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(value)
+
+        def target() -> None:
+            try:
+                value, error = self.runner(ctx), None
+            except BaseException as exc:  # noqa: BLE001 - handed to the loop, which decides
+                value, error = None, exc
+            try:
+                loop.call_soon_threadsafe(settle, value, error)
+            except RuntimeError:
+                pass  # the loop is gone: the worker already exited
+
+        threading.Thread(target=target, name=f"job-{ctx.job_id}", daemon=True).start()
+        return future
+
+    async def _keep_lease(self, lease: Lease, ctx: JobContext) -> None:
+        """Heartbeat and progress while the job is held; flag cancel requests and a lost lease."""
+        tick = max(0.01, min(self.progress_seconds, self.heartbeat_seconds))
+        last_beat = time.monotonic()
+        while True:
+            await asyncio.sleep(tick)
+            progress = ctx._take_progress()
+            due = time.monotonic() - last_beat >= self.heartbeat_seconds
+            if progress is None and not due:
+                continue
+            try:
+                if progress is not None:
+                    cancel = await self.queue.progress(lease, *progress)
+                    await self._notify("job_progress", lease, *progress)
+                else:
+                    cancel = await self.queue.heartbeat(lease)
+            except LeaseLost:
+                log.warning("worker %s: lost the lease on job %s; stopping it", self.worker_id, lease.job_id)
+                ctx.lease_lost = True
+                ctx._request_stop()
+                return
+            except Exception:
+                # A database hiccup: the lease is still ours until it expires; try again.
+                log.exception("worker %s: heartbeat for job %s failed", self.worker_id, lease.job_id)
+                continue
+            last_beat = time.monotonic()
+            if cancel and not ctx.cancel_requested:
+                log.info("worker %s: job %s cancel requested", self.worker_id, lease.job_id)
+                ctx.cancel_requested = True
+                ctx._request_stop()
+
+    async def _shut_down_during(self, lease: Lease, ctx: JobContext, outcome: asyncio.Future[Any]) -> None:
+        ctx._request_stop()
+        try:
+            job = await self.queue.release(lease)
+            log.info("worker %s: shutting down; job %s released (%s)", self.worker_id, job.id, job.status)
+        except LeaseLost:
+            log.info("worker %s: shutting down; job %s was no longer ours", self.worker_id, lease.job_id)
+        except Exception:
+            log.exception(
+                "worker %s: could not release job %s; its lease will expire", self.worker_id, lease.job_id
+            )
+        try:
+            await asyncio.wait_for(asyncio.shield(outcome), self.shutdown_grace_seconds)
+        except BaseException:  # noqa: BLE001 - the outcome no longer matters
+            pass
+
+    async def _conclude(self, lease: Lease, ctx: JobContext, outcome: asyncio.Future[JobOutput]) -> None:
+        error = outcome.exception()
+        if ctx.lease_lost:
+            log.warning(
+                "worker %s: job %s attempt %s discarded (lease lost)",
+                self.worker_id,
+                lease.job_id,
+                lease.attempt,
+            )
+            return
+        if ctx.cancel_requested:
+            await self._settle(self._confirm_cancel(lease))
+            return
+        if error is not None:
+            await self._settle(self._record_failure(lease, error))
+            return
+        await self._settle(self._deliver(lease, outcome.result()))
+
+    async def _settle(self, step: Any) -> None:
+        try:
+            await step
+        except LeaseLost:
+            log.warning("worker %s: lease lost before the job could be settled", self.worker_id)
+
+    async def _confirm_cancel(self, lease: Lease) -> None:
+        job = await self.queue.confirm_cancel(lease)
+        await asyncio.to_thread(self.store.delete_prefix, job_prefix(job.id))
+        log.info("worker %s: job %s cancelled", self.worker_id, job.id)
+        await self._notify("job_cancelled", job)
+
+    async def _record_failure(self, lease: Lease, error: BaseException) -> None:
+        text = f"{type(error).__name__}: {error}"
+        retry = bool(getattr(error, "retryable", True))
+        log.warning(
+            "worker %s: job %s attempt %s failed: %s\n%s",
+            self.worker_id,
+            lease.job_id,
+            lease.attempt,
+            text,
+            "".join(traceback.format_exception(error)),
+        )
+        job = await self.queue.fail(lease, text, retry=retry)
+        if job.status != "queued":
+            # Final: no attempt of this job will ever need the files of earlier attempts.
+            await asyncio.to_thread(self.store.delete_prefix, job_prefix(job.id))
+            await self._notify("job_cancelled" if job.status == "cancelled" else "job_failed", job)
+
+    async def _deliver(self, lease: Lease, output: JobOutput) -> None:
+        try:
+            files = self._checked_files(output, lease)
+        except PermanentJobError as exc:
+            await self._record_failure(lease, exc)
+            return
+        stored: list[str] = []
+        sizes: dict[str, int] = {}
+        keys: dict[str, str] = {}
+        try:
+            for role, path in files.items():
+                key = job_key(lease.job_id, lease.attempt, role, path.suffix)
+                sizes[role] = await asyncio.to_thread(self.store.put_file, key, path)
+                stored.append(key)
+                keys[role] = key
+            result = await self.queue.finish(
+                lease, NewResult(fields=output.result, artifact_keys=keys, sizes=sizes)
+            )
+        except BaseException as exc:
+            # The result row was not written: this attempt's files must not outlive it.
+            for key in stored:
+                await asyncio.to_thread(self.store.delete, key)
+            if isinstance(exc, LeaseLost | asyncio.CancelledError):
+                raise
+            await self._record_failure(lease, exc)
+            return
+        await asyncio.to_thread(self._delete_other_attempts, lease)
+        log.info("worker %s: job %s done, result %s", self.worker_id, lease.job_id, result.public_id)
+        await self._notify("job_finished", lease.job_id, result)
+
+    def _checked_files(self, output: JobOutput, lease: Lease) -> dict[str, Path]:
+        if not isinstance(output, JobOutput):
+            raise PermanentJobError(f"runner returned {type(output).__name__}, not JobOutput")
+        files: dict[str, Path] = {}
+        for role, path in output.files.items():
+            if role not in ARTIFACT_ROLES:
+                raise PermanentJobError(f"runner returned unknown artifact role {role!r}")
+            path = Path(path)
+            if not path.is_file():
+                raise PermanentJobError(f"runner's {role} file {path} does not exist")
+            files[role] = path
+        return files
+
+    def _delete_other_attempts(self, lease: Lease) -> None:
+        # Earlier attempts of this job (a crashed worker's) may have stored files; only
+        # this attempt's are referenced by the result.
+        prefix = job_prefix(lease.job_id)
+        mine = f"{prefix}/{lease.attempt}/"
+        for key in list(self.store.keys(prefix)):
+            if not key.startswith(mine):
+                self.store.delete(key)
+
+    async def _notify(self, hook: str, *args: Any) -> None:
+        try:
+            await getattr(self.listener, hook)(*args)
+        except Exception:
+            log.exception("worker %s: listener %s failed", self.worker_id, hook)
+
+    # -- housekeeping ---------------------------------------------------------------
+
+    def sweep_dead_workdirs(self) -> int:
+        """Remove work directories of workers on this host whose process is gone (kill -9).
+
+        Also removes the artifact store's partial files old enough to be a dead writer's.
+        """
+        removed = 0
+        if self.workdir_root.is_dir():
+            host = self.worker_id.rsplit("-", 2)[0]
+            for directory in self.workdir_root.iterdir():
+                parts = directory.name.rsplit("-", 2)
+                if len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
+                    continue
+                pid = int(parts[1])
+                # Workers sharing this process clean up after each job themselves.
+                if pid != os.getpid() and not _pid_alive(pid):
+                    shutil.rmtree(directory, ignore_errors=True)
+                    removed += 1
+        if isinstance(self.store, LocalArtifactStore):
+            self.store.sweep_partials()
+        return removed
+
+
+async def run_worker(
+    settings: Any,
+    *,
+    runner: str | Runner = DEFAULT_RUNNER,
+    worker_id: str | None = None,
+    max_jobs: int | None = None,
+    exit_when_idle: bool = False,
+    handle_signals: bool = True,
+) -> int:
+    """The ``latent-painter worker`` process: check the schema, then work until SIGTERM/SIGINT.
+
+    The embedded SQLite database is upgraded in place if it is behind; a PostgreSQL
+    database must be upgraded with ``latent-painter db upgrade`` first. Returns the number
+    of jobs handled.
+    """
+    from db.engine import Database, sqlite_path
+    from db.migrate import ensure_schema_current
+
+    url = settings.database_url
+    await ensure_schema_current(url, upgrade_if_old=sqlite_path(url) is not None)
+    runner_fn = load_runner(runner) if isinstance(runner, str) else runner
+    db = Database.from_url(url)
+    worker = Worker(
+        JobQueue(db, queue_policy(settings)),
+        LocalArtifactStore(settings.data_dir / "artifacts"),
+        runner_fn,
+        workdir_root=settings.data_dir / "work",
+        worker_id=worker_id,
+        heartbeat_seconds=settings.queue.heartbeat_seconds,
+        poll_seconds=settings.queue.poll_seconds,
+        settings=settings,
+    )
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGTERM, signal.SIGINT) if handle_signals else ()
+    for sig in signals:
+        loop.add_signal_handler(sig, worker.stop)
+    log.info("worker %s: started on %s", worker.worker_id, db.dialect)
+    try:
+        return await worker.run(max_jobs=max_jobs, exit_when_idle=exit_when_idle)
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+        await db.dispose()
+        log.info("worker %s: stopped", worker.worker_id)

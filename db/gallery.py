@@ -1,0 +1,192 @@
+"""The community gallery of each guild (entries, one vote per member per entry) and guild settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
+
+from db.engine import Database
+from db.models import GalleryEntry, GalleryVote, GuildSettings, Result, utcnow
+from db.results import ResultNotFound, normalize_public_id
+
+
+class GalleryError(ValueError):
+    """A gallery request that cannot be done; the message is meant for the member who asked."""
+
+
+class EntryNotFound(GalleryError, LookupError):
+    """No such gallery entry in this guild."""
+
+
+@dataclass(frozen=True)
+class VoteOutcome:
+    """After a vote toggle: whether the member's vote now stands, and the entry's total."""
+
+    voted: bool
+    votes: int
+
+
+@dataclass(frozen=True)
+class GalleryItem:
+    entry: GalleryEntry
+    result: Result
+
+
+async def submit(db: Database, guild_id: int, public_id: str, user_id: int) -> GalleryEntry:
+    """Put one of the member's own results into the guild's gallery.
+
+    Raises :class:`~db.results.ResultNotFound` if the result is not theirs and
+    :class:`GalleryError` if it is already in this gallery.
+    """
+    canonical = normalize_public_id(public_id)
+    async with db.write() as session:
+        result = await session.scalar(
+            select(Result).where(Result.public_id == canonical, Result.owner_id == user_id)
+        )
+        if result is None:
+            raise ResultNotFound(f"no result of yours with id {canonical}")
+        entry = GalleryEntry(guild_id=guild_id, result_id=result.id, submitted_by=user_id, votes=0)
+        try:
+            async with session.begin_nested():
+                session.add(entry)
+        except IntegrityError:
+            raise GalleryError(f"{canonical} is already in this server's gallery") from None
+    return entry
+
+
+async def remove(db: Database, guild_id: int, entry_id: int, user_id: int, *, is_admin: bool = False) -> None:
+    """Take an entry out of the gallery: its submitter may, and so may a guild admin."""
+    async with db.write() as session:
+        entry = await session.scalar(
+            select(GalleryEntry).where(GalleryEntry.id == entry_id, GalleryEntry.guild_id == guild_id)
+        )
+        if entry is None:
+            raise EntryNotFound(f"no gallery entry {entry_id} in this server")
+        if entry.submitted_by != user_id and not is_admin:
+            raise GalleryError("only the member who submitted it, or an admin, can remove this entry")
+        await session.delete(entry)
+
+
+async def toggle_vote(db: Database, guild_id: int, entry_id: int, user_id: int) -> VoteOutcome:
+    """Vote for an entry, or take the vote back if the member had voted: one vote per member."""
+    async with db.write() as session:
+        # Lock the entry row (PostgreSQL) so one member's two quick clicks toggle in turn.
+        exists = await session.scalar(
+            select(GalleryEntry.id)
+            .where(GalleryEntry.id == entry_id, GalleryEntry.guild_id == guild_id)
+            .with_for_update()
+        )
+        if exists is None:
+            raise EntryNotFound(f"no gallery entry {entry_id} in this server")
+        removed = await session.execute(
+            delete(GalleryVote).where(GalleryVote.entry_id == entry_id, GalleryVote.user_id == user_id)
+        )
+        voted = removed.rowcount == 0
+        if voted:
+            session.add(GalleryVote(entry_id=entry_id, user_id=user_id))
+            await session.flush()
+        votes = await session.scalar(
+            update(GalleryEntry)
+            .where(GalleryEntry.id == entry_id)
+            .values(votes=GalleryEntry.votes + (1 if voted else -1))
+            .returning(GalleryEntry.votes)
+        )
+    return VoteOutcome(voted=voted, votes=int(votes or 0))
+
+
+async def browse(
+    db: Database, guild_id: int, *, order: str = "new", limit: int = 10, offset: int = 0
+) -> list[GalleryItem]:
+    """Gallery entries with their results: ``new`` (newest first) or ``top`` (most votes first)."""
+    if order not in ("new", "top"):
+        raise GalleryError(f"order must be new or top, got {order!r}")
+    if limit < 1 or offset < 0:
+        raise GalleryError("limit must be at least 1 and offset at least 0")
+    keys: list[Any] = [GalleryEntry.created_at.desc(), GalleryEntry.id.desc()]
+    if order == "top":
+        keys.insert(0, GalleryEntry.votes.desc())
+    query = (
+        select(GalleryEntry, Result)
+        .join(Result, Result.id == GalleryEntry.result_id)
+        .where(GalleryEntry.guild_id == guild_id)
+        .order_by(*keys)
+        .limit(limit)
+        .offset(offset)
+    )
+    async with db.read() as session:
+        rows = (await session.execute(query)).all()
+    return [GalleryItem(entry=entry, result=result) for entry, result in rows]
+
+
+async def count_entries(db: Database, guild_id: int) -> int:
+    """How many entries the guild's gallery has."""
+    async with db.read() as session:
+        total = await session.scalar(
+            select(func.count()).select_from(GalleryEntry).where(GalleryEntry.guild_id == guild_id)
+        )
+    return int(total or 0)
+
+
+async def claim_hall_of_fame(db: Database, entry_id: int, message_id: int) -> bool:
+    """Record that the entry was posted to the hall of fame; False if it already was.
+
+    The bot calls this before (or right after) posting, so an entry is featured once even
+    when two votes cross the threshold at the same moment.
+    """
+    async with db.write() as session:
+        changed = await session.execute(
+            update(GalleryEntry)
+            .where(GalleryEntry.id == entry_id, GalleryEntry.hall_of_fame_message_id.is_(None))
+            .values(hall_of_fame_message_id=message_id)
+        )
+    return changed.rowcount == 1
+
+
+_SETTING_RANGES = {
+    "hall_of_fame_votes": (1, 100_000),
+    "per_user_cap": (1, 1000),
+    "max_steps": (1, 500),
+    "max_side": (64, 4096),
+}
+_CHANNEL_SETTINGS = ("gallery_channel_id", "hall_of_fame_channel_id")
+
+
+async def get_settings(db: Database, guild_id: int) -> GuildSettings:
+    """The guild's settings; a guild that never changed any gets the defaults (not stored)."""
+    async with db.read() as session:
+        settings = await session.get(GuildSettings, guild_id)
+    return settings or GuildSettings(guild_id=guild_id, allowed_channel_ids=[])
+
+
+async def update_settings(db: Database, guild_id: int, updated_by: int, **changes: Any) -> GuildSettings:
+    """Change some of a guild's settings (None clears one back to the bot's default)."""
+    for name, value in changes.items():
+        if name == "allowed_channel_ids":
+            if not isinstance(value, list | tuple) or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value
+            ):
+                raise GalleryError("allowed_channel_ids must be a list of channel ids")
+            changes[name] = sorted(set(value))
+        elif name in _CHANNEL_SETTINGS or name in _SETTING_RANGES:
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise GalleryError(f"{name} must be a whole number, got {value!r}")
+            low, high = _SETTING_RANGES.get(name, (1, 2**63 - 1))
+            if not low <= value <= high:
+                raise GalleryError(f"{name} must be from {low} to {high}, got {value}")
+        else:
+            raise GalleryError(f"unknown guild setting {name!r}")
+    async with db.write() as session:
+        settings = await session.get(GuildSettings, guild_id)
+        if settings is None:
+            settings = GuildSettings(guild_id=guild_id, allowed_channel_ids=[])
+            session.add(settings)
+        for name, value in changes.items():
+            setattr(settings, name, value)
+        settings.updated_by = updated_by
+        settings.updated_at = utcnow()
+    return settings

@@ -1,0 +1,542 @@
+"""The job queue: one table, and one statement per state change.
+
+States: ``queued`` → ``running`` → ``done`` | ``failed`` | ``cancelled`` (and ``running`` →
+``queued`` again on a retry, a graceful release, or a lease that went stale). A worker
+holds a job through a :class:`Lease` — job id, worker id and attempt number — and every
+statement it makes on that job checks all three, so a worker that lost its lease (it
+stalled, another worker took the job back) can no longer change it.
+
+Claiming is a single ``UPDATE … WHERE id IN (SELECT … LIMIT 1 [FOR UPDATE SKIP LOCKED])
+RETURNING …``: under SQLite's ``BEGIN IMMEDIATE`` it is serialised by the write lock, on
+PostgreSQL concurrent workers skip each other's locked rows. The order is fair: the user
+served least recently first (round-robin), then priority (lower first), then age.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, case, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
+
+from db.engine import Database
+from db.models import LIVE_STATUSES, Job, JobStatus, Result, utcnow
+from db.params import validate_kind, validate_params
+from db.results import NewResult, new_public_id
+
+QUEUED, RUNNING, DONE, FAILED, CANCELLED = (s.value for s in JobStatus)
+MAX_ERROR_CHARS = 8000
+STALE_ERROR = "the worker stopped sending heartbeats (crashed or stalled); lease expired"
+
+
+class QueueError(Exception):
+    """Base of the queue's own errors."""
+
+
+class QueueFull(QueueError):
+    """The user already has as many live jobs as they may; the message says so."""
+
+
+class JobNotFound(QueueError, LookupError):
+    """No such job (or not one of the asker's)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "job not found"
+
+
+class LeaseLost(QueueError):
+    """The worker no longer holds this job: it was recovered by another worker or cancelled."""
+
+
+@dataclass(frozen=True)
+class QueuePolicy:
+    """The queue's knobs (``[queue]`` in config.toml)."""
+
+    lease_seconds: float = 120.0
+    max_attempts: int = 3
+    per_user_cap: int = 3
+    backoff_seconds: float = 5.0
+    backoff_max_seconds: float = 3600.0
+    # How many recently finished jobs the ETA averages over.
+    recent_jobs: int = 20
+
+    def backoff(self, attempt: int) -> float:
+        """Seconds to wait before attempt ``attempt + 1``: exponential, with jitter.
+
+        "Equal jitter": half the exponential delay is fixed, half is random, so retries of
+        jobs that failed together (a model server hiccup) spread out instead of colliding.
+        """
+        delay = min(self.backoff_max_seconds, self.backoff_seconds * 2 ** max(0, attempt - 1))
+        return delay / 2 + random.uniform(0, delay / 2)
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A worker's hold on one attempt of one job; every later call on the job passes it."""
+
+    job: Job
+    worker_id: str
+
+    @property
+    def job_id(self) -> int:
+        return self.job.id
+
+    @property
+    def attempt(self) -> int:
+        return self.job.attempts
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    """The job, and whether this call created it (False: a live job with the dedupe key existed)."""
+
+    job: Job
+    created: bool
+
+
+@dataclass(frozen=True)
+class QueuePosition:
+    """Where a job stands: how many jobs start before it and a rough time until it is done."""
+
+    job_id: int
+    status: str
+    ahead: int
+    running: int
+    workers: int
+    typical_seconds: float | None
+    eta_seconds: float | None
+
+
+def _held(lease: Lease) -> Any:
+    """The WHERE clause every worker-side statement carries: this job, this worker, this attempt."""
+    return and_(
+        Job.id == lease.job_id,
+        Job.status == RUNNING,
+        Job.worker_id == lease.worker_id,
+        Job.attempts == lease.attempt,
+    )
+
+
+class JobQueue:
+    """The queue API over one :class:`~db.engine.Database`. Each method is one transaction."""
+
+    def __init__(self, db: Database, policy: QueuePolicy | None = None) -> None:
+        self.db = db
+        self.policy = policy or QueuePolicy()
+
+    # -- requester side -------------------------------------------------------------
+
+    async def enqueue(
+        self,
+        kind: str,
+        params: dict[str, Any],
+        *,
+        user_id: int,
+        guild_id: int | None = None,
+        channel_id: int | None = None,
+        interaction_token: str | None = None,
+        token_expires_at: datetime | None = None,
+        priority: int = 0,
+        dedupe_key: str | None = None,
+        run_at: datetime | None = None,
+        max_attempts: int | None = None,
+        per_user_cap: int | None = None,
+    ) -> Enqueued:
+        """Add a job, unless a live job has the same ``dedupe_key`` (then that one is returned).
+
+        Raises ``ValueError`` for bad input and :class:`QueueFull` when the user already has
+        ``per_user_cap`` live (queued or running) jobs; in both cases nothing is written.
+        """
+        kind = validate_kind(kind)
+        params = validate_params(kind, params)
+        for name, value in (("user_id", user_id), ("guild_id", guild_id), ("channel_id", channel_id)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise ValueError(f"{name} must be a non-negative whole number, got {value!r}")
+        if isinstance(priority, bool) or not isinstance(priority, int) or not -1000 <= priority <= 1000:
+            raise ValueError(f"priority must be a whole number from -1000 to 1000, got {priority!r}")
+        if dedupe_key is not None and not (isinstance(dedupe_key, str) and 0 < len(dedupe_key) <= 255):
+            raise ValueError("dedupe_key must be text of 1 to 255 characters")
+        attempts = self.policy.max_attempts if max_attempts is None else max_attempts
+        if not 1 <= attempts <= 100:
+            raise ValueError(f"max_attempts must be from 1 to 100, got {attempts!r}")
+        cap = self.policy.per_user_cap if per_user_cap is None else per_user_cap
+        now = utcnow()
+        job = Job(
+            kind=kind,
+            status=QUEUED,
+            user_id=user_id,
+            guild_id=guild_id,
+            channel_id=channel_id,
+            interaction_token=interaction_token,
+            token_expires_at=token_expires_at,
+            params=params,
+            priority=priority,
+            run_at=run_at or now,
+            attempts=0,
+            max_attempts=attempts,
+            dedupe_key=dedupe_key,
+            created_at=now,
+        )
+        async with self.db.write() as session:
+            if self.db.dialect == "postgresql":
+                # SQLite's BEGIN IMMEDIATE already serialises writers; on PostgreSQL two
+                # enqueues of one user could both pass the cap check without this lock.
+                await session.execute(select(func.pg_advisory_xact_lock(user_id)))
+            if dedupe_key is not None and (existing := await self._live_with_key(session, dedupe_key)):
+                return Enqueued(existing, created=False)
+            live = await session.scalar(
+                select(func.count()).where(Job.user_id == user_id, Job.status.in_(LIVE_STATUSES))
+            )
+            if live is not None and live >= cap:
+                raise QueueFull(
+                    f"you already have {live} job{'s' if live != 1 else ''} waiting or running "
+                    f"(the limit is {cap}); try again when one has finished"
+                )
+            try:
+                async with session.begin_nested():
+                    session.add(job)
+            except IntegrityError:
+                # Another user's enqueue with the same dedupe key won the race (PostgreSQL).
+                existing = await self._live_with_key(session, dedupe_key or "")
+                if existing is None:
+                    raise
+                return Enqueued(existing, created=False)
+        return Enqueued(job, created=True)
+
+    @staticmethod
+    async def _live_with_key(session: AsyncSession, dedupe_key: str) -> Job | None:
+        return await session.scalar(
+            select(Job).where(Job.dedupe_key == dedupe_key, Job.status.in_(LIVE_STATUSES))
+        )
+
+    async def cancel(self, job_id: int, *, user_id: int | None = None) -> Job:
+        """Cancel a job: a queued one at once, a running one at the worker's next step.
+
+        With ``user_id``, only that user's job. Returns the job as it now is (a finished
+        job is returned unchanged); raises :class:`JobNotFound` if there is no such job.
+        """
+        mine = Job.id == job_id if user_id is None else and_(Job.id == job_id, Job.user_id == user_id)
+        async with self.db.write() as session:
+            job = await session.scalar(
+                update(Job)
+                .where(mine, Job.status == QUEUED)
+                .values(status=CANCELLED, finished_at=utcnow())
+                .returning(Job),
+                execution_options={"synchronize_session": False},
+            )
+            if job is None:
+                job = await session.scalar(
+                    update(Job)
+                    .where(mine, Job.status == RUNNING)
+                    .values(cancel_requested=True)
+                    .returning(Job),
+                    execution_options={"synchronize_session": False},
+                )
+            if job is None:
+                job = await session.scalar(select(Job).where(mine))
+        if job is None:
+            raise JobNotFound(f"no job {job_id}" + ("" if user_id is None else " of yours"))
+        return job
+
+    # -- worker side ----------------------------------------------------------------
+
+    async def claim(self, worker_id: str, *, kinds: tuple[str, ...] | None = None) -> Lease | None:
+        """Take the next job for ``worker_id``, or None if there is nothing to do.
+
+        The same transaction first settles stale jobs that may not run again (out of
+        attempts, or cancelled), so a job that crashes every worker ends ``failed``
+        instead of going round forever.
+        """
+        now = utcnow()
+        stale_before = now - timedelta(seconds=self.policy.lease_seconds)
+        stale = and_(Job.status == RUNNING, Job.heartbeat_at < stale_before)
+        async with self.db.write() as session:
+            await session.execute(
+                update(Job)
+                .where(stale, or_(Job.attempts >= Job.max_attempts, Job.cancel_requested))
+                .values(
+                    status=case((Job.cancel_requested, CANCELLED), else_=FAILED),
+                    error=case((Job.cancel_requested, Job.error), else_=STALE_ERROR),
+                    worker_id=None,
+                    finished_at=now,
+                ),
+                execution_options={"synchronize_session": False},
+            )
+            served = aliased(Job)
+            last_served = (
+                select(func.max(served.started_at)).where(served.user_id == Job.user_id).scalar_subquery()
+            )
+            ready = or_(and_(Job.status == QUEUED, Job.run_at <= now), stale)
+            pick = select(Job.id).where(ready)
+            if kinds:
+                pick = pick.where(Job.kind.in_(kinds))
+            pick = pick.order_by(last_served.asc().nulls_first(), Job.priority, Job.id).limit(1)
+            if self.db.dialect == "postgresql":
+                pick = pick.with_for_update(skip_locked=True, of=Job)
+            job = await session.scalar(
+                update(Job)
+                .where(Job.id.in_(pick))
+                .values(
+                    status=RUNNING,
+                    worker_id=worker_id,
+                    attempts=Job.attempts + 1,
+                    heartbeat_at=now,
+                    started_at=now,
+                    progress_step=None,
+                    progress_frame=None,
+                    progress_total=None,
+                    # A job taken back from a dead worker says so; the note is cleared on success.
+                    error=case((Job.status == RUNNING, STALE_ERROR), else_=Job.error),
+                )
+                .returning(Job),
+                execution_options={"synchronize_session": False},
+            )
+        return None if job is None else Lease(job=job, worker_id=worker_id)
+
+    async def heartbeat(self, lease: Lease) -> bool:
+        """Renew the lease; returns whether a cancel was requested. Raises :class:`LeaseLost`."""
+        return await self._touch(lease, {})
+
+    async def progress(self, lease: Lease, step: int, frame: int, total: int) -> bool:
+        """Record progress (and renew the lease); returns whether a cancel was requested."""
+        return await self._touch(
+            lease, {"progress_step": step, "progress_frame": frame, "progress_total": total}
+        )
+
+    async def _touch(self, lease: Lease, values: dict[str, Any]) -> bool:
+        async with self.db.write() as session:
+            cancel = await session.scalar(
+                update(Job)
+                .where(_held(lease))
+                .values(heartbeat_at=utcnow(), **values)
+                .returning(Job.cancel_requested)
+            )
+        if cancel is None:
+            raise LeaseLost(f"job {lease.job_id} attempt {lease.attempt} is no longer held")
+        return bool(cancel)
+
+    async def finish(self, lease: Lease, new_result: NewResult) -> Result:
+        """Mark the job done and write its result row, in one transaction.
+
+        Raises :class:`LeaseLost` (and writes nothing) if the worker no longer holds the job.
+        """
+        new_result.validate()
+        now = utcnow()
+        async with self.db.write() as session:
+            job = await session.scalar(
+                update(Job)
+                .where(_held(lease))
+                .values(status=DONE, finished_at=now, heartbeat_at=now, error=None)
+                .returning(Job),
+                execution_options={"synchronize_session": False},
+            )
+            if job is None:
+                raise LeaseLost(f"job {lease.job_id} attempt {lease.attempt} is no longer held")
+            for tries_left in range(4, -1, -1):
+                result = new_result.row(job, new_public_id())
+                try:
+                    async with session.begin_nested():
+                        session.add(result)
+                    break
+                except IntegrityError:
+                    # A public id collision (1 in 2^40 per existing result): draw again.
+                    # The one-result-per-job constraint cannot fire here: the lease proved
+                    # the job was still running, and only finishing makes a result.
+                    if not tries_left:
+                        raise
+        return result
+
+    async def fail(self, lease: Lease, error: str, *, retry: bool = True) -> Job:
+        """Record a failed attempt: back to the queue after a backoff, or ``failed`` for good.
+
+        It is final when ``retry`` is False or the job has used ``max_attempts`` attempts;
+        the error text is kept either way. Raises :class:`LeaseLost` if no longer held.
+        """
+        now = utcnow()
+        again = retry and lease.attempt < lease.job.max_attempts
+        next_status = QUEUED if again else FAILED
+        run_at = now + timedelta(seconds=self.policy.backoff(lease.attempt)) if again else None
+        async with self.db.write() as session:
+            job = await session.scalar(
+                update(Job)
+                .where(_held(lease))
+                .values(
+                    status=case((Job.cancel_requested, CANCELLED), else_=next_status),
+                    error=error[:MAX_ERROR_CHARS],
+                    worker_id=None,
+                    heartbeat_at=None,
+                    run_at=run_at or Job.run_at,
+                    finished_at=case((Job.cancel_requested, now), else_=None if again else now),
+                )
+                .returning(Job),
+                execution_options={"synchronize_session": False},
+            )
+        if job is None:
+            raise LeaseLost(f"job {lease.job_id} attempt {lease.attempt} is no longer held")
+        return job
+
+    async def release(self, lease: Lease) -> Job:
+        """Give the job back unharmed (the worker is shutting down): queued again at once.
+
+        The attempt is not counted, since the job did not fail. A job whose cancel was
+        requested ends ``cancelled`` instead. Raises :class:`LeaseLost` if no longer held.
+        """
+        now = utcnow()
+        async with self.db.write() as session:
+            job = await session.scalar(
+                update(Job)
+                .where(_held(lease))
+                .values(
+                    status=case((Job.cancel_requested, CANCELLED), else_=QUEUED),
+                    attempts=Job.attempts - 1,
+                    worker_id=None,
+                    heartbeat_at=None,
+                    run_at=now,
+                    progress_step=None,
+                    progress_frame=None,
+                    progress_total=None,
+                    finished_at=case((Job.cancel_requested, now), else_=None),
+                )
+                .returning(Job),
+                execution_options={"synchronize_session": False},
+            )
+        if job is None:
+            raise LeaseLost(f"job {lease.job_id} attempt {lease.attempt} is no longer held")
+        return job
+
+    async def confirm_cancel(self, lease: Lease) -> Job:
+        """The worker stopped a job whose cancel was requested: mark it ``cancelled``."""
+        async with self.db.write() as session:
+            job = await session.scalar(
+                update(Job)
+                .where(_held(lease))
+                .values(status=CANCELLED, worker_id=None, finished_at=utcnow())
+                .returning(Job),
+                execution_options={"synchronize_session": False},
+            )
+        if job is None:
+            raise LeaseLost(f"job {lease.job_id} attempt {lease.attempt} is no longer held")
+        return job
+
+    # -- queries --------------------------------------------------------------------
+
+    async def get(self, job_id: int) -> Job:
+        """The job with this id; raises :class:`JobNotFound`."""
+        async with self.db.read() as session:
+            job = await session.get(Job, job_id)
+        if job is None:
+            raise JobNotFound(f"no job {job_id}")
+        return job
+
+    async def list_jobs(
+        self, *, status: str | None = None, user_id: int | None = None, limit: int = 50
+    ) -> list[Job]:
+        """Jobs newest first, optionally of one status and/or one user."""
+        if status is not None and status not in tuple(JobStatus):
+            raise ValueError(f"status must be one of {', '.join(JobStatus)}; got {status!r}")
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        query = select(Job).order_by(Job.id.desc()).limit(limit)
+        if status is not None:
+            query = query.where(Job.status == status)
+        if user_id is not None:
+            query = query.where(Job.user_id == user_id)
+        async with self.db.read() as session:
+            return list((await session.scalars(query)).all())
+
+    async def counts(self) -> dict[str, int]:
+        """Number of jobs in each status."""
+        async with self.db.read() as session:
+            rows = await session.execute(select(Job.status, func.count()).group_by(Job.status))
+        return {status: 0 for status in JobStatus} | {status: n for status, n in rows.all()}
+
+    async def position(self, job_id: int) -> QueuePosition:
+        """How many jobs will start before this one, and an ETA from recent job durations.
+
+        The count follows the claim order: each user ahead in the round-robin gets one
+        more turn than the jobs this user has ahead of this one. The ETA is None until
+        some job has finished, since there is nothing to measure yet.
+        """
+        now = utcnow()
+        async with self.db.read() as session:
+            job = await session.get(Job, job_id)
+            if job is None:
+                raise JobNotFound(f"no job {job_id}")
+            recent = (
+                await session.execute(
+                    select(Job.started_at, Job.finished_at)
+                    .where(Job.status == DONE, Job.started_at.is_not(None))
+                    .order_by(Job.finished_at.desc())
+                    .limit(self.policy.recent_jobs)
+                )
+            ).all()
+            running = (
+                await session.execute(
+                    select(Job.worker_id, Job.started_at, Job.progress_frame, Job.progress_total).where(
+                        Job.status == RUNNING
+                    )
+                )
+            ).all()
+            queued = []
+            if job.status == QUEUED:
+                queued = (
+                    await session.execute(
+                        select(Job.id, Job.user_id, Job.priority).where(Job.status == QUEUED)
+                    )
+                ).all()
+                users = {row.user_id for row in queued}
+                served = dict(
+                    (
+                        await session.execute(
+                            select(Job.user_id, func.max(Job.started_at))
+                            .where(Job.user_id.in_(users))
+                            .group_by(Job.user_id)
+                        )
+                    ).all()
+                )
+        durations = [(f - s).total_seconds() for s, f in recent if s is not None and f is not None]
+        typical = statistics.median(durations) if durations else None
+        workers = max(1, len({row.worker_id for row in running}))
+        if job.status not in LIVE_STATUSES:
+            return QueuePosition(job.id, job.status, 0, len(running), workers, typical, 0.0)
+
+        def remaining(started: datetime | None, frame: int | None, total: int | None) -> float:
+            assert typical is not None
+            if frame is not None and total:
+                return typical * max(0.0, 1.0 - frame / total)
+            elapsed = (now - started).total_seconds() if started else 0.0
+            return max(0.0, typical - elapsed)
+
+        if job.status == RUNNING:
+            eta = None
+            if typical is not None:
+                eta = remaining(job.started_at, job.progress_frame, job.progress_total)
+            return QueuePosition(job.id, job.status, 0, len(running), workers, typical, eta)
+
+        mine = sorted((row.priority, row.id) for row in queued if row.user_id == job.user_id)
+        turns = mine.index((job.priority, job.id))
+        per_user: dict[int, int] = defaultdict(int)
+        for row in queued:
+            per_user[row.user_id] += 1
+        epoch = datetime.min.replace(tzinfo=now.tzinfo)
+
+        def last(user: int) -> datetime:
+            return served.get(user) or epoch
+
+        ahead = turns
+        for user, count in per_user.items():
+            if user != job.user_id:
+                before_me = (last(user), user) < (last(job.user_id), job.user_id)
+                ahead += min(count, turns + (1 if before_me else 0))
+        eta = None
+        if typical is not None:
+            busy = sum(remaining(r.started_at, r.progress_frame, r.progress_total) for r in running)
+            eta = (busy + ahead * typical) / workers + typical
+        return QueuePosition(job.id, job.status, ahead, len(running), workers, typical, eta)
