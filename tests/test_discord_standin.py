@@ -23,7 +23,7 @@ from discord import app_commands
 from discord.ext import commands
 from PIL import Image
 
-from tests.discord_standin import DiscordStandIn, InteractionBuildError
+from tests.discord_standin import DiscordStandIn, InteractionBuildError, StandInAttachment
 from tests.discord_standin.world import ALICE_ID, BOB_ID, BOT_ID, GENERAL_ID, GUILD_ID, MOD_ID
 
 TOKEN = "stand-in-test-token.not-a-real-one"
@@ -120,6 +120,12 @@ def build_bot(seen: Seen) -> commands.Bot:
         assert isinstance(interaction.channel, discord.TextChannel)
         await interaction.channel.send(text)
 
+    @app_commands.command(name="progress", description="Edit the deferred reply several times")
+    async def progress(interaction: discord.Interaction) -> None:
+        await interaction.response.defer()
+        for step in range(1, 5):
+            await interaction.edit_original_response(content=f"step {step}/4")
+
     @app_commands.command(name="slow", description="Answers too late")
     async def slow(interaction: discord.Interaction) -> None:
         await asyncio.sleep(0.3)
@@ -156,8 +162,26 @@ def build_bot(seen: Seen) -> commands.Bot:
     async def limit(interaction: discord.Interaction, count: app_commands.Range[int, 1, 10]) -> None:
         await interaction.response.send_message(f"limit {count}", ephemeral=True)
 
-    for command in (render, shout, slow, pick, ballot, note, manage):
+    @app_commands.command(name="inspect", description="Echo resolved options")
+    @app_commands.describe(who="A member", where="A channel", file="A file")
+    async def inspect(
+        interaction: discord.Interaction,
+        who: discord.Member,
+        where: discord.TextChannel,
+        file: discord.Attachment,
+    ) -> None:
+        data = await file.read()  # downloaded from the stand-in's attachment URL
+        text = f"{who.name} {where.name} {file.filename} {len(data)} {data == PICTURE}"
+        await interaction.response.send_message(text, ephemeral=True)
+
+    @app_commands.command(name="hello", description="Works in DMs too")
+    async def hello(interaction: discord.Interaction) -> None:
+        place = "dm" if interaction.guild is None else "guild"
+        await interaction.response.send_message(f"hello {interaction.user.name} in {place}")
+
+    for command in (render, shout, progress, slow, pick, ballot, note, manage, inspect):
         bot.tree.add_command(command, guild=guild)
+    bot.tree.add_command(hello)
 
     async def setup_hook() -> None:
         bot.add_view(VoteView(seen))  # persistent: matched by custom_id, no message id needed
@@ -212,8 +236,23 @@ async def test_client_logs_in_connects_and_syncs(harness: Harness) -> None:
         lambda r: r.route == "PUT /applications/{application_id}/guilds/{guild_id}/commands"
     )
     assert guild_sync.params["guild_id"] == str(GUILD_ID) and guild_sync.status == 200
+    assert [c["name"] for c in await standin.wait_for_commands("render", "pick", guild_id=GUILD_ID)] == [
+        "render",
+        "pick",
+    ]
     synced = {c["name"]: c for c in standin.guild_commands[GUILD_ID]}
-    assert set(synced) == {"render", "shout", "slow", "pick", "ballot", "note", "admin"}
+    assert set(synced) == {
+        "render",
+        "shout",
+        "progress",
+        "slow",
+        "pick",
+        "ballot",
+        "note",
+        "admin",
+        "inspect",
+    }
+    assert [c["name"] for c in standin.global_commands] == ["hello"]
     assert synced["pick"]["options"][0]["autocomplete"] is True
     assert await standin.wait_for(lambda r: r.route == "PUT /applications/{application_id}/commands")
 
@@ -290,6 +329,20 @@ async def test_rate_limited_channel_message_is_waited_out(harness: Harness) -> N
     first = standin.recorder.matching(lambda r: r.rate_limited, since=mark, include_rate_limited=True)
     assert len(first) == 1 and posted.at - first[0].at >= 0.2
     assert [m.content for m in standin.channel_messages("general")] == ["hello channel"]
+
+
+async def test_route_bucket_makes_the_client_pace_its_edits(harness: Harness) -> None:
+    standin = harness.standin
+    standin.limit_route("PATCH /webhooks/*/messages/@original", limit=2, per=0.4)
+    handle = await standin.send_slash("progress")
+    edits = await handle.wait_for(lambda r: r.method == "PATCH", count=4)
+    # The client read X-RateLimit-Remaining: 0 after the second edit and waited for the reset,
+    # so no edit was refused, and the third came only after the 0.4 s window.
+    assert not [r for r in handle.requests if r.rate_limited]
+    assert [r.content for r in edits] == ["step 1/4", "step 2/4", "step 3/4", "step 4/4"]
+    assert edits[2].at - edits[0].at >= 0.39
+    original = handle.original
+    assert original is not None and original.content == "step 4/4" and original.edited is not None
 
 
 async def test_mentions_follow_allowed_mentions(harness: Harness) -> None:
@@ -408,6 +461,23 @@ async def test_strict_sends_only_what_the_discord_client_would(harness: Harness)
     forced = await standin.send_slash("admin limit", {"count": 11}, user=ALICE_ID, strict=False)
     assert forced.payload["member"]["user"]["id"] == str(ALICE_ID)
     assert (await forced.response()).content == "limit 11"
+
+
+async def test_resolved_options_and_dm_interactions(harness: Harness) -> None:
+    standin = harness.standin
+    handle = await standin.send_slash(
+        "inspect", {"who": BOB_ID, "where": "gallery", "file": StandInAttachment("sketch.png", PICTURE)}
+    )
+    answer = await handle.response()
+    assert answer.content == "bob gallery sketch.png " + f"{len(PICTURE)} True"
+    resolved = handle.payload["data"]["resolved"]
+    assert set(resolved) == {"users", "members", "channels", "attachments"}
+
+    dm = await standin.send_slash("hello", guild=None, user="bob")
+    assert "guild_id" not in dm.payload and dm.payload["context"] == 1
+    assert (await dm.response()).content == "hello bob in dm"
+    in_guild = await standin.send_slash("hello")  # global command, used in the default guild
+    assert (await in_guild.response()).content == "hello alice in guild"
 
 
 async def test_gateway_drop_is_resumed_and_events_are_replayed(harness: Harness) -> None:

@@ -133,6 +133,8 @@ class OptionBuilder:
                 raise InteractionBuildError(f"{where}: expected True/False, got {value!r}")
             return value
         if kind in (USER, MENTIONABLE) and not isinstance(value, StandInRole):
+            if isinstance(value, str) and not value.isdigit():
+                value = self._standin._resolve_user(self._guild, value)  # a username
             user_id = _snowflake_of(value)
             if kind == MENTIONABLE and self._guild and self._guild.role(user_id):
                 self.resolved.setdefault("roles", {})[str(user_id)] = self._guild.role(user_id).payload()
@@ -147,6 +149,8 @@ class OptionBuilder:
             self.resolved.setdefault("roles", {})[str(role_id)] = role.payload()
             return str(role_id)
         if kind == CHANNEL:
+            if isinstance(value, str) and not value.isdigit() and self._guild is not None:
+                value = self._guild.channel_named(value)
             channel_id = _snowflake_of(value)
             channel = self._guild.channel(channel_id) if self._guild else None
             if channel is None:

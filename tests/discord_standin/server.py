@@ -67,6 +67,8 @@ from .world import (
 _log = logging.getLogger("discord_standin")
 
 API_PREFIXES = ("/api/v10", "/api/v9")
+MAX_INTERACTIONS = 5000
+MAX_PROBLEMS = 1000
 _DEFAULT = object()  # "use the default guild/channel/user" in the send_* helpers
 _NAME = re.compile(r"^[-_'\w]{1,32}$")
 
@@ -345,6 +347,30 @@ class DiscordStandIn:
         """The first ``count`` matching requests after ``since`` (429s skipped)."""
         return await self.recorder.wait_for(predicate, timeout=timeout, since=since, count=count)
 
+    async def wait_for_commands(
+        self, *names: str, guild_id: int | None = None, timeout: float = 10.0
+    ) -> list[dict]:
+        """Wait until top-level commands ``names`` are synced (globally, or to ``guild_id``); returns them."""
+
+        def synced() -> list[dict] | None:
+            pool = self.guild_commands.get(guild_id, []) if guild_id else self.global_commands
+            found = [c for n in names for c in pool if c["name"] == n]
+            return found if len(found) == len(names) else None
+
+        since = 0
+        deadline = time.monotonic() + timeout
+        while (found := synced()) is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                where = f"guild {guild_id}" if guild_id else "global"
+                raise TimeoutError(f"commands {list(names)} not synced ({where}) within {timeout:.1f}s")
+            with contextlib.suppress(TimeoutError):
+                hit = await self.wait_for(
+                    lambda r: "/commands" in r.route and r.method != "GET", since=since, timeout=left
+                )
+                since = hit.seq
+        return found
+
     def rate_limit(
         self,
         match: str | Predicate,
@@ -567,6 +593,9 @@ class DiscordStandIn:
             state.message_ids.add(message.id)
         self._interactions[interaction_id] = state
         self._by_token[token] = state
+        while len(self._interactions) > MAX_INTERACTIONS:  # bounded: forget the oldest
+            oldest = self._interactions.pop(next(iter(self._interactions)))
+            self._by_token.pop(oldest.token, None)
         mark = self.recorder.mark()
         await self.gateway.wait_until_ready(timeout)
         state.sent_at = time.monotonic()
@@ -772,7 +801,8 @@ class DiscordStandIn:
             response = await self._serve(request, record, api=prefix is not None)
         except Exception as exc:  # a fault in the stand-in itself: answer so the client does not retry
             _log.exception("stand-in fault on %s %s", record.method, record.path)
-            self.errors.append(f"{record.method} {record.path}: {exc!r}")
+            if len(self.errors) < MAX_PROBLEMS:
+                self.errors.append(f"{record.method} {record.path}: {exc!r}")
             record.status, record.response = 400, {"message": f"stand-in fault: {exc!r}", "code": 0}
             response = _json_response(record.response, status=400)
         await self.recorder.add(record)
@@ -789,7 +819,8 @@ class DiscordStandIn:
                         break
         if route is None:
             _log.warning("stand-in: UNKNOWN ROUTE %s %s (answered 404)", record.method, record.path)
-            self.unknown_requests.append(record)
+            if len(self.unknown_requests) < MAX_PROBLEMS:
+                self.unknown_requests.append(record)
             record.status, record.response = 404, {"message": "404: Not Found", "code": 0}
             return _json_response(record.response, status=404)
         record.route, record.params = route.template, params
