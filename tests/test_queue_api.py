@@ -18,7 +18,9 @@ from db.queue import (
     QueuePolicy,
 )
 from db.results import NewResult
-from tests.db_fixtures import database, db_url, queue  # noqa: F401 - fixtures
+from tests import db_fixtures
+
+db_url, database, queue = db_fixtures.db_url, db_fixtures.database, db_fixtures.queue
 
 
 def paint(prompt: str = "a lighthouse") -> dict:
