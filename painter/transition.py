@@ -192,7 +192,11 @@ def _steps_along(depth: float, length: int) -> int:
     return max(1, min(length - 1, math.floor(depth * (length - 1) + 0.5)))
 
 
-def _validate(depth: float, guidance: str, interp_steps: int | None) -> None:
+def validate_options(depth: float, guidance: str = "schedule", interp_steps: int | None = None) -> None:
+    """Raise ValueError, naming the allowed values, for options :func:`build_plan` would refuse.
+
+    Callers that read the options from a user check them with this before loading trails.
+    """
     if guidance not in GUIDANCES:
         raise ValueError(f"guidance must be one of {', '.join(GUIDANCES)}; got {guidance!r}")
     if not isinstance(depth, int | float) or isinstance(depth, bool) or not 0.0 < depth <= 1.0:
@@ -253,7 +257,7 @@ def build_plan(
 
     ``resize`` resamples ``dst`` to ``src``'s latent size when they differ.
     """
-    _validate(depth, guidance, interp_steps)
+    validate_options(depth, guidance, interp_steps)
     return _join([src, dst], depth=depth, guidance=guidance, resize=resize, interp_steps=interp_steps)
 
 
@@ -271,7 +275,7 @@ def chain_plans(
     starts; ``meta.hop_ends`` holds those plan indices. With ``resize=True`` every trail
     after the first is resampled to the first trail's size.
     """
-    _validate(depth, guidance, interp_steps)
+    validate_options(depth, guidance, interp_steps)
     return _join(list(trails), depth=depth, guidance=guidance, resize=resize, interp_steps=interp_steps)
 
 
