@@ -3,7 +3,9 @@
 The prompt steers the runner, so tests can ask for behaviour through the real
 ``submit``/enqueue path: ``"fail=2 frames=3 sleep=0.5"`` fails the first two attempts,
 then paints 3 frames over half a second. Words: ``fail=N`` (fail attempts 1..N),
-``always-fail``, ``sleep=SECONDS``, ``frames=N``, ``ignore-cancel``.
+``always-fail``, ``sleep=SECONDS`` (spread over the frames), ``stall-first=SECONDS``
+(the first attempt only, as a job that hangs until its worker is killed), ``frames=N``,
+``ignore-cancel``.
 
 When ``LATENT_PAINTER_TEST_RUN_LOG`` names a file, every attempt appends
 ``job_id attempt pid event`` lines to it (``start``, ``end``), so a test can count how
@@ -67,6 +69,11 @@ def run_job(ctx: JobContext) -> JobOutput:
         raise RuntimeError(f"planned failure on attempt {ctx.attempt}")
     frames = int(plan.get("frames", "3") or 3)
     pause = float(plan.get("sleep", "0") or 0) / frames
+    if ctx.attempt == 1 and "stall-first" in plan:
+        ctx.progress(0, 0, frames)
+        deadline = time.monotonic() + float(plan["stall-first"])
+        while time.monotonic() < deadline and (not ctx.cancelled() or "ignore-cancel" in plan):
+            time.sleep(0.05)
     for frame in range(1, frames + 1):
         if ctx.cancelled() and "ignore-cancel" not in plan:
             _log(ctx, "cancelled")
