@@ -16,7 +16,7 @@ from db.models import JobKind
 
 # Kept equal to bot.config's lists by a test (db/ cannot import bot/).
 EFFECTS = ("strokes", "glow", "flip", "fade", "dissolve", "sharpen")
-SCHEDULERS = ("default", "ddim", "euler", "euler_a", "dpmpp", "pndm", "lms", "heun")
+SCHEDULERS = ("default", "ddim", "euler", "euler_a", "dpmpp", "pndm", "heun")
 FORMATS = ("mp4", "gif", "webp")
 
 MAX_PROMPT = 2000
