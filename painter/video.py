@@ -108,7 +108,7 @@ class FrameEncoder:
 
 def _run_ffmpeg(args: list[str]) -> None:
     proc = subprocess.run(
-        [ffmpeg_exe(), "-y", "-hide_banner", "-loglevel", "error", *args],
+        [ffmpeg_exe(), "-nostdin", "-y", "-hide_banner", "-loglevel", "error", *args],
         capture_output=True,
         text=True,
     )
@@ -190,10 +190,10 @@ def fit_to_budget(
                 bitrate = max(150_000, int(bitrate * 0.9 * max_bytes / size))
             elif cur_fps > 10:
                 cur_fps = max(10.0, cur_fps / 2)
-            else:
+            elif not smallest:
                 cur_w, cur_h = _even(cur_w * 0.7), _even(cur_h * 0.7)
-                if fmt == "gif":
-                    cur_fps = max(5.0, cur_fps * 0.8)
+            else:
+                cur_fps = 5.0
     finally:
         attempt.unlink(missing_ok=True)
         master.unlink(missing_ok=True)
