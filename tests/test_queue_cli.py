@@ -1,0 +1,143 @@
+"""The operator commands: submit, jobs, results, cancel, worker and db, as a person or a script uses them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from bot.cli_queue import main
+from tests.db_fixtures import create_postgres_database, drop_postgres_database, write_config
+
+
+@pytest.fixture
+def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.delenv("LATENT_PAINTER_DATABASE_URL", raising=False)
+    monkeypatch.delenv("LATENT_PAINTER_CONFIG", raising=False)
+    data = tmp_path / "data"
+    path = tmp_path / "config.toml"
+    path.write_text(
+        f'[storage]\ndata_dir = "{data}"\n\n[queue]\npoll_seconds = 0.02\nheartbeat_seconds = 0.2\n'
+        "backoff_seconds = 0\n"
+    )
+    return path
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_submit_work_and_list_as_json(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    c = ("--config", str(config))
+    code, out, _ = run(capsys, "submit", "a lighthouse at dusk", "--effect", "glow", "--size", "512x768", *c)
+    assert code == 0
+    first = int(out.strip())
+    code, out, _ = run(
+        capsys, "submit", "a second one", "--user", "42", "--seed", "7", "--dedupe-key", "k", *c
+    )
+    second = int(out.strip())
+    code, out, err = run(capsys, "submit", "same key again", "--user", "42", "--dedupe-key", "k", *c)
+    assert code == 0 and int(out.strip()) == second and "already queued" in err
+
+    code, out, _ = run(capsys, "jobs", "--json", *c)
+    jobs = json.loads(out)
+    assert [(j["id"], j["status"]) for j in jobs] == [(second, "queued"), (first, "queued")]
+    assert jobs[1]["params"] == {
+        "prompt": "a lighthouse at dusk",
+        "effect": "glow",
+        "width": 512,
+        "height": 768,
+    }
+    assert "interaction_token" not in jobs[0]
+
+    code, _, _ = run(capsys, "worker", *c, "--runner", "tests.job_runners:run_job", "--exit-when-idle")
+    assert code == 0
+
+    code, out, _ = run(capsys, "results", "--json", *c)
+    results = json.loads(out)
+    assert sorted(r["job_id"] for r in results) == [first, second]
+    for result in results:
+        assert len(result["id"]) == 8 and result["status"] == "done"
+        job = result["job_id"]
+        assert result["video_key"] == f"jobs/{job}/1/video.mp4"
+        assert set(result["artifacts"]) == {"video", "image", "heatmap", "trail"}
+        assert (config.parent / "data" / "artifacts" / result["image_key"]).is_file()
+    code, out, _ = run(capsys, "results", "--user", "42", "--json", *c)
+    assert [r["job_id"] for r in json.loads(out)] == [second]
+
+    code, out, _ = run(capsys, "jobs", "--status", "done", *c)
+    assert code == 0 and "done" in out and "a lighthouse at dusk" in out
+    code, out, _ = run(capsys, "results", *c)
+    assert code == 0 and "test-runner" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["submit", ""], "prompt must not be empty"),
+        (
+            ["submit", "x", "--effect", "smear"],
+            "effect must be one of strokes, glow, flip, fade, dissolve, sharpen",
+        ),
+        (["submit", "x", "--size", "big"], "--size 'big' must look like 512x512"),
+        (["submit", "x", "--size", "500x500"], "width must be a multiple of 8"),
+        (["submit", "x", "--steps", "ten"], "--steps must be a whole number"),
+        (["submit", "x", "--seed", "-1"], "seed must be between 0 and"),
+        (
+            ["jobs", "--status", "sleeping"],
+            "--status must be one of queued, running, done, failed, cancelled",
+        ),
+        (["results", "--user", "me"], "--user must be a whole number"),
+        (["cancel", "77"], "no job 77"),
+        (["worker", "--runner", "nowhere"], "must look like module:function"),
+    ],
+)
+def test_user_errors_are_one_line_and_write_nothing(
+    config: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    code, out, err = run(capsys, *argv, "--config", str(config))
+    assert code == 2 and out == ""
+    lines = err.strip().splitlines()
+    assert (
+        len(lines) == 1 and lines[0].startswith(f"latent-painter {argv[0]}: error: ") and message in lines[0]
+    )
+    assert not (config.parent / "data").exists()  # not even the database file
+
+
+def test_cancel_a_queued_job(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    c = ("--config", str(config))
+    _, out, _ = run(capsys, "submit", "x", *c)
+    job = out.strip()
+    code, out, _ = run(capsys, "cancel", job, *c)
+    assert code == 0 and out.strip() == f"job {job}: cancelled"
+    _, out, _ = run(capsys, "jobs", "--status", "cancelled", "--json", *c)
+    assert [j["id"] for j in json.loads(out)] == [int(job)]
+
+
+def test_a_shared_postgresql_database_must_be_upgraded_first(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("LATENT_PAINTER_DATABASE_URL", raising=False)
+    url = asyncio.run(create_postgres_database())
+    try:
+        config = write_config(tmp_path / "config.toml", url, tmp_path / "data", poll_seconds=0.02)
+        c = ("--config", str(config))
+        code, out, err = run(capsys, "submit", "x", *c)
+        assert code == 1 and out == ""
+        assert err.strip().splitlines() == [
+            "latent-painter submit: error: database has no schema yet; run `latent-painter db upgrade` first"
+        ]
+        code, out, _ = run(capsys, "db", "current", *c)
+        assert code == 0 and "revision none" in out
+        code, out, _ = run(capsys, "db", "upgrade", *c)
+        assert code == 0 and "schema at revision" in out
+        code, out, _ = run(capsys, "submit", "x", "--json", *c)
+        assert code == 0 and json.loads(out)["status"] == "queued"
+        code, out, _ = run(capsys, "db", "check", *c)
+        assert code == 0 and "matches the models" in out
+    finally:
+        asyncio.run(drop_postgres_database(url))
