@@ -199,7 +199,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         sample_picture(settings.painter.width, settings.painter.height).save(buffer, format="PNG")
         image, name = buffer.getvalue(), "sample picture"
     prompt = args.prompt if args.prompt else "a lighthouse on a rock at sunset"
-    request = PaintRequest(prompt=prompt, seed=args.seed or 0, image=image, image_name=name, save_trail=True)
+    # A pixel-space trail of a 512² picture is ~100 MB: the demo writes the pictures only.
+    request = PaintRequest(prompt=prompt, seed=args.seed or 0, image=image, image_name=name, save_trail=False)
     progress = Progress()
     try:
         outputs = run_paint(
@@ -266,6 +267,25 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return (UsageError, ConfigError, CaptureError, ModelError, AnimationError, ImageInputError, TrailError)
 
 
+def quiet_libraries() -> None:
+    """diffusers and transformers log loading bars and deprecation chatter users cannot act on."""
+    import warnings
+
+    for noisy in ("diffusers", "transformers", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    try:
+        from diffusers.utils import logging as diffusers_logging
+        from transformers.utils import logging as transformers_logging
+
+        diffusers_logging.set_verbosity_error()
+        diffusers_logging.disable_progress_bar()
+        transformers_logging.set_verbosity_error()
+        transformers_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -273,9 +293,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if not logging.getLogger().isEnabledFor(logging.DEBUG):
-        for noisy in ("diffusers", "transformers", "PIL"):
-            logging.getLogger(noisy).setLevel(logging.ERROR)
+    if not args.verbose:
+        quiet_libraries()
     func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
     if func is None:
         parser.print_help()

@@ -51,7 +51,8 @@ class Decoder:
             # SDXL's VAE overflows in fp16; diffusers upcasts it the same way.
             self.dtype = torch.float32
         if vae is not None:
-            self.vae = vae.to(self.device, self.dtype)
+            if vae.device != self.device or vae.dtype != self.dtype:
+                self.vae = vae.to(self.device, self.dtype)
             self.vae.eval()
         self.scale = 1 if vae is None else 2 ** (len(vae.config.block_out_channels) - 1)
 

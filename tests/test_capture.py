@@ -78,7 +78,12 @@ def test_trail_metadata(model):
     _, trail = capture(model, gen)
     m = trail.meta
     assert (m.prompt, m.negative_prompt, m.seed, m.steps, m.width, m.height) == (
-        "red boat", "blurry", 9, 4, 64, 64
+        "red boat",
+        "blurry",
+        9,
+        4,
+        64,
+        64,
     )
     assert m.vae_id == model.vae_id and m.vae_id.startswith("vae-")
     assert m.scaling_factor == pytest.approx(0.18215)
