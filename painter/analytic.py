@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import torch
 from PIL import Image
 
-from painter.images import image_to_tensor
+from painter.images import DEFAULT_PAPER, image_to_tensor
 from painter.trail import Trail, TrailMeta
 
 # Stable Diffusion's training schedule: "scaled_linear" betas over 1000 steps.
@@ -39,21 +39,43 @@ BETA_END = 0.012
 DEFAULT_F0 = 1.0 / 128.0
 DEFAULT_STEPS = 30
 
-# Strokes parameters that suit this trail: the strokes effect's options (see painter.effects).
+# Strokes parameters that suit this trail (the strokes effect's options, painter.effects),
+# chosen by looking at contact sheets of the sample picture being painted:
 # - channels="joint": a stroke paints R, G and B together; per-channel strokes on paper
 #   show false magenta/cyan/yellow blocks.
-# - cell=8: a stroke claims 8x8-pixel cells, what one SD latent cell covers.
-# - brush="round": a feathered round brush, larger than the cells it claims, so strokes
-#   overlap and no paper shows through at the end.
-# - theta: a cell is worth a stroke when it differs from the plan by more than this
-#   (mean absolute difference over its pixels and channels, RGB in [-1, 1]).
+# - cell=8, neighbourhood=3: decisions on 8x8-pixel cells (what one SD latent cell
+#   covers), a stroke claims 3x3 of them, as a 3x3-latent stroke does in SD.
+# - brush="round", brush_scale=2.0: a feathered disc reaching twice its claimed radius,
+#   so neighbouring strokes overlap and no paper shows through at the end (the default
+#   1.5 leaves paper-coloured stars where four strokes meet).
+# - move_sigma=2.0 cells: the brush keeps to the cells beside its last stroke and lays
+#   continuous trails of paint; a wider move cost scatters dabs into a polka-dot grid.
+# - theta=0.1: a cell is repainted when its colour, summed over R, G and B, is off by
+#   more than 0.1 on average (about 4 levels of 255 per channel): late steps then touch
+#   only the edges and textures that changed instead of repainting flat sky.
+# - release=0.01: the first step (the whole picture onto blank paper) dwarfs every
+#   later one, which are small refinements; a larger release would skip most of them
+#   and leave the details to the final flush.
 ANALYTIC_PAINT_DEFAULTS: dict[str, object] = {
     "channels": "joint",
     "cell": 8,
-    "brush": "round",
     "neighbourhood": 3,
-    "theta": 0.04,
+    "brush": "round",
+    "brush_scale": 2.0,
+    "move_sigma": 2.0,
+    "theta": 0.1,
+    "release": 0.01,
 }
+
+
+def paper_canvas(height: int, width: int, paper: tuple[int, int, int] = DEFAULT_PAPER) -> torch.Tensor:
+    """Blank paper as a pixel-space canvas ``[3, H, W]`` in [-1, 1]: the start to paint on.
+
+    Starting from paper (rather than zeros, which is mid-grey in pixel space) makes the
+    round brush's feathered edges fade into the paper instead of into grey rims.
+    """
+    colour = torch.tensor(paper, dtype=torch.float32).view(3, 1, 1) / 127.5 - 1.0
+    return colour.expand(3, height, width).clone()
 
 
 def sd_alphas_cumprod() -> torch.Tensor:

@@ -8,10 +8,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from diffusers import DDIMScheduler
 
-from painter.analytic import ANALYTIC_PAINT_DEFAULTS, analytic_trail, ddim_timesteps, sd_alphas_cumprod
-from painter.images import image_to_tensor
+from painter.analytic import (
+    ANALYTIC_PAINT_DEFAULTS,
+    analytic_trail,
+    ddim_timesteps,
+    paper_canvas,
+    sd_alphas_cumprod,
+)
+from painter.effects import paint
+from painter.images import DEFAULT_PAPER, image_to_tensor, tensor_to_image
 from painter.sample_image import sample_picture
 from painter.trail import Trail
 
@@ -136,7 +144,42 @@ def test_sample_picture_is_deterministic_and_has_its_scene() -> None:
     assert red.sum() > 300  # the lighthouse's red bands
 
 
-def test_defaults_are_strokes_options() -> None:
+def _psnr(canvas: torch.Tensor, picture: torch.Tensor) -> float:
+    """PSNR in dB of two pixel-space pictures in [-1, 1] (peak-to-peak range 2)."""
+    mse = float((canvas.clamp(-1, 1) - picture).pow(2).mean())
+    return math.inf if mse == 0 else 10 * math.log10(4 / mse)
+
+
+def test_strokes_paint_the_picture_onto_paper(trail: Trail, picture: torch.Tensor) -> None:
+    start = paper_canvas(SIZE, SIZE)
+    frames = list(paint(trail.latents, "strokes", start=start, frames=120, **ANALYTIC_PAINT_DEFAULTS))
+    assert len(frames) == 120
+    assert _psnr(frames[-1].canvas, picture) >= 35
+    # The strokes, not the final flush, do the painting: the frame before the flush is
+    # already the picture, with no cell left as paper or visibly off.
+    before_flush = frames[-2].canvas
+    assert _psnr(before_flush, picture) >= 35
+    cell_error = F.avg_pool2d((before_flush - picture).abs().sum(0)[None, None], 8)
+    assert float(cell_error.max()) < 0.25  # a paper-coloured cell would be off by > 1
+    # Outline first: the painter works through the trail in order and reaches its late steps.
+    steps = [frame.step for frame in frames]
+    assert steps == sorted(steps) and steps[0] == 0
+    assert max(steps[:-1]) >= len(trail) - 3
+    # Early on, part of the sheet is still blank paper.
+    early = frames[len(frames) // 20].canvas
+    assert bool(((early - start).abs().sum(0) == 0).any())
+
+
+def test_paper_canvas_is_the_paper_colour() -> None:
+    canvas = paper_canvas(16, 24)
+    assert canvas.shape == (3, 16, 24)
+    assert tuple(np.asarray(tensor_to_image(canvas))[5, 5]) == DEFAULT_PAPER
+    assert tuple(np.asarray(tensor_to_image(paper_canvas(8, 8, (1, 2, 3))))[0, 0]) == (1, 2, 3)
+
+
+def test_defaults_are_accepted_by_the_strokes_effect() -> None:
     assert ANALYTIC_PAINT_DEFAULTS["channels"] == "joint"
     assert ANALYTIC_PAINT_DEFAULTS["cell"] == 8
     assert ANALYTIC_PAINT_DEFAULTS["brush"] == "round"
+    # An unknown key or a bad value would raise before the first frame.
+    paint(torch.zeros(2, 3, 16, 16), "strokes", frames=2, **ANALYTIC_PAINT_DEFAULTS)
