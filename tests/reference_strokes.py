@@ -64,11 +64,22 @@ def _round_weight(h: int, w: int, y: int, x: int, p: dict) -> torch.Tensor:
     return torch.from_numpy(weight).float()
 
 
-def reference_strokes(
+def reference_strokes(plan: torch.Tensor, start: torch.Tensor | None = None, **params) -> list[Stroke]:
+    """Alg. 1 along ``plan``: the strokes in order (what the benchmark times)."""
+    return _run(plan, start, False, params)[0]
+
+
+def reference_frames(
     plan: torch.Tensor, start: torch.Tensor | None = None, **params
 ) -> tuple[list[Stroke], list[Frame]]:
     """Alg. 1 along ``plan``: the strokes, and the frames with ``frames=None`` grouping
     (one frame per ``strokes_per_frame`` strokes of one step and channel, then the flush)."""
+    return _run(plan, start, True, params)
+
+
+def _run(
+    plan: torch.Tensor, start: torch.Tensor | None, record: bool, params: dict
+) -> tuple[list[Stroke], list[Frame]]:
     p = resolve("strokes", PARAMS, params)
     T, C, H, W = plan.shape
     s, k, theta = p["cell"], p["neighbourhood"], p["theta"]
@@ -125,9 +136,12 @@ def reference_strokes(
                 R[y0:y1, x0:x1] = False
                 if p["move_sigma"] > 0:
                     M = _move_cost(tuple(gain.shape), y, x, p["move_sigma"])
-                masks.append(mask)
-                canvases.append(Z.clone())
+                if record:
+                    masks.append(mask)
+                    canvases.append(Z.clone())
     frames: list[Frame] = []
+    if not record:
+        return strokes, frames
     i = 0
     while i < len(strokes):
         j = i

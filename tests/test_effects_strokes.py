@@ -9,7 +9,7 @@ import torch
 
 from painter.effects import paint, plan_strokes
 from painter.effects.strokes import Stroke
-from tests.reference_strokes import converging_plan, reference_strokes
+from tests.reference_strokes import converging_plan, reference_frames, reference_strokes
 
 
 def random_plan(steps: int = 5, channels: int = 3, h: int = 16, w: int = 14, seed: int = 0) -> torch.Tensor:
@@ -64,7 +64,7 @@ def _frames_equal(got, want) -> None:
 @pytest.mark.parametrize("plan_name", list(PLANS))
 def test_fast_painter_matches_reference(plan_name: str, params: dict) -> None:
     plan = PLANS[plan_name]()
-    want_strokes, want_frames = reference_strokes(plan, **params)
+    want_strokes, want_frames = reference_frames(plan, **params)
     assert want_strokes, "the plan should give the painter something to paint"
     assert plan_strokes(plan, **params) == want_strokes
     _frames_equal(list(paint(plan, "strokes", **params)), want_frames)
@@ -73,7 +73,8 @@ def test_fast_painter_matches_reference(plan_name: str, params: dict) -> None:
 def test_fast_painter_matches_reference_from_a_start_canvas() -> None:
     plan = random_plan(seed=3)
     start = torch.randn(plan.shape[1:], generator=torch.Generator().manual_seed(9))
-    want_strokes, want_frames = reference_strokes(plan, start, step_budget=15)
+    want_strokes, want_frames = reference_frames(plan, start, step_budget=15)
+    assert reference_strokes(plan, start, step_budget=15) == want_strokes
     assert plan_strokes(plan, start, step_budget=15) == want_strokes
     _frames_equal(list(paint(plan, start=start, step_budget=15)), want_frames)
 
@@ -190,7 +191,7 @@ def test_joint_strokes_paint_all_channels_on_a_cell_grid() -> None:
 
 def test_cell_grid_handles_sizes_that_are_not_multiples_of_the_cell() -> None:
     plan = random_plan(steps=3, channels=2, h=13, w=10)
-    want_strokes, want_frames = reference_strokes(plan, cell=4, theta=0.05)
+    want_strokes, want_frames = reference_frames(plan, cell=4, theta=0.05)
     assert plan_strokes(plan, cell=4, theta=0.05) == want_strokes
     frames = list(paint(plan, cell=4, theta=0.05))
     _frames_equal(frames, want_frames)
