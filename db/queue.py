@@ -14,20 +14,22 @@ served least recently first (round-robin), then priority (lower first), then age
 
 from __future__ import annotations
 
+import functools
 import random
 import statistics
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, case, func, or_, select, update
+from sqlalchemy import and_, bindparam, case, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from db.engine import Database
-from db.models import LIVE_STATUSES, Job, JobStatus, Result, utcnow
+from db.models import LIVE_STATUSES, Job, JobStatus, Result, UTCDateTime, utcnow
 from db.params import validate_kind, validate_params
 from db.results import NewResult, new_public_id
 
@@ -124,12 +126,71 @@ def _held(lease: Lease) -> Any:
     )
 
 
+def _stale() -> Any:
+    return and_(Job.status == RUNNING, Job.heartbeat_at < bindparam("stale_before", type_=UTCDateTime()))
+
+
+@functools.cache
+def _rescue_statement() -> Any:
+    """Settle stale jobs that must not run again: out of attempts, or cancelled."""
+    now = bindparam("now", type_=UTCDateTime())
+    return (
+        update(Job)
+        .where(_stale(), or_(Job.attempts >= Job.max_attempts, Job.cancel_requested))
+        .values(
+            status=case((Job.cancel_requested, CANCELLED), else_=FAILED),
+            error=case((Job.cancel_requested, Job.error), else_=STALE_ERROR),
+            worker_id=None,
+            finished_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+
+
+@functools.cache
+def _claim_statement(dialect: str, with_kinds: bool) -> Any:
+    """THE claim: one UPDATE of the first job in fair order, returning it.
+
+    Built once per dialect (and with or without a kind filter) and reused, since building
+    SQLAlchemy statements costs more than running this one on SQLite.
+    """
+    now = bindparam("now", type_=UTCDateTime())
+    served = aliased(Job)
+    # Round-robin: the user whose latest job started longest ago (or never) goes first.
+    last_served = select(func.max(served.started_at)).where(served.user_id == Job.user_id).scalar_subquery()
+    recoverable = and_(_stale(), Job.attempts < Job.max_attempts, Job.cancel_requested.is_(False))
+    pick = select(Job.id).where(or_(and_(Job.status == QUEUED, Job.run_at <= now), recoverable))
+    if with_kinds:
+        pick = pick.where(Job.kind.in_(bindparam("kinds", expanding=True)))
+    pick = pick.order_by(last_served.asc().nulls_first(), Job.priority, Job.id).limit(1)
+    if dialect == "postgresql":
+        pick = pick.with_for_update(skip_locked=True, of=Job)
+    return (
+        update(Job)
+        .where(Job.id.in_(pick))
+        .values(
+            status=RUNNING,
+            worker_id=bindparam("worker_id"),
+            attempts=Job.attempts + 1,
+            heartbeat_at=now,
+            started_at=now,
+            progress_step=None,
+            progress_frame=None,
+            progress_total=None,
+            # A job taken back from a dead worker says so; the note is cleared on success.
+            error=case((Job.status == RUNNING, STALE_ERROR), else_=Job.error),
+        )
+        .returning(Job)
+    )
+
+
 class JobQueue:
     """The queue API over one :class:`~db.engine.Database`. Each method is one transaction."""
 
     def __init__(self, db: Database, policy: QueuePolicy | None = None) -> None:
         self.db = db
         self.policy = policy or QueuePolicy()
+        self._next_rescue = 0.0  # time.monotonic() of the next rescue run
 
     # -- requester side -------------------------------------------------------------
 
@@ -250,52 +311,24 @@ class JobQueue:
     async def claim(self, worker_id: str, *, kinds: tuple[str, ...] | None = None) -> Lease | None:
         """Take the next job for ``worker_id``, or None if there is nothing to do.
 
-        The same transaction first settles stale jobs that may not run again (out of
-        attempts, or cancelled), so a job that crashes every worker ends ``failed``
-        instead of going round forever.
+        A running job whose heartbeat is older than the lease (its worker died) is taken
+        back like a queued one, with an attempt counted. Stale jobs that may not run again
+        (out of attempts, or cancelled) are settled by the rescue statement, which a claim
+        runs first when ``lease_seconds / 4`` have passed since its last run, so a job that
+        crashes every worker ends ``failed`` instead of going round forever.
         """
         now = utcnow()
         stale_before = now - timedelta(seconds=self.policy.lease_seconds)
-        stale = and_(Job.status == RUNNING, Job.heartbeat_at < stale_before)
+        params: dict[str, Any] = {"now": now, "stale_before": stale_before, "worker_id": worker_id}
+        if kinds:
+            params["kinds"] = list(kinds)
         async with self.db.write() as session:
-            await session.execute(
-                update(Job)
-                .where(stale, or_(Job.attempts >= Job.max_attempts, Job.cancel_requested))
-                .values(
-                    status=case((Job.cancel_requested, CANCELLED), else_=FAILED),
-                    error=case((Job.cancel_requested, Job.error), else_=STALE_ERROR),
-                    worker_id=None,
-                    finished_at=now,
-                ),
-                execution_options={"synchronize_session": False},
-            )
-            served = aliased(Job)
-            last_served = (
-                select(func.max(served.started_at)).where(served.user_id == Job.user_id).scalar_subquery()
-            )
-            ready = or_(and_(Job.status == QUEUED, Job.run_at <= now), stale)
-            pick = select(Job.id).where(ready)
-            if kinds:
-                pick = pick.where(Job.kind.in_(kinds))
-            pick = pick.order_by(last_served.asc().nulls_first(), Job.priority, Job.id).limit(1)
-            if self.db.dialect == "postgresql":
-                pick = pick.with_for_update(skip_locked=True, of=Job)
+            if time.monotonic() >= self._next_rescue:
+                await session.execute(_rescue_statement(), {"now": now, "stale_before": stale_before})
+                self._next_rescue = time.monotonic() + self.policy.lease_seconds / 4
             job = await session.scalar(
-                update(Job)
-                .where(Job.id.in_(pick))
-                .values(
-                    status=RUNNING,
-                    worker_id=worker_id,
-                    attempts=Job.attempts + 1,
-                    heartbeat_at=now,
-                    started_at=now,
-                    progress_step=None,
-                    progress_frame=None,
-                    progress_total=None,
-                    # A job taken back from a dead worker says so; the note is cleared on success.
-                    error=case((Job.status == RUNNING, STALE_ERROR), else_=Job.error),
-                )
-                .returning(Job),
+                _claim_statement(self.db.dialect, bool(kinds)),
+                params,
                 execution_options={"synchronize_session": False},
             )
         return None if job is None else Lease(job=job, worker_id=worker_id)
@@ -328,30 +361,29 @@ class JobQueue:
         Raises :class:`LeaseLost` (and writes nothing) if the worker no longer holds the job.
         """
         new_result.validate()
-        now = utcnow()
-        async with self.db.write() as session:
-            job = await session.scalar(
-                update(Job)
-                .where(_held(lease))
-                .values(status=DONE, finished_at=now, heartbeat_at=now, error=None)
-                .returning(Job),
-                execution_options={"synchronize_session": False},
-            )
-            if job is None:
-                raise LeaseLost(f"job {lease.job_id} attempt {lease.attempt} is no longer held")
-            for tries_left in range(4, -1, -1):
-                result = new_result.row(job, new_public_id())
-                try:
-                    async with session.begin_nested():
-                        session.add(result)
-                    break
-                except IntegrityError:
-                    # A public id collision (1 in 2^40 per existing result): draw again.
-                    # The one-result-per-job constraint cannot fire here: the lease proved
-                    # the job was still running, and only finishing makes a result.
-                    if not tries_left:
-                        raise
-        return result
+        for tries_left in range(4, -1, -1):
+            now = utcnow()
+            try:
+                async with self.db.write() as session:
+                    job = await session.scalar(
+                        update(Job)
+                        .where(_held(lease))
+                        .values(status=DONE, finished_at=now, heartbeat_at=now, error=None)
+                        .returning(Job),
+                        execution_options={"synchronize_session": False},
+                    )
+                    if job is None:
+                        raise LeaseLost(f"job {lease.job_id} attempt {lease.attempt} is no longer held")
+                    result = new_result.row(job, new_public_id())
+                    session.add(result)
+                return result
+            except IntegrityError as exc:
+                # A public id collision (1 in 2^40 per existing result): draw again. The
+                # one-result-per-job constraint cannot fire: the lease proved the job was
+                # still running, and only finishing it makes a result.
+                if not tries_left or "public_id" not in str(exc.orig):
+                    raise
+        raise AssertionError("unreachable")
 
     async def fail(self, lease: Lease, error: str, *, retry: bool = True) -> Job:
         """Record a failed attempt: back to the queue after a backoff, or ``failed`` for good.
