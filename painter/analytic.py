@@ -166,7 +166,7 @@ def analytic_trail(
         model_id="analytic",
         vae_id="",
         space="pixel",
-        scheduler="DDIMScheduler",
+        scheduler="DDIMScheduler" if alphas_cumprod is None else "custom",
         prediction_type="sample",
         prompt=prompt,
         steps=int(ts.numel()),

@@ -98,9 +98,10 @@ def _open_lazily(data: bytes, label: str, max_pixels: int) -> Image.Image:
         try:
             img = Image.open(io.BytesIO(data), formats=list(SUPPORTED_FORMATS))
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            limit = min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)
             raise ImageInputError(
                 f"{label}: too large (its header claims more than {Image.MAX_IMAGE_PIXELS} pixels; "
-                f"the limit is {max_pixels} pixels)"
+                f"the limit is {limit} pixels)"
             ) from None
         except UnidentifiedImageError:
             raise ImageInputError(

@@ -103,8 +103,18 @@ def _draw_rock(draw: ImageDraw.ImageDraw, rng: np.random.Generator, w: int, h: i
     """A dark rocky islet on the right; returns the height (pixels) of its top under the tower."""
     water_y = (horizon + 0.24) * h
     profile = [
-        (0.38, 0.0), (0.42, -0.05), (0.47, -0.09), (0.53, -0.14), (0.58, -0.19), (0.63, -0.22),
-        (0.70, -0.235), (0.77, -0.22), (0.83, -0.17), (0.90, -0.13), (0.96, -0.10), (1.02, -0.09),
+        (0.38, 0.0),
+        (0.42, -0.05),
+        (0.47, -0.09),
+        (0.53, -0.14),
+        (0.58, -0.19),
+        (0.63, -0.22),
+        (0.70, -0.235),
+        (0.77, -0.22),
+        (0.83, -0.17),
+        (0.90, -0.13),
+        (0.96, -0.10),
+        (1.02, -0.09),
     ]
     top = [(x * w, water_y + dy * h) for x, dy in profile]
     draw.polygon([*top, (1.02 * w, water_y + 0.012 * h), (0.38 * w, water_y + 0.012 * h)], fill=(44, 34, 40))
@@ -112,8 +122,10 @@ def _draw_rock(draw: ImageDraw.ImageDraw, rng: np.random.Generator, w: int, h: i
     for i in range(len(profile) - 1):
         (x0, y0), (x1, y1) = top[i], top[i + 1]
         if x1 < 0.66 * w:
-            draw.polygon([(x0, y0), (x1, y1), (x1 - 0.01 * w, y1 + 0.04 * h), (x0 - 0.01 * w, y0 + 0.03 * h)],
-                         fill=(104, 62, 58))
+            draw.polygon(
+                [(x0, y0), (x1, y1), (x1 - 0.01 * w, y1 + 0.04 * h), (x0 - 0.01 * w, y0 + 0.03 * h)],
+                fill=(104, 62, 58),
+            )
     for _ in range(45):
         x = rng.uniform(0.45, 0.98) * w
         y = water_y - rng.uniform(0.01, 0.12) * h
@@ -145,11 +157,20 @@ def _draw_lighthouse(draw: ImageDraw.ImageDraw, s: int, w: int, h: int, ground: 
         y0 = bottom - (bottom - top) * k / bands
         y1 = bottom - (bottom - top) * (k + 1) / bands
         colour = (196, 42, 38) if k % 2 == 0 else (242, 232, 218)
-        draw.polygon([(cx - half_at(y0), y0), (cx + half_at(y0), y0), (cx + half_at(y1), y1),
-                      (cx - half_at(y1), y1)], fill=colour)
+        draw.polygon(
+            [(cx - half_at(y0), y0), (cx + half_at(y0), y0), (cx + half_at(y1), y1), (cx - half_at(y1), y1)],
+            fill=colour,
+        )
     # Shade on the side away from the sun.
-    draw.polygon([(cx + 0.35 * half_bottom, bottom), (cx + half_bottom, bottom), (cx + half_top, top),
-                  (cx + 0.35 * half_top, top)], fill=(40, 20, 60, 70))
+    draw.polygon(
+        [
+            (cx + 0.35 * half_bottom, bottom),
+            (cx + half_bottom, bottom),
+            (cx + half_top, top),
+            (cx + 0.35 * half_top, top),
+        ],
+        fill=(40, 20, 60, 70),
+    )
     # Windows: tiny, late details.
     for k in range(1, bands):
         y = bottom - (bottom - top) * (k + 0.5) / bands
@@ -162,11 +183,15 @@ def _draw_lighthouse(draw: ImageDraw.ImageDraw, s: int, w: int, h: int, ground: 
     for i in range(9):
         x = cx - half_top * 1.45 + i * half_top * 2.9 / 8
         draw.line([(x, gallery_y - 0.012 * h), (x, gallery_y - 0.035 * h)], fill=(34, 30, 36), width=s)
-    draw.line([(cx - half_top * 1.5, gallery_y - 0.035 * h), (cx + half_top * 1.5, gallery_y - 0.035 * h)],
-              fill=(34, 30, 36), width=2 * s)
+    draw.line(
+        [(cx - half_top * 1.5, gallery_y - 0.035 * h), (cx + half_top * 1.5, gallery_y - 0.035 * h)],
+        fill=(34, 30, 36),
+        width=2 * s,
+    )
     lamp_top = gallery_y - 0.075 * h
-    draw.rectangle([cx - half_top * 0.85, lamp_top, cx + half_top * 0.85, gallery_y - 0.012 * h],
-                   fill=(255, 236, 150))
+    draw.rectangle(
+        [cx - half_top * 0.85, lamp_top, cx + half_top * 0.85, gallery_y - 0.012 * h], fill=(255, 236, 150)
+    )
     for i in range(3):
         x = cx - half_top * 0.85 + i * half_top * 0.85
         draw.line([(x, lamp_top), (x, gallery_y - 0.012 * h)], fill=(60, 50, 50), width=s)
