@@ -273,6 +273,8 @@ def test_bad_effect_or_parameter_raises_a_clear_value_error(
         ({"plan": torch.zeros(0, 1, 4, 4)}, "plan"),
         ({"plan": torch.zeros(2, 1, 4, 4, dtype=torch.int64)}, "floating"),
         ({"start": torch.zeros(1, 4, 5)}, "start"),
+        ({"plan": torch.full((2, 1, 4, 4), float("nan"))}, "NaN"),
+        ({"start": torch.full((1, 4, 4), float("inf"))}, "start contains"),
         ({"frames": 0}, "frames"),
         ({"frames": True}, "frames"),
     ],

@@ -57,10 +57,15 @@ def paint(
     """The frames of ``effect`` painting along ``plan [T, C, H, W]`` from ``start``.
 
     ``frames=None`` gives the effect's natural length (strokes: one frame per
-    ``strokes_per_frame`` strokes of one channel; sharpen: one per plan entry;
-    the others: ``frames_per_step`` per painted step on average); ``frames=N`` gives
-    exactly N. Each frame's canvas is a fresh tensor on ``plan.device`` the caller may
-    keep; the last is ``plan[-1]`` exactly. ``params`` are the effect's own (see
+    ``strokes_per_frame`` strokes of one channel and step, then the flush; sharpen:
+    one per plan entry; the others: ``frames_per_step`` per painted step on average).
+    ``frames=N`` gives exactly N: strokes spreads its strokes evenly over the first
+    N − 1 frames (a frame may then hold several channels or steps, or none: a held
+    frame) and flushes in the last; the others share the N frames out over the steps
+    in proportion to how much each changes.
+
+    Each frame's canvas is a fresh tensor on ``plan.device`` the caller may keep; the
+    last is ``plan[-1]`` exactly. ``params`` are the effect's own (see
     :func:`default_params`); an unknown effect, parameter or value raises ``ValueError``
     before any frame is made.
     """

@@ -97,6 +97,8 @@ def check_inputs(plan: torch.Tensor, start: torch.Tensor | None, frames: int | N
         raise ValueError(f"plan must be a [T, C, H, W] tensor with T >= 1, got {shape}")
     if not plan.is_floating_point():
         raise ValueError(f"plan must be a floating-point tensor, got {plan.dtype}")
+    if not bool(torch.isfinite(plan).all()):
+        raise ValueError("plan contains NaN or infinite values; nothing can be painted from it")
     if frames is not None and (isinstance(frames, bool) or not isinstance(frames, int) or frames < 1):
         raise ValueError(f"frames must be a positive integer or None, got {frames!r}")
     if start is None:
@@ -104,4 +106,7 @@ def check_inputs(plan: torch.Tensor, start: torch.Tensor | None, frames: int | N
     if not isinstance(start, torch.Tensor) or tuple(start.shape) != tuple(plan.shape[1:]):
         shape = tuple(start.shape) if isinstance(start, torch.Tensor) else type(start).__name__
         raise ValueError(f"start must be a [C, H, W] tensor of shape {tuple(plan.shape[1:])}, got {shape}")
-    return start.detach().to(plan.device, plan.dtype)
+    start = start.detach().to(plan.device, plan.dtype)
+    if not bool(torch.isfinite(start).all()):
+        raise ValueError("start contains NaN or infinite values")
+    return start

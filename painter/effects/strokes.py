@@ -14,9 +14,11 @@ Per plan step ``t`` (the target ``D_t``):
    R ← R \\ N; M ← the move cost around the stroke.
 3. After the last step the residue is flushed: the last frame is ``plan[-1]``.
 
-Names used below: θ ``theta``, N ``neighbourhood`` (cells per side, odd), E
+Parameters: θ ``theta``, N ``neighbourhood`` (cells per side, odd), E
 ``step_budget`` (strokes per step, all channels together; None: unlimited), release
-``release``, σ of the move cost ``move_sigma`` (cells; 0 turns the move cost off).
+``release``, σ of the move cost ``move_sigma`` (cells; 0 turns the move cost off),
+``strokes_per_frame``. In the code: R ``region``, G ``gain`` (``restricted``: G on R),
+M ``move``, V ``motivation``, Σ_N V ``sums``, Z ``canvas``, D_t ``plan[t]``.
 
 Move cost: the effort of moving the brush grows with distance, so the motivation
 multiplier is an inverse Gaussian of the cost, ``M = f + (1 − f)·exp(−d²/2σ²)``,
@@ -106,9 +108,8 @@ class Geometry:
         self.k = neighbourhood
         self.half = neighbourhood // 2
         self.grid = (-(-self.height // cell), -(-self.width // cell))
-        self.round = brush == "round"
         self.window: np.ndarray | None = None
-        if self.round:
+        if brush == "round":
             inner = neighbourhood * cell / 2.0
             outer = scale * inner
             reach = math.ceil(outer) + 1
@@ -121,7 +122,6 @@ class Geometry:
             lo, hi = int(used[0]), int(used[-1]) + 1
             self.window = weight[lo:hi, lo:hi].astype(np.float32)
             self.window_origin = lo - reach
-
         # Pixel spans of a stroke at each grid row / column, looked up per stroke.
         self.rows = [self._span(i, self.height) for i in range(self.grid[0])]
         self.cols = [self._span(i, self.width) for i in range(self.grid[1])]
