@@ -152,6 +152,8 @@ def check_writable(path: Path) -> None:
         raise CaptureError(f"output directory {parent} does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise CaptureError(f"output directory {parent} is not writable")
+    if path.is_dir():
+        raise CaptureError(f"output path {path} is a directory; name a file such as {path / 'painting.mp4'}")
 
 
 def new_seed() -> int:
@@ -206,13 +208,18 @@ def run_paint(
     try:
         start: torch.Tensor | None = None
         if analytic:
-            from painter.analytic import analytic_trail
+            from painter.analytic import analytic_trail, paper_canvas
 
             trail = analytic_trail(picture, p.steps, prompt=request.prompt)
             trail.meta.seed = gen.seed
             decoder = Decoder(None, batch_size=settings.render.batch_size)
-            if request.start_from_image:
-                start = image_to_tensor(picture)
+            # In pixel space zeros are mid-grey: paint on paper, so brush edges fade into it.
+            paper = parse_colour(settings.render.paper_color)
+            start = (
+                image_to_tensor(picture)
+                if request.start_from_image
+                else paper_canvas(p.height, p.width, paper)
+            )
             if on_step is not None:
                 on_step(p.steps, p.steps)
         else:

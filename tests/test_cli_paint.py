@@ -1,0 +1,169 @@
+"""`latent-painter paint` and `demo` end to end: real pipeline, real ffmpeg, files on disk."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bot.cli import main
+from painter.trail import Trail
+from painter.video import read_frames
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def luma(a: np.ndarray) -> np.ndarray:
+    a = a.astype(np.float64)
+    return 0.299 * a[..., 0] + 0.587 * a[..., 1] + 0.114 * a[..., 2]
+
+
+def video_psnr(frame: np.ndarray, image: np.ndarray) -> float:
+    """PSNR on luma: yuv420p keeps colour at half resolution, which random-weight noise defeats."""
+    return psnr(luma(frame), luma(image))
+
+
+BASE = ["--size", "128x128", "--steps", "8", "--seed", "5", "--scheduler", "ddim"]
+
+
+def test_paint_writes_animation_image_and_heatmap(env_for, tmp_path, capsys):
+    out = tmp_path / "lighthouse.mp4"
+    trail_path = tmp_path / "t.safetensors"
+    code = main(["paint", "a lighthouse in a storm", *BASE, "--fps", "12", "--duration", "3",
+                 "--out", str(out), "--save-trail", str(trail_path)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert str(out) in printed and "lighthouse.png" in printed and "lighthouse.heatmap.png" in printed
+    meta, frames = read_frames(out)
+    assert len(frames) == 36
+    assert meta["fps"] == pytest.approx(12)
+    assert meta["duration"] == pytest.approx(3.0, abs=0.1)
+    final = np.asarray(Image.open(tmp_path / "lighthouse.png").convert("RGB"))
+    assert final.shape == (128, 128, 3)
+    # The animation ends on the final picture (through H.264's loss) and starts on blank paper.
+    assert video_psnr(frames[-1], final) >= 35
+    assert video_psnr(frames[len(frames) // 4], final) < 30
+    paper = np.array((245, 240, 230))
+    on_paper = lambda f: np.mean(np.abs(f.astype(int) - paper).sum(-1) < 30)  # noqa: E731
+    assert on_paper(frames[0]) > 0.3
+    assert on_paper(frames[0]) > on_paper(frames[-1])
+    assert on_paper(frames[-1]) < 0.05
+    heat = Image.open(tmp_path / "lighthouse.heatmap.png")
+    assert heat.size == (128, 128)
+    info = Image.open(tmp_path / "lighthouse.png").text
+    assert info["prompt"] == "a lighthouse in a storm" and info["seed"] == "5"
+    assert "Steps: 8" in info["parameters"]
+    trail = Trail.load(trail_path)
+    assert trail.meta.prompt == "a lighthouse in a storm"
+    assert trail.latents.shape[1:] == (4, 16, 16)
+
+
+@pytest.mark.parametrize("effect", ["glow", "sharpen"])
+def test_other_effects_and_gif(env_for, tmp_path, effect):
+    out = tmp_path / f"{effect}.gif"
+    assert main(["paint", "boats", *BASE, "--effect", effect, "--fps", "8", "--duration", "2",
+                 "--out", str(out)]) == 0
+    assert out.read_bytes()[:6] == b"GIF89a"
+    meta, frames = read_frames(out)
+    assert len(frames) == 16
+
+
+def test_size_budget_holds_when_small(env_for, tmp_path):
+    out = tmp_path / "small.mp4"
+    budget = 30_000
+    assert main(["paint", "fields", *BASE, "--size", "192x192", "--fps", "12", "--duration", "4",
+                 "--max-bytes", str(budget), "--out", str(out)]) == 0
+    assert 0 < out.stat().st_size <= budget
+    meta, frames = read_frames(out)
+    assert len(frames) > 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["paint", ""], "prompt is empty"),
+        (["paint", "x", "--size", "100x100"], "multiple of 8"),
+        (["paint", "x", "--size", "4096x4096"], "between 64 and 1024"),
+        (["paint", "x", "--steps", "0"], "steps"),
+        (["paint", "x", "--model", "/nowhere/model"], "not a readable diffusers pipeline"),
+        (["paint", "x", "--out", "/nowhere/dir/a.mp4"], "output directory /nowhere/dir does not exist"),
+        (["paint", "x", "--out", "a.gif", "--format", "mp4"], "contradicts"),
+        (["paint", "x", "--image", "/nowhere.png"], "nowhere.png"),
+        (["paint", "x", "--fps", "500"], "fps"),
+    ],
+)
+def test_bad_input_one_line_no_output(env_for, tmp_path, monkeypatch, capsys, args, message):
+    monkeypatch.chdir(tmp_path)
+    code = main(args)
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert message in err
+    assert len(err.splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["paint", "x", "--effect", "splash"], "invalid choice: 'splash'"),
+        (["paint", "x", "--scheduler", "nope"], "invalid choice: 'nope'"),
+        (["paint", "x", "--size", "big"], "must look like 512x512"),
+    ],
+)
+def test_bad_choices_are_named(tmp_path, monkeypatch, capsys, args, message):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unwritable_output_directory(env_for, tmp_path, capsys):
+    import os
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if not os.access(locked, os.W_OK):  # permissions bind (not running as root)
+            assert main(["paint", "x", *BASE, "--out", str(locked / "a.mp4")]) == 2
+            assert "not writable" in capsys.readouterr().err
+    finally:
+        locked.chmod(0o700)
+    (locked / "a.mp4").mkdir()
+    assert main(["paint", "x", *BASE, "--out", str(locked / "a.mp4")]) == 2
+    assert "is a directory" in capsys.readouterr().err
+    assert sorted(p.name for p in locked.iterdir()) == ["a.mp4"]
+
+
+def test_demo_paints_a_recognisable_picture(tmp_path, capsys):
+    out_dir = tmp_path / "demo"
+    args = ["demo", "--out-dir", str(out_dir), "--size", "128x128", "--duration", "2", "--fps", "15"]
+    assert main(args) == 0
+    video = out_dir / "demo.mp4"
+    meta, frames = read_frames(video)
+    assert len(frames) == 30
+    final = np.asarray(Image.open(out_dir / "demo.png").convert("RGB"))
+    from painter.sample_image import sample_picture
+
+    picture = np.asarray(sample_picture(128, 128))
+    assert psnr(final, picture) > 35
+    assert video_psnr(frames[-1], final) > 35
+    assert (out_dir / "demo.heatmap.png").exists()
+
+
+def test_demo_paints_the_users_picture(tmp_path):
+    picture = tmp_path / "mine.png"
+    grid = np.zeros((96, 96, 3), np.uint8)
+    grid[:, :48] = (200, 30, 30)
+    grid[:, 48:] = (20, 40, 200)
+    Image.fromarray(grid).save(picture)
+    out_dir = tmp_path / "d"
+    assert main(["demo", "--image", str(picture), "--out-dir", str(out_dir), "--size", "96x96",
+                 "--duration", "1", "--fps", "10"]) == 0
+    final = np.asarray(Image.open(out_dir / "demo.png").convert("RGB"))
+    assert psnr(final, grid) > 35
