@@ -346,6 +346,9 @@ class Worker:
             except RuntimeError:
                 pass  # the loop is gone: the worker already exited
 
+        # After a shutdown nobody awaits the outcome; retrieving it here keeps asyncio from
+        # reporting "exception was never retrieved" for a runner that stopped by raising.
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())
         threading.Thread(target=target, name=f"job-{ctx.job_id}", daemon=True).start()
         return future
 
