@@ -253,9 +253,16 @@ def load_settings(
         settings = _apply(settings, data, str(path))
     settings = _apply(settings, _env_updates(env), "environment")
     if overrides:
-        cleaned = {s: {k: v for k, v in vals.items() if v is not None} for s, vals in overrides.items()}
-        settings = _apply(settings, {s: v for s, v in cleaned.items() if v}, "command line")
+        settings = with_overrides(settings, overrides, "command line")
     return settings
+
+
+def with_overrides(
+    settings: Settings, overrides: Mapping[str, Mapping[str, Any]], origin: str = "request"
+) -> Settings:
+    """``settings`` with some keys replaced (None values ignored), checked like every other source."""
+    cleaned = {s: {k: v for k, v in vals.items() if v is not None} for s, vals in overrides.items()}
+    return _apply(settings, {s: v for s, v in cleaned.items() if v}, origin)
 
 
 def discord_token(env: Mapping[str, str] | None = None) -> str:

@@ -22,7 +22,7 @@ from painter.animate import Animation, AnimationSpec, decode_image, save_png
 from painter.capture import CaptureError, Generation, capture, validate_generation
 from painter.decode import Decoder, parse_colour
 from painter.images import image_to_tensor, load_image
-from painter.models import ANALYTIC_ID, LoadedModel, load_pipeline, load_taesd, set_scheduler
+from painter.models import ANALYTIC_ID, LoadedModel, ModelError, load_pipeline, load_taesd, set_scheduler
 from painter.trail import Trail
 
 StepCallback = Callable[[int, int], None]
@@ -61,23 +61,21 @@ class ModelCache:
     """Keeps loaded pipelines between jobs: loading is slow, painting with one is not."""
 
     def __init__(self) -> None:
-        self._models: dict[tuple[str, str, str], LoadedModel] = {}
+        self._models: dict[tuple[str, str, str], tuple[LoadedModel, Any]] = {}
         self._taesd: dict[str, Any] = {}
         self._lock = threading.Lock()
 
     def model(self, settings: Settings) -> LoadedModel:
+        """The loaded model of ``[model]``, with ``[model] scheduler`` in place for this job."""
         m = settings.model
         key = (m.id, m.device, m.dtype)
         with self._lock:
             if key not in self._models:
-                self._models[key] = load_pipeline(
-                    m.id, data_dir=settings.data_dir, device=m.device, dtype=m.dtype, scheduler="default"
-                )
-            loaded = self._models[key]
-        default = loaded.pipeline.scheduler
-        if not hasattr(loaded, "_default_scheduler"):
-            loaded._default_scheduler = default  # type: ignore[attr-defined]
-        loaded.pipeline.scheduler = loaded._default_scheduler  # type: ignore[attr-defined]
+                loaded = load_pipeline(m.id, data_dir=settings.data_dir, device=m.device, dtype=m.dtype)
+                self._models[key] = (loaded, loaded.pipeline.scheduler)
+            loaded, checkpoint_scheduler = self._models[key]
+        # Each job starts from the checkpoint's own scheduler, so "default" means that.
+        loaded.pipeline.scheduler = checkpoint_scheduler
         set_scheduler(loaded.pipeline, m.scheduler)
         return loaded
 
@@ -247,6 +245,74 @@ def run_paint(
             path.unlink(missing_ok=True)
         raise
     return PaintOutputs(video_path, image_path, heatmap_path, saved_trail, trail, animation)
+
+
+def decoder_for_trails(
+    settings: Settings, model_ids: list[str], vae_id: str, space: str, models: ModelCache
+) -> Decoder:
+    """The decoder for stored trails: the VAE they were made with, loaded through their model.
+
+    Any of the models will do when they share the VAE; each is checked against the
+    recorded VAE fingerprint, so a model that changed since is never used to decode.
+    """
+    from dataclasses import replace
+
+    if space == "pixel":
+        return Decoder(None, batch_size=settings.render.batch_size)
+    problems: list[str] = []
+    for model_id in dict.fromkeys(model_ids):
+        model_settings = replace(settings, model=replace(settings.model, id=model_id))
+        try:
+            model = models.model(model_settings)
+        except ModelError as exc:
+            problems.append(str(exc))
+            continue
+        if model.vae_id != vae_id:
+            problems.append(f"model {model_id!r} now has VAE {model.vae_id!r}")
+            continue
+        return models.decoder(model_settings, model)
+    raise ModelError(
+        f"cannot decode: no model named in the trails loads with their VAE {vae_id!r} "
+        f"({'; '.join(problems)})"
+    )
+
+
+def repaint(
+    settings: Settings,
+    trail: Trail,
+    out: str | Path,
+    *,
+    models: ModelCache | None = None,
+    on_frame: FrameCallback | None = None,
+) -> PaintOutputs:
+    """Paint a stored trail again with ``[painter] effect``: no new generation."""
+    models = models or ModelCache()
+    video_path, image_path, heatmap_path, _ = output_paths(out)
+    check_writable(video_path)
+    meta = trail.meta
+    decoder = decoder_for_trails(settings, [meta.model_id], meta.vae_id, meta.space, models)
+    effect = settings.painter.effect
+    analytic = meta.space == "pixel"
+    start = None
+    if analytic:
+        from painter.analytic import paper_canvas
+
+        start = paper_canvas(meta.height, meta.width, parse_colour(settings.render.paper_color))
+    written: list[Path] = []
+    try:
+        spec = animation_spec(settings, effect, analytic=analytic)
+        plan = trail.latents.to(decoder.device)
+        animation = animate_to(plan, decoder, spec, video_path, start=start, trail=trail, on_frame=on_frame)
+        written.append(video_path)
+        save_png(decode_image(decoder, trail.final), image_path, png_text(trail, effect))
+        written.append(image_path)
+        save_png(animation.heatmap, heatmap_path, {"Description": f"stroke heatmap ({effect})"})
+        written.append(heatmap_path)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+    return PaintOutputs(video_path, image_path, heatmap_path, None, trail, animation)
 
 
 def animate_to(

@@ -32,8 +32,21 @@ BASE = ["--size", "128x128", "--steps", "8", "--seed", "5", "--scheduler", "ddim
 def test_paint_writes_animation_image_and_heatmap(env_for, tmp_path, capsys):
     out = tmp_path / "lighthouse.mp4"
     trail_path = tmp_path / "t.safetensors"
-    code = main(["paint", "a lighthouse in a storm", *BASE, "--fps", "12", "--duration", "3",
-                 "--out", str(out), "--save-trail", str(trail_path)])
+    code = main(
+        [
+            "paint",
+            "a lighthouse in a storm",
+            *BASE,
+            "--fps",
+            "12",
+            "--duration",
+            "3",
+            "--out",
+            str(out),
+            "--save-trail",
+            str(trail_path),
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert str(out) in printed and "lighthouse.png" in printed and "lighthouse.heatmap.png" in printed
@@ -64,8 +77,12 @@ def test_paint_writes_animation_image_and_heatmap(env_for, tmp_path, capsys):
 @pytest.mark.parametrize("effect", ["glow", "sharpen"])
 def test_other_effects_and_gif(env_for, tmp_path, effect):
     out = tmp_path / f"{effect}.gif"
-    assert main(["paint", "boats", *BASE, "--effect", effect, "--fps", "8", "--duration", "2",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            ["paint", "boats", *BASE, "--effect", effect, "--fps", "8", "--duration", "2", "--out", str(out)]
+        )
+        == 0
+    )
     assert out.read_bytes()[:6] == b"GIF89a"
     meta, frames = read_frames(out)
     assert len(frames) == 16
@@ -74,8 +91,26 @@ def test_other_effects_and_gif(env_for, tmp_path, effect):
 def test_size_budget_holds_when_small(env_for, tmp_path):
     out = tmp_path / "small.mp4"
     budget = 30_000
-    assert main(["paint", "fields", *BASE, "--size", "192x192", "--fps", "12", "--duration", "4",
-                 "--max-bytes", str(budget), "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "paint",
+                "fields",
+                *BASE,
+                "--size",
+                "192x192",
+                "--fps",
+                "12",
+                "--duration",
+                "4",
+                "--max-bytes",
+                str(budget),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert 0 < out.stat().st_size <= budget
     meta, frames = read_frames(out)
     assert len(frames) > 0
@@ -163,7 +198,23 @@ def test_demo_paints_the_users_picture(tmp_path):
     grid[:, 48:] = (20, 40, 200)
     Image.fromarray(grid).save(picture)
     out_dir = tmp_path / "d"
-    assert main(["demo", "--image", str(picture), "--out-dir", str(out_dir), "--size", "96x96",
-                 "--duration", "1", "--fps", "10"]) == 0
+    assert (
+        main(
+            [
+                "demo",
+                "--image",
+                str(picture),
+                "--out-dir",
+                str(out_dir),
+                "--size",
+                "96x96",
+                "--duration",
+                "1",
+                "--fps",
+                "10",
+            ]
+        )
+        == 0
+    )
     final = np.asarray(Image.open(out_dir / "demo.png").convert("RGB"))
     assert psnr(final, grid) > 35

@@ -11,9 +11,17 @@ from painter.trail import Trail, TrailError, TrailMeta
 def make_trail(steps: int = 6) -> Trail:
     gen = torch.Generator().manual_seed(0)
     meta = TrailMeta(
-        model_id="tiny", vae_id="vae-abc", scaling_factor=0.18215, scheduler="DDIMScheduler",
-        prompt="a lighthouse ☂", negative_prompt="blur", seed=42, steps=steps, guidance=7.5,
-        width=64, height=64,
+        model_id="tiny",
+        vae_id="vae-abc",
+        scaling_factor=0.18215,
+        scheduler="DDIMScheduler",
+        prompt="a lighthouse ☂",
+        negative_prompt="blur",
+        seed=42,
+        steps=steps,
+        guidance=7.5,
+        width=64,
+        height=64,
     )
     return Trail(torch.randn(steps, 4, 8, 8, generator=gen), torch.linspace(999, 0, steps), meta)
 

@@ -1,0 +1,197 @@
+"""The queue's job runner: what a worker does with a claimed ``paint`` or ``transition`` job.
+
+Runs in the worker's thread (never on the event loop). Every file is written into the
+job's private work directory; the worker stores them and writes the result row. A
+cancel or shutdown stops the job at its next denoising step or painted frame.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from bot.config import ConfigError, Settings, load_settings, with_overrides
+from bot.paint_job import ModelCache, PaintRequest, run_paint
+from bot.worker import JobContext, JobOutput, PermanentJobError
+
+log = logging.getLogger(__name__)
+
+# One per worker process: pipelines stay loaded between jobs.
+MODELS = ModelCache()
+
+# Job parameter → (settings section, key).
+SETTING_PARAMS = {
+    "effect": ("painter", "effect"),
+    "steps": ("painter", "steps"),
+    "guidance": ("painter", "guidance"),
+    "width": ("painter", "width"),
+    "height": ("painter", "height"),
+    "fps": ("painter", "fps"),
+    "duration": ("painter", "duration"),
+    "theta": ("painter", "theta"),
+    "neighbourhood": ("painter", "neighbourhood"),
+    "release": ("painter", "release"),
+    "move_sigma": ("painter", "move_sigma"),
+    "strength": ("painter", "strength"),
+    "scheduler": ("model", "scheduler"),
+    "model": ("model", "id"),
+    "format": ("render", "format"),
+    "max_bytes": ("render", "max_bytes"),
+}
+
+
+def job_settings(base: Settings, params: dict[str, Any]) -> Settings:
+    """The worker's settings with the job's own choices applied on top."""
+    overrides: dict[str, dict[str, Any]] = {}
+    for name, (section, key) in SETTING_PARAMS.items():
+        if params.get(name) is not None:
+            overrides.setdefault(section, {})[key] = params[name]
+    return with_overrides(base, overrides, "job parameter")
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from painter.animate import AnimationError
+    from painter.capture import CaptureError
+    from painter.images import ImageInputError
+    from painter.models import ModelError
+    from painter.trail import TrailError
+
+    return (ConfigError, CaptureError, ModelError, AnimationError, ImageInputError, TrailError)
+
+
+class _Reporter:
+    """Turns painter callbacks into queue progress and cancellation checks."""
+
+    def __init__(self, ctx: JobContext) -> None:
+        self.ctx = ctx
+        self.steps = 0
+
+    def step(self, done: int, total: int) -> None:
+        self.ctx.raise_if_cancelled()
+        self.steps = done
+        self.ctx.progress(done, 0, 0)
+
+    def frame(self, done: int, total: int, _image: Any = None) -> None:
+        self.ctx.raise_if_cancelled()
+        self.ctx.progress(self.steps, done, total)
+
+
+def _store(settings: Settings):
+    from bot.artifacts import LocalArtifactStore
+
+    return LocalArtifactStore(settings.data_dir / "artifacts")
+
+
+def _read_artifact(settings: Settings, key: str, into: Path) -> Path:
+    with _store(settings).open(key) as src:
+        into.write_bytes(src.read())
+    return into
+
+
+def run_job(ctx: JobContext) -> JobOutput:
+    """Run one claimed job; user-caused failures are permanent (retrying cannot fix them)."""
+    base = ctx.settings if ctx.settings is not None else load_settings()
+    try:
+        settings = job_settings(base, ctx.params)
+        if ctx.kind == "paint":
+            return _paint(ctx, settings)
+        if ctx.kind == "transition":
+            return _transition(ctx, settings)
+    except _user_errors() as exc:
+        raise PermanentJobError(str(exc)) from exc
+    raise PermanentJobError(f"unknown job kind {ctx.kind!r}")
+
+
+def _paint(ctx: JobContext, settings: Settings) -> JobOutput:
+    params = ctx.params
+    out = ctx.workdir / f"painting.{settings.render.format}"
+    reporter = _Reporter(ctx)
+    if params.get("trail_key"):
+        # "Repaint with…": another effect over a stored trail, no new generation.
+        from bot.paint_job import repaint
+        from painter.trail import Trail
+
+        trail = Trail.load(_read_artifact(settings, params["trail_key"], ctx.workdir / "source.trail"))
+        outputs = repaint(settings, trail, out, models=MODELS, on_frame=reporter.frame)
+    else:
+        image = None
+        if params.get("image_key"):
+            image = _read_artifact(settings, params["image_key"], ctx.workdir / "input-image")
+        request = PaintRequest(
+            prompt=params.get("prompt", ""),
+            negative_prompt=params.get("negative_prompt", ""),
+            seed=params.get("seed"),
+            image=image,
+            image_name="the attached picture",
+            start_from_image=bool(params.get("start_from_image", False)),
+            save_trail=True,
+        )
+        outputs = run_paint(
+            settings, request, out, models=MODELS, on_step=reporter.step, on_frame=reporter.frame
+        )
+    files = {"video": outputs.video, "image": outputs.image, "heatmap": outputs.heatmap}
+    if outputs.trail_path is not None:
+        files["trail"] = outputs.trail_path
+    return JobOutput(files=files, result=result_fields(outputs.trail.meta, outputs.animation, settings))
+
+
+def _transition(ctx: JobContext, settings: Settings) -> JobOutput:
+    from bot.cli_transition import run_transition
+
+    params = ctx.params
+    keys = params.get("trail_keys") or [params.get("from_trail"), params.get("to_trail")]
+    if not all(keys):
+        raise PermanentJobError("a transition job needs the trail artifacts of both results")
+    trails = [_read_artifact(settings, key, ctx.workdir / f"hop{i}.trail") for i, key in enumerate(keys)]
+    out = ctx.workdir / f"transition.{settings.render.format}"
+    reporter = _Reporter(ctx)
+    outputs = run_transition(
+        settings,
+        trails,
+        out,
+        depth=float(params.get("depth", 1.0)),
+        guidance="interpolate" if params.get("interpolate") else "schedule",
+        resize=bool(params.get("resize", False)),
+        models=MODELS,
+        on_frame=reporter.frame,
+    )
+    meta = outputs.plan.meta
+    fields = {
+        "model_id": ",".join(dict.fromkeys(meta.model_ids)),
+        "vae_id": meta.vae_id,
+        "width": meta.width,
+        "height": meta.height,
+        **animation_fields(outputs.animation, settings),
+    }
+    return JobOutput(
+        files={"video": outputs.video, "image": outputs.image, "heatmap": outputs.heatmap},
+        result=fields,
+    )
+
+
+def animation_fields(animation: Any, settings: Settings) -> dict[str, Any]:
+    video = animation.video
+    return {
+        "effect": settings.painter.effect,
+        "format": video.format,
+        "frames": video.frames,
+        "duration_seconds": round(video.frames / video.fps, 3),
+    }
+
+
+def result_fields(meta: Any, animation: Any, settings: Settings) -> dict[str, Any]:
+    """The result row's columns for a paint job."""
+    return {
+        "prompt": meta.prompt,
+        "negative_prompt": meta.negative_prompt,
+        "seed": meta.seed,
+        "steps": meta.steps,
+        "guidance": meta.guidance,
+        "width": meta.width,
+        "height": meta.height,
+        "scheduler": meta.scheduler,
+        "model_id": meta.model_id,
+        "vae_id": meta.vae_id,
+        **animation_fields(animation, settings),
+    }
