@@ -43,6 +43,14 @@ def _not_blank(value: str) -> str | None:
     return "must not be empty" if not value.strip() else None
 
 
+def _in_unit_interval(value: float) -> str | None:
+    return None if 0.0 < value <= 1.0 else "must be in (0, 1]"
+
+
+# An artifact store key (e.g. a stored trail or an uploaded picture), never a path.
+_ARTIFACT_KEY = Field(str, high=512, check=_not_blank)
+
+
 _COMMON: dict[str, Field] = {
     "effect": Field(str, choices=EFFECTS),
     "format": Field(str, choices=FORMATS),
@@ -66,14 +74,28 @@ SCHEMAS: dict[str, dict[str, Field]] = {
         "height": Field(int, low=64, high=4096, check=_multiple_of_8),
         "scheduler": Field(str, choices=SCHEDULERS),
         "model": Field(str, high=500, check=_not_blank),
+        # "Repaint with…": paint this stored trail again, no new generation.
+        "trail_key": _ARTIFACT_KEY,
+        # Paint from a picture (SDEdit): the uploaded image, how much is repainted, and
+        # whether the canvas starts at the picture instead of blank paper.
+        "image_key": _ARTIFACT_KEY,
+        "strength": Field(float, low=0.0, high=1.0, check=_in_unit_interval),
+        "start_from_image": Field(bool),
         **_COMMON,
     },
     JobKind.TRANSITION.value: {
         # Public result ids (what /history shows), checked for existence by the caller.
         "from_result": Field(str, required=True, high=32, check=_not_blank),
         "to_result": Field(str, required=True, high=32, check=_not_blank),
+        # Their trails' artifact keys, resolved from the result rows when the job is queued.
+        "from_trail": _ARTIFACT_KEY,
+        "to_trail": _ARTIFACT_KEY,
         # Interpolated-latent guidance between the two trails (Appendix D).
         "interpolate": Field(bool),
+        # How far back through the source's trail the transition goes, in (0, 1].
+        "depth": Field(float, low=0.0, high=1.0, check=_in_unit_interval),
+        # Resample the destination to the source's size when they differ.
+        "resize": Field(bool),
         **_COMMON,
     },
 }
