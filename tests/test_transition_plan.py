@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from painter.effects import EFFECTS, paint
 from painter.trail import Trail, TrailError, TrailMeta
 from painter.transition import (
     TransitionError,
@@ -286,3 +287,30 @@ def test_plans_from_saved_trails_match_the_originals(tmp_path) -> None:
     src, dst = make_trail(5, seed=40), make_trail(5, seed=41, model_id="tiny/unet-b")
     loaded = [Trail.load(t.save(tmp_path / f"{i}.safetensors")) for i, t in enumerate((src, dst))]
     assert torch.equal(build_plan(*loaded, depth=0.5).plan, build_plan(src, dst, depth=0.5).plan)
+
+
+# --- painting a plan ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("effect", EFFECTS)
+@pytest.mark.parametrize("guidance", ["schedule", "interpolate"])
+def test_every_effect_paints_from_the_source_onto_the_destination(effect: str, guidance: str) -> None:
+    src, dst = make_trail(6, seed=42), make_trail(5, seed=43, model_id="tiny/unet-b")
+    plan = build_plan(src, dst, guidance=guidance, depth=0.8)
+    frames = list(paint(plan.plan, effect, start=plan.start, frames=30))
+
+    assert len(frames) == 30
+    # The first frame changed only its masked cells; everything else is still the source.
+    first = frames[0]
+    assert torch.equal(first.canvas[~first.mask], src.final[~first.mask])
+    assert torch.equal(frames[-1].canvas, dst.final)
+    assert [f.step for f in frames] == sorted(f.step for f in frames)
+
+
+@pytest.mark.parametrize("effect", EFFECTS)
+def test_every_effect_ends_a_chain_on_the_last_final(effect: str) -> None:
+    a, b, c = make_trail(4, seed=44), make_trail(5, seed=45), make_trail(3, seed=46)
+    plan = chain_plans([a, b, c], depth=0.5)
+    frames = list(paint(plan.plan, effect, start=plan.start))
+    assert torch.equal(frames[-1].canvas, c.final)
+    assert frames[-1].step == len(plan) - 1

@@ -1,0 +1,186 @@
+"""``latent-painter transition``: animate saved results into one another (Appendix D).
+
+SOURCE, DEST and any further trails are files written by ``paint --save-trail``.
+The plan comes from :mod:`painter.transition`; painting, decoding and encoding are
+the paint command's own (:func:`painter.animate.animate`), decoded with the VAE the
+trails share, loaded through the model recorded in them.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bot.cli import (
+    Progress,
+    UsageError,
+    add_config_option,
+    add_render_options,
+    format_from_out,
+    settings_from_args,
+)
+from bot.config import Settings
+
+if TYPE_CHECKING:
+    # The painter (torch, diffusers) is imported when a transition runs, not when the
+    # command line is parsed, as for `paint`.
+    from bot.paint_job import FrameCallback, ModelCache
+    from painter.animate import Animation
+    from painter.trail import Trail
+    from painter.transition import TransitionPlan
+
+# The choices of --guidance, as painter.transition.GUIDANCES (checked by the plan builder too).
+GUIDANCES = ("schedule", "interpolate")
+
+
+@dataclass
+class TransitionOutputs:
+    """The files a transition wrote, and the plan they were painted from."""
+
+    video: Path
+    image: Path
+    heatmap: Path
+    plan: TransitionPlan
+    animation: Animation
+
+    def paths(self) -> list[Path]:
+        return [self.video, self.image, self.heatmap]
+
+
+def run_transition(
+    settings: Settings,
+    trails: Sequence[str | Path | Trail],
+    out: str | Path,
+    *,
+    depth: float = 1.0,
+    guidance: str = "schedule",
+    resize: bool = False,
+    models: ModelCache | None = None,
+    on_frame: FrameCallback | None = None,
+) -> TransitionOutputs:
+    """Paint the transition through ``trails`` (files or loaded trails) and write its outputs.
+
+    Writes the animation to ``out``, the destination's final image beside it
+    (``<stem>.png``) and the update heatmap (``<stem>.heatmap.png``). Every input is
+    checked before any output is written, and on any error no output is left.
+    """
+    from bot.paint_job import (
+        ModelCache,
+        animation_spec,
+        check_writable,
+        decoder_for_trails,
+        output_paths,
+        png_text,
+    )
+    from painter.animate import animate, decode_image, save_png
+    from painter.trail import Trail
+    from painter.transition import chain_plans, validate_options
+
+    validate_options(depth, guidance)
+    video_path, image_path, heatmap_path, _ = output_paths(out)
+    check_writable(video_path)
+    loaded = [t if isinstance(t, Trail) else Trail.load(t) for t in trails]
+    plan = chain_plans(loaded, depth=depth, guidance=guidance, resize=resize)
+    models = models or ModelCache()
+    meta = plan.meta
+    decoder = decoder_for_trails(settings, meta.model_ids, meta.vae_id, meta.space, models)
+    effect = settings.painter.effect
+    spec = animation_spec(settings, effect, analytic=meta.space == "pixel")
+    written: list[Path] = []
+    try:
+        animation = animate(
+            plan.plan.to(decoder.device),
+            decoder,
+            spec,
+            video_path,
+            start=plan.start.to(decoder.device),
+            space=meta.space,
+            on_frame=on_frame,
+        )
+        written.append(video_path)
+        save_png(decode_image(decoder, plan.plan[-1]), image_path, png_text(loaded[-1], effect))
+        written.append(image_path)
+        save_png(animation.heatmap, heatmap_path, {"Description": f"update heatmap ({effect}, transition)"})
+        written.append(heatmap_path)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+    return TransitionOutputs(video_path, image_path, heatmap_path, plan, animation)
+
+
+def cmd_transition(args: argparse.Namespace) -> int:
+    """Run ``latent-painter transition`` from parsed arguments."""
+    from painter.transition import validate_options
+
+    args.format = format_from_out(args.out, args.format)
+    validate_options(args.depth, args.transition_guidance)
+    settings = settings_from_args(args)
+    out = args.out or Path(f"transition.{settings.render.format}")
+    paths = [args.source, args.dest, *args.more]
+    if len(set(paths)) < 2:
+        raise UsageError("SOURCE and DEST are the same trail: give two different results")
+    progress = Progress()
+    try:
+        outputs = run_transition(
+            settings,
+            paths,
+            out,
+            depth=args.depth,
+            guidance=args.transition_guidance,
+            resize=args.resize,
+            on_frame=progress.frame,
+        )
+    finally:
+        progress.close()
+    video = outputs.animation.video
+    meta = outputs.plan.meta
+    models = " → ".join(meta.model_ids)
+    print(f"transition through {len(paths)} results ({models}), {len(outputs.plan)} plan steps")
+    print(
+        f"animation: {video.path} ({video.frames} frames, {video.fps:g} fps, "
+        f"{video.width}x{video.height}, {video.bytes / 1e6:.2f} MB)"
+    )
+    print(f"final image: {outputs.image}")
+    print(f"heatmap: {outputs.heatmap}")
+    return 0
+
+
+def add_subcommands(subparsers: Any) -> None:
+    """Register ``transition`` on the ``latent-painter`` command."""
+    parser = subparsers.add_parser(
+        "transition",
+        help="animate one saved result into another (or through several, in order)",
+        description=(
+            "Paint SOURCE's final image into DEST's (and on through MORE), from trail files written by "
+            "`paint --save-trail`: the source's trail backwards, then the destination's forwards."
+        ),
+    )
+    parser.add_argument("source", type=Path, metavar="SOURCE", help="trail file of the first result")
+    parser.add_argument("dest", type=Path, metavar="DEST", help="trail file of the next result")
+    parser.add_argument("more", type=Path, nargs="*", metavar="MORE", help="further results, in order")
+    add_render_options(parser)
+    parser.add_argument(
+        "--depth",
+        type=float,
+        default=1.0,
+        help="how far back through the source's trail to go, in (0, 1]; smaller keeps more of it (default 1)",
+    )
+    # Its own dest: bot.cli reads args.guidance as the classifier-free guidance scale.
+    parser.add_argument(
+        "--guidance",
+        dest="transition_guidance",
+        choices=GUIDANCES,
+        default="schedule",
+        help="schedule: through both denoising trails; interpolate: straight between the two "
+        "pictures, for results that share content (default schedule)",
+    )
+    parser.add_argument(
+        "--resize", action="store_true", help="resample later results to the first one's size if they differ"
+    )
+    parser.add_argument("--out", type=Path, help="animation file (default transition.mp4)")
+    add_config_option(parser)
+    parser.set_defaults(func=cmd_transition)
