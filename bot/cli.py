@@ -179,6 +179,8 @@ def report_outputs(outputs: Any, trail_path: Path | None) -> None:
     print(f"heatmap: {outputs.heatmap}")
     if trail_path is not None:
         print(f"trail: {trail_path}")
+    if getattr(outputs, "flagged", None):
+        print("warning: the model's safety checker flagged this picture or its animation", file=sys.stderr)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -51,13 +51,24 @@ def job_settings(base: Settings, params: dict[str, Any]) -> Settings:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    """Failures that retrying cannot fix: bad input, or a stored input that is gone."""
+    from bot.artifacts import ArtifactKeyError, ArtifactNotFound
     from painter.animate import AnimationError
     from painter.capture import CaptureError
     from painter.images import ImageInputError
     from painter.models import ModelError
     from painter.trail import TrailError
 
-    return (ConfigError, CaptureError, ModelError, AnimationError, ImageInputError, TrailError)
+    return (
+        ConfigError,
+        CaptureError,
+        ModelError,
+        AnimationError,
+        ImageInputError,
+        TrailError,
+        ArtifactKeyError,
+        ArtifactNotFound,
+    )
 
 
 class _Reporter:
@@ -133,7 +144,10 @@ def _paint(ctx: JobContext, settings: Settings) -> JobOutput:
     files = {"video": outputs.video, "image": outputs.image, "heatmap": outputs.heatmap}
     if outputs.trail_path is not None:
         files["trail"] = outputs.trail_path
-    return JobOutput(files=files, result=result_fields(outputs.trail.meta, outputs.animation, settings))
+    fields = result_fields(outputs.trail.meta, outputs.animation, settings)
+    if outputs.flagged is not None:
+        fields["flagged"] = outputs.flagged
+    return JobOutput(files=files, result=fields)
 
 
 def _transition(ctx: JobContext, settings: Settings) -> JobOutput:

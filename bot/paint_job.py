@@ -52,6 +52,9 @@ class PaintOutputs:
     trail_path: Path | None
     trail: Trail
     animation: Animation
+    # The pipeline's safety checker's verdict on the final image and sampled frames;
+    # None when the pipeline has no checker.
+    flagged: bool | None = None
 
     def paths(self) -> list[Path]:
         return [p for p in (self.video, self.image, self.heatmap, self.trail_path) if p is not None]
@@ -228,9 +231,13 @@ def run_paint(
                 start = encode_picture(model, picture)
         spec = animation_spec(settings, p.effect, analytic=analytic)
         plan = trail.latents.to(decoder.device)
-        animation = animate_to(plan, decoder, spec, video_path, start=start, trail=trail, on_frame=on_frame)
+        watcher = SafetySampler(None if analytic else model.pipeline, spec.total_frames, on_frame)
+        animation = animate_to(
+            plan, decoder, spec, video_path, start=start, trail=trail, on_frame=watcher.on_frame
+        )
         written.append(video_path)
         final = decode_image(decoder, trail.final)
+        verdict = watcher.verdict(np.asarray(final))
         save_png(final, image_path, png_text(trail, p.effect))
         written.append(image_path)
         save_png(animation.heatmap, heatmap_path, {"Description": f"stroke heatmap ({p.effect})"})
@@ -244,7 +251,33 @@ def run_paint(
         for path in written:
             path.unlink(missing_ok=True)
         raise
-    return PaintOutputs(video_path, image_path, heatmap_path, saved_trail, trail, animation)
+    return PaintOutputs(video_path, image_path, heatmap_path, saved_trail, trail, animation, verdict)
+
+
+class SafetySampler:
+    """Keeps a few frames as they are rendered, for the pipeline's safety checker."""
+
+    def __init__(self, pipeline: Any, total: int, forward: FrameCallback | None) -> None:
+        from painter.safety import has_safety_checker, sample_indices
+
+        self.pipeline = pipeline if pipeline is not None and has_safety_checker(pipeline) else None
+        self.wanted = sample_indices(total) if self.pipeline is not None else set()
+        self.samples: list[np.ndarray] = []
+        self.forward = forward
+
+    def on_frame(self, done: int, total: int, image: np.ndarray) -> None:
+        if done in self.wanted:
+            self.samples.append(image.copy())
+        if self.forward is not None:
+            self.forward(done, total, image)
+
+    def verdict(self, final: np.ndarray) -> bool | None:
+        """The checker's verdict on the final image and the kept frames."""
+        if self.pipeline is None:
+            return None
+        from painter.safety import flagged
+
+        return flagged(self.pipeline, [final, *self.samples])
 
 
 def decoder_for_trails(
@@ -272,8 +305,7 @@ def decoder_for_trails(
             continue
         return models.decoder(model_settings, model)
     raise ModelError(
-        f"cannot decode: no model named in the trails loads with their VAE {vae_id!r} "
-        f"({'; '.join(problems)})"
+        f"cannot decode: no model named in the trails loads with their VAE {vae_id!r} ({'; '.join(problems)})"
     )
 
 

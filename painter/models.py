@@ -109,11 +109,14 @@ def build_tiny_pipeline(
     prediction_type: str = "epsilon",
     scheduler: str = "pndm",
     vae_seed: int | None = None,
+    safety: str | None = None,
 ) -> Path:
     """Create the tiny SD-architecture pipeline with random weights and save it to ``path``.
 
     ``seed`` sets the UNet and text encoder weights, ``vae_seed`` (default: ``seed``)
     the VAE's, so two checkpoints sharing one VAE can be made for transition tests.
+    ``safety`` adds a tiny safety checker that flags every picture (``"flag-all"``) or
+    none (``"flag-none"``), so the checking path runs for real in tests.
     """
     import diffusers
     from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
@@ -173,15 +176,16 @@ def build_tiny_pipeline(
         steps_offset=1,
         **({"skip_prk_steps": True} if scheduler == "pndm" else {}),
     )
+    checker, extractor = _tiny_safety_checker(safety) if safety else (None, None)
     pipe = StableDiffusionPipeline(
         unet=unet,
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         scheduler=sched,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
+        safety_checker=checker,
+        feature_extractor=extractor,
+        requires_safety_checker=checker is not None,
     )
     # Build beside the target and rename, so a crash never leaves a half-written model.
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -196,6 +200,44 @@ def build_tiny_pipeline(
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return path
+
+
+def _tiny_safety_checker(mode: str) -> tuple[Any, Any]:
+    """SD's safety checker at toy size; its concept thresholds decide the verdict outright."""
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig, CLIPImageProcessor
+
+    if mode not in ("flag-all", "flag-none"):
+        raise ValueError(f"safety mode {mode!r} must be flag-all or flag-none")
+    config = CLIPConfig(
+        text_config={
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_attention_heads": 4,
+            "num_hidden_layers": 2,
+            "vocab_size": 514,
+            "bos_token_id": 512,
+            "eos_token_id": 513,
+            "pad_token_id": 513,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_attention_heads": 4,
+            "num_hidden_layers": 2,
+            "image_size": 32,
+            "patch_size": 8,
+        },
+        projection_dim=32,
+    )
+    checker = StableDiffusionSafetyChecker(config)
+    # A cosine distance lies in [-1, 1]: a threshold of -2 is always exceeded, +2 never.
+    threshold = -2.0 if mode == "flag-all" else 2.0
+    with torch.no_grad():
+        checker.concept_embeds_weights.fill_(threshold)
+        checker.special_care_embeds_weights.fill_(2.0)
+    extractor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    return checker, extractor
 
 
 def tiny_model_dir(data_dir: str | Path) -> Path:

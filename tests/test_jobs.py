@@ -1,0 +1,150 @@
+"""The queue's real runner: paint, repaint and transition jobs through a worker, tiny model, SQLite."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bot.artifacts import LocalArtifactStore
+from bot.config import load_settings
+from bot.jobs import run_job
+from bot.worker import Worker
+from db.engine import Database
+from db.models import Job
+from db.queue import JobQueue, QueuePolicy
+from db.results import result_for_job
+from painter.video import read_frames
+from tests import db_fixtures
+
+SMALL = {"width": 64, "height": 64, "steps": 4, "fps": 8, "duration": 1.0, "scheduler": "ddim"}
+
+
+@pytest.fixture
+async def setup(tmp_path: Path, data_dir: Path):
+    url = await db_fixtures.fresh_url("sqlite", tmp_path)
+    db = Database.from_url(url)
+    settings = load_settings(env={"LATENT_PAINTER_STORAGE_DATA_DIR": str(data_dir)})
+    store = LocalArtifactStore(tmp_path / "artifacts")
+    # The runner reads stored inputs from the data directory's store: share one root.
+    settings_store = LocalArtifactStore(settings.data_dir / "artifacts")
+    queue = JobQueue(db, QueuePolicy(lease_seconds=60, max_attempts=2, backoff_seconds=0, per_user_cap=20))
+    worker = Worker(
+        queue,
+        settings_store,
+        run_job,
+        workdir_root=tmp_path / "work",
+        heartbeat_seconds=0.2,
+        poll_seconds=0.05,
+        settings=settings,
+    )
+    try:
+        yield db, queue, worker, settings_store
+    finally:
+        del store
+        await db.dispose()
+
+
+def pixels(store, key: str) -> np.ndarray:
+    from PIL import Image
+
+    with store.open(key) as src:
+        return np.asarray(Image.open(src).convert("RGB"))
+
+
+async def run_one(db, queue, worker, kind, params, user=7):
+    enq = await queue.enqueue(kind, params, user_id=user, guild_id=1, channel_id=2)
+    assert await worker.run(max_jobs=1, exit_when_idle=True) == 1
+    async with db.read() as session:
+        job = await session.get(Job, enq.job.id)
+    return job, await result_for_job(db, enq.job.id)
+
+
+async def test_paint_repaint_and_transition_jobs(setup, tmp_path):
+    db, queue, worker, store = setup
+    job, result = await run_one(db, queue, worker, "paint", {"prompt": "a red boat", "seed": 3, **SMALL})
+    assert job.status == "done", job.error
+    assert result.prompt == "a red boat" and result.seed == 3 and result.steps == 4
+    assert result.effect == "strokes" and result.format == "mp4" and result.frames == 8
+    for key in (result.video_key, result.image_key, result.heatmap_key, result.trail_key):
+        assert key and store.exists(key)
+    video = tmp_path / "v.mp4"
+    with store.open(result.video_key) as src:
+        video.write_bytes(src.read())
+    meta, frames = read_frames(video)
+    assert len(frames) == 8 and frames[0].shape == (64, 64, 3)
+
+    # Repaint: another effect over the stored trail, no new generation.
+    job2, repainted = await run_one(
+        db,
+        queue,
+        worker,
+        "paint",
+        {"prompt": "a red boat", "trail_key": result.trail_key, "effect": "glow", "fps": 8, "duration": 1.0},
+    )
+    assert job2.status == "done", job2.error
+    assert repainted.effect == "glow" and repainted.seed == 3
+    # The same final picture, decoded from the same latent.
+    assert np.array_equal(pixels(store, result.image_key), pixels(store, repainted.image_key))
+
+    # A second picture, then a transition between the two stored trails.
+    _, other = await run_one(db, queue, worker, "paint", {"prompt": "a green hill", "seed": 4, **SMALL})
+    job3, moved = await run_one(
+        db,
+        queue,
+        worker,
+        "transition",
+        {
+            "from_result": result.public_id,
+            "to_result": other.public_id,
+            "from_trail": result.trail_key,
+            "to_trail": other.trail_key,
+            "fps": 8,
+            "duration": 1.0,
+            "depth": 0.5,
+        },
+    )
+    assert job3.status == "done", job3.error
+    assert moved.kind == "transition" and moved.frames == 8
+    # A transition ends on the destination's picture.
+    assert np.array_equal(pixels(store, other.image_key), pixels(store, moved.image_key))
+
+
+async def test_user_errors_fail_without_retry(setup):
+    db, queue, worker, store = setup
+    job, result = await run_one(
+        db, queue, worker, "paint", {"prompt": "x", "trail_key": "nowhere/trail.safetensors", **SMALL}
+    )
+    assert job.status == "failed" and job.attempts == 1
+    assert result is None
+    assert "nowhere/trail.safetensors" in job.error
+
+
+async def test_safety_checker_verdict_is_recorded(setup, tmp_path, monkeypatch):
+    from painter.models import build_tiny_pipeline
+
+    db, queue, worker, store = setup
+    flagging = build_tiny_pipeline(tmp_path / "flag-all", safety="flag-all")
+    job, result = await run_one(db, queue, worker, "paint", {"prompt": "x", "model": str(flagging), **SMALL})
+    assert job.status == "done", job.error
+    assert result.params["flagged"] is True
+    _, plain = await run_one(db, queue, worker, "paint", {"prompt": "x", **SMALL})
+    assert "flagged" not in plain.params
+
+
+def test_safety_sampler_checks_final_and_sampled_frames(tmp_path):
+    from bot.paint_job import SafetySampler
+    from painter.models import build_tiny_pipeline, load_pipeline
+
+    quiet = load_pipeline(str(build_tiny_pipeline(tmp_path / "none", safety="flag-none")), device="cpu")
+    loud = load_pipeline(str(build_tiny_pipeline(tmp_path / "all", safety="flag-all")), device="cpu")
+    seen = []
+    sampler = SafetySampler(quiet.pipeline, 40, lambda d, t, img: seen.append(d))
+    for i in range(1, 41):
+        sampler.on_frame(i, 40, np.full((64, 64, 3), i, np.uint8))
+    assert seen == list(range(1, 41))
+    assert len(sampler.samples) == 8
+    assert sampler.verdict(np.zeros((64, 64, 3), np.uint8)) is False
+    assert SafetySampler(loud.pipeline, 10, None).verdict(np.zeros((64, 64, 3), np.uint8)) is True
+    assert SafetySampler(None, 10, None).verdict(np.zeros((64, 64, 3), np.uint8)) is None
