@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 import torch
 import torch.nn.functional as F
 
-from painter.trail import Trail, TrailError, TrailMeta
+from painter.trail import Trail, TrailError
 
 GUIDANCES = ("schedule", "interpolate")
 # Pixels per latent cell when the trail metadata does not say (SD VAEs downsample by 8).
@@ -90,20 +90,6 @@ class TransitionPlan:
 
     def __len__(self) -> int:
         return self.plan.shape[0]
-
-    def trail_meta(self) -> TrailMeta:
-        """Metadata to decode the plan's latents with: the shared VAE, the destination's model and size."""
-        m = self.meta
-        return TrailMeta(
-            model_id=m.destination_model_id,
-            vae_id=m.vae_id,
-            scaling_factor=m.scaling_factor,
-            shift_factor=m.shift_factor,
-            space=m.space,
-            width=m.width,
-            height=m.height,
-            extra={"transition": {"guidance": m.guidance, "depth": m.depth, "model_ids": list(m.model_ids)}},
-        )
 
 
 def _latent_size(trail: Trail) -> str:
@@ -285,8 +271,13 @@ def _join(
     if len(trails) < 2:
         raise TransitionError(f"a transition needs at least two trails, got {len(trails)}")
     # Check every pair before resampling anything, so the error names the original sizes.
-    for src, dst in zip(trails, trails[1:], strict=False):
-        check_compatible(src, dst, resize=resize)
+    for hop, (src, dst) in enumerate(zip(trails, trails[1:], strict=False), start=1):
+        try:
+            check_compatible(src, dst, resize=resize)
+        except TransitionError as exc:
+            if len(trails) == 2:
+                raise
+            raise TransitionError(f"results {hop} → {hop + 1}: {exc}") from None
     first = trails[0]
     _, h, w = first.latent_shape
     resized = any(t.latent_shape[1:] != (h, w) for t in trails[1:])

@@ -145,10 +145,9 @@ def test_different_unets_sharing_a_vae_are_compatible() -> None:
     check_compatible(src, dst)
     plan = build_plan(src, dst)
     assert plan.meta.model_ids == ["tiny/unet-a", "tiny/unet-b"]
-    decode = plan.trail_meta()
-    assert (decode.vae_id, decode.scaling_factor, decode.space) == (VAE, 0.18215, "latent")
-    assert (decode.width, decode.height) == (64, 64)
-    assert decode.model_id == "tiny/unet-b"
+    m = plan.meta
+    assert (m.vae_id, m.scaling_factor, m.space, m.width, m.height) == (VAE, 0.18215, "latent", 64, 64)
+    assert (m.source_model_id, m.destination_model_id) == ("tiny/unet-a", "tiny/unet-b")
 
 
 def test_different_vaes_are_refused_naming_both() -> None:
@@ -279,7 +278,7 @@ def test_chain_refuses_too_few_trails_and_a_foreign_vae_anywhere() -> None:
     with pytest.raises(TransitionError, match="at least two trails"):
         chain_plans([a])
     odd = make_trail(3, seed=39, vae_id="other/vae", model_id="other/unet")
-    with pytest.raises(TransitionError, match="other/vae"):
+    with pytest.raises(TransitionError, match="^results 2 → 3: cannot transition: .*other/vae"):
         chain_plans([a, b, odd])
 
 
