@@ -92,6 +92,10 @@ class DiscordSettings:
     sizes: str = "512x512,512x768,768x512"
     upload_limit: int = 10 * 1024 * 1024
     progress_seconds: float = 3.0
+    preview_seconds: float = 6.0  # least seconds between preview pictures in a progress reply
+    models: str = ""  # checkpoints /paint offers, comma separated; empty: only [model] id
+    max_image_bytes: int = 8 * 1024 * 1024  # largest picture /paint accepts as an attachment
+    run_worker: bool = True  # run one worker task inside the bot process
 
 
 @dataclass(frozen=True)
@@ -150,6 +154,8 @@ RANGES: dict[tuple[str, str], tuple[float | None, float | None]] = {
     ("discord", "max_prompt_length"): (1, 2000),
     ("discord", "upload_limit"): (100_000, None),
     ("discord", "progress_seconds"): (1.0, None),
+    ("discord", "preview_seconds"): (1.0, None),
+    ("discord", "max_image_bytes"): (1024, None),
 }
 
 
