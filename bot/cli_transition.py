@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -88,7 +88,8 @@ def run_transition(
     meta = plan.meta
     decoder = decoder_for_trails(settings, meta.model_ids, meta.vae_id, meta.space, models)
     effect = settings.painter.effect
-    spec = animation_spec(settings, effect, analytic=meta.space == "pixel")
+    # Open on the source picture for half a second before the first stroke lands.
+    spec = replace(animation_spec(settings, effect, analytic=meta.space == "pixel"), lead_in=0.5)
     written: list[Path] = []
     try:
         animation = animate(

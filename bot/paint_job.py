@@ -208,6 +208,7 @@ def run_paint(
     written: list[Path] = []
     try:
         start: torch.Tensor | None = None
+        backdrop: torch.Tensor | None = None
         if analytic:
             from painter.analytic import analytic_trail, paper_canvas
 
@@ -228,12 +229,22 @@ def run_paint(
             decoder = models.decoder(settings, model)
             _, trail = capture(model, gen, on_step=on_step)
             if request.start_from_image and picture is not None:
+                # The canvas starts at the picture's latent and the picture itself shows
+                # until painted over, so the first frame is exactly the input.
                 start = encode_picture(model, picture)
+                backdrop = (image_to_tensor(picture) + 1) / 2
         spec = animation_spec(settings, p.effect, analytic=analytic)
         plan = trail.latents.to(decoder.device)
         watcher = SafetySampler(None if analytic else model.pipeline, spec.total_frames, on_frame)
         animation = animate_to(
-            plan, decoder, spec, video_path, start=start, trail=trail, on_frame=watcher.on_frame
+            plan,
+            decoder,
+            spec,
+            video_path,
+            start=start,
+            backdrop=backdrop,
+            trail=trail,
+            on_frame=watcher.on_frame,
         )
         written.append(video_path)
         final = decode_image(decoder, trail.final)
@@ -356,13 +367,16 @@ def animate_to(
     start: torch.Tensor | None,
     trail: Trail,
     on_frame: FrameCallback | None,
+    backdrop: torch.Tensor | None = None,
 ) -> Animation:
     """Render one plan; a separate function so transitions and paints share it."""
     from painter.animate import animate
 
     if start is not None:
         start = start.to(plan.device)
-    return animate(plan, decoder, spec, out, start=start, space=trail.meta.space, on_frame=on_frame)
+    return animate(
+        plan, decoder, spec, out, start=start, backdrop=backdrop, space=trail.meta.space, on_frame=on_frame
+    )
 
 
 @torch.inference_mode()

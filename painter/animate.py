@@ -6,6 +6,7 @@ paint``, transitions and the queue's worker.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,8 +36,12 @@ class AnimationSpec:
     effect: str = "strokes"
     fps: int = 30
     duration: float = 15.0
-    # The finished picture stays on screen this long at the end (inside ``duration``).
+    # The finished picture stays on screen this long at the end (inside ``duration``,
+    # at most a quarter of it).
     hold: float = 1.0
+    # The canvas before the first stroke shows this long at the start (at least one
+    # frame): a transition opens on its source picture.
+    lead_in: float = 0.0
     format: str = "mp4"
     max_bytes: int = 10 * 1024 * 1024
     paper: tuple[int, int, int] = DEFAULT_PAPER
@@ -50,7 +55,12 @@ class AnimationSpec:
 
     @property
     def hold_frames(self) -> int:
-        return min(round(self.hold * self.fps), self.total_frames - 1)
+        return min(round(self.hold * self.fps), self.total_frames // 4)
+
+    @property
+    def lead_in_frames(self) -> int:
+        room = self.total_frames - self.hold_frames - 1
+        return max(0, min(max(1, round(self.lead_in * self.fps)), room // 4 if self.lead_in else room))
 
     def validate(self) -> None:
         if self.format not in FORMATS:
@@ -91,40 +101,50 @@ def animate(
     out: str | Path,
     *,
     start: torch.Tensor | None = None,
+    backdrop: torch.Tensor | None = None,
     space: str = "latent",
     on_frame: FrameCallback | None = None,
 ) -> Animation:
     """Paint ``plan`` with ``spec.effect`` and write the animation to ``out``.
 
-    With ``start=None`` the canvas is blank paper and cells appear as they are first
-    painted; with a start canvas (transitions, repainting a picture) it is shown
-    whole from the first frame. The last frame is the plan's last entry exactly,
-    decoded, and ``out`` appears only when complete.
+    The first frame shows the canvas before any stroke: blank paper when ``start`` is
+    None; the decoded ``start`` canvas otherwise (a transition's source picture); or,
+    with ``backdrop`` (an RGB picture ``[3, H, W]`` in [0, 1]), that picture, which
+    then shows wherever nothing has been painted yet (repainting a photo). The last
+    frame is the plan's last entry exactly, decoded, held for ``spec.hold`` seconds.
+    ``out`` appears only when complete.
     """
     spec.validate()
     out = Path(out)
     total, hold = spec.total_frames, spec.hold_frames
-    painted_frames = total - hold
-    frames = paint(plan, spec.effect, start=start, frames=painted_frames, **spec.params)
+    lead_in = spec.lead_in_frames
+    painted_frames = total - hold - lead_in
     _, channels, height, width = plan.shape
-    painted = torch.full((height, width), start is not None, dtype=torch.bool, device=plan.device)
+    canvas0 = torch.zeros(plan.shape[1:], dtype=plan.dtype, device=plan.device) if start is None else start
+    frames = paint(plan, spec.effect, start=start, frames=painted_frames, **spec.params)
+    if lead_in:
+        still = Frame(canvas0, torch.zeros_like(canvas0, dtype=torch.bool), -1)
+        frames = itertools.chain(itertools.repeat(still, lead_in), frames)
+    shows_start = start is not None and backdrop is None
+    painted = torch.full((height, width), shows_start, dtype=torch.bool, device=plan.device)
+    paper = spec.paper if backdrop is None else backdrop
     heat = HeatmapAccumulator((channels, height, width), device=plan.device)
     master = out.with_name(f".{out.name}.master.mp4")
     done = 0
     last: np.ndarray | None = None
+    encoder: FrameEncoder | None = None
     try:
-        encoder: FrameEncoder | None = None
         for batch in _batched(frames, spec.batch_size):
             coverage = []
             for frame in batch:
                 heat.add(frame.mask)
                 painted |= frame.mask.any(dim=0)
                 coverage.append(painted.clone())
-            if done + len(batch) >= painted_frames:
+            if done + len(batch) >= painted_frames + lead_in:
                 # The finished picture shows everywhere, even where no frame changed a cell.
                 coverage[-1] = torch.ones_like(painted)
             canvases = torch.stack([frame.canvas for frame in batch])
-            rgb = lay_on_paper(decoder.decode_float(canvases), torch.stack(coverage), spec.paper)
+            rgb = lay_on_paper(decoder.decode_float(canvases), torch.stack(coverage), paper)
             images = to_uint8(rgb)
             if encoder is None:
                 size = (images.shape[2], images.shape[1])

@@ -81,17 +81,24 @@ def to_uint8(rgb: torch.Tensor) -> np.ndarray:
 
 
 def lay_on_paper(
-    rgb: torch.Tensor, painted: torch.Tensor, paper: tuple[int, int, int] = DEFAULT_PAPER
+    rgb: torch.Tensor,
+    painted: torch.Tensor,
+    paper: tuple[int, int, int] | torch.Tensor = DEFAULT_PAPER,
 ) -> torch.Tensor:
-    """Show only painted cells: elsewhere the paper colour, with soft brush edges.
+    """Show only painted cells: elsewhere the paper, with soft brush edges.
 
     ``rgb`` is ``[B, 3, H, W]`` in [0, 1]; ``painted`` is ``[B, h, w]`` (bool or
-    coverage in [0, 1]) on the canvas grid. The all-zero latent does not decode to
-    white, so this is what makes a fresh canvas look like blank paper.
+    coverage in [0, 1]) on the canvas grid. ``paper`` is a colour, or a picture
+    ``[3, H, W]`` in [0, 1] (repainting a photo: it shows until painted over). The
+    all-zero latent does not decode to white, so this is what makes a fresh canvas
+    look like blank paper.
     """
     height, width = rgb.shape[-2:]
     cover = painted.to(rgb.device, torch.float32)[:, None]
     if cover.shape[-2:] != (height, width):
         cover = F.interpolate(cover, size=(height, width), mode="bilinear", align_corners=False)
-    paper_rgb = torch.tensor(paper, device=rgb.device, dtype=torch.float32).view(1, 3, 1, 1) / 255
-    return rgb * cover + paper_rgb * (1 - cover)
+    if isinstance(paper, torch.Tensor):
+        backdrop = paper.to(rgb.device, torch.float32)[None]
+    else:
+        backdrop = torch.tensor(paper, device=rgb.device, dtype=torch.float32).view(1, 3, 1, 1) / 255
+    return rgb * cover + backdrop * (1 - cover)

@@ -218,3 +218,90 @@ def test_demo_paints_the_users_picture(tmp_path):
     )
     final = np.asarray(Image.open(out_dir / "demo.png").convert("RGB"))
     assert psnr(final, grid) > 35
+
+
+def test_sdedit_from_a_picture(env_for, tmp_path):
+    """SDEdit: the trail has steps × strength entries; --start-from-image opens on the picture."""
+    picture = tmp_path / "in.png"
+    art = np.zeros((128, 128, 3), np.uint8)
+    art[:64] = (30, 90, 200)
+    art[64:] = (40, 160, 60)
+    art[40:90, 50:80] = (230, 200, 40)
+    Image.fromarray(art).save(picture)
+    out = tmp_path / "edit.mp4"
+    trail_path = tmp_path / "edit.trail"
+    args = [
+        "paint",
+        "a sunny meadow",
+        *BASE,
+        "--steps",
+        "10",
+        "--strength",
+        "0.5",
+        "--image",
+        str(picture),
+        "--start-from-image",
+        "--fps",
+        "10",
+        "--duration",
+        "2",
+        "--out",
+        str(out),
+        "--save-trail",
+        str(trail_path),
+    ]
+    assert main(args) == 0
+    trail = Trail.load(trail_path)
+    assert len(trail) == 5 and trail.meta.strength == 0.5
+    meta, frames = read_frames(out)
+    assert len(frames) == 20
+    assert video_psnr(frames[0], art) >= 35  # opens on the input picture
+    final = np.asarray(Image.open(tmp_path / "edit.png").convert("RGB"))
+    assert video_psnr(frames[-1], final) >= 35
+
+
+def test_sdedit_without_start_opens_on_paper(env_for, tmp_path):
+    picture = tmp_path / "in.png"
+    Image.fromarray(np.full((128, 128, 3), (200, 40, 40), np.uint8)).save(picture)
+    out = tmp_path / "e.mp4"
+    args = [
+        "paint",
+        "red",
+        *BASE,
+        "--image",
+        str(picture),
+        "--fps",
+        "10",
+        "--duration",
+        "1",
+        "--out",
+        str(out),
+    ]
+    assert main(args) == 0
+    meta, frames = read_frames(out)
+    paper = np.array((245, 240, 230))
+    assert np.mean(np.abs(frames[0].astype(int) - paper).sum(-1) < 30) > 0.95
+
+
+@pytest.mark.parametrize("kind", ["text", "truncated", "huge"])
+def test_bad_pictures_are_refused(env_for, tmp_path, monkeypatch, capsys, kind):
+    import struct
+    import zlib
+
+    bad = tmp_path / "bad.png"
+    if kind == "text":
+        bad.write_text("this is not a picture\n")
+    elif kind == "truncated":
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (128, 128, 3), np.uint8)).save(bad)
+        bad.write_bytes(bad.read_bytes()[:2000])
+    else:
+        header = struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0)
+        chunk = b"IHDR" + header
+        bad.write_bytes(
+            b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + chunk + struct.pack(">I", zlib.crc32(chunk))
+        )
+    monkeypatch.chdir(tmp_path)
+    code = main(["paint", "x", *BASE, "--image", str(bad), "--out", "o.mp4"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "bad.png" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.png"]

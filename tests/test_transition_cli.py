@@ -135,6 +135,7 @@ def test_last_frame_is_the_destination_exactly_before_encoding(env_for, results,
     )
     assert len(images) == 24
     assert np.array_equal(images[-1], results.final_image("b"))
+    assert np.array_equal(images[0], results.final_image("a"))
     assert torch.equal(outputs.plan.start, Trail.load(results.trails["a"]).final)
     assert outputs.paths() == [tmp_path / "ab.mp4", tmp_path / "ab.png", tmp_path / "ab.heatmap.png"]
 
