@@ -43,12 +43,20 @@ def _not_blank(value: str) -> str | None:
     return "must not be empty" if not value.strip() else None
 
 
+def _key_problem(value: str) -> str | None:
+    # The artifact store checks keys fully when it reads them; this keeps obvious
+    # path tricks out of the job table in the first place.
+    if not value or value.startswith("/") or "\\" in value or ".." in value.split("/"):
+        return f"must be an artifact key like uploads/1/2.png, got {value!r}"
+    return None
+
+
 def _in_unit_interval(value: float) -> str | None:
     return None if 0.0 < value <= 1.0 else "must be in (0, 1]"
 
 
 # An artifact store key (e.g. a stored trail or an uploaded picture), never a path.
-_ARTIFACT_KEY = Field(str, high=512, check=_not_blank)
+_ARTIFACT_KEY = Field(str, high=512, check=_key_problem)
 
 
 _COMMON: dict[str, Field] = {
@@ -164,4 +172,7 @@ def validate_params(kind: str, params: Mapping[str, Any]) -> dict[str, Any]:
         clean[name] = value
     if kind == JobKind.PAINT.value:
         clean["prompt"] = clean["prompt"].strip()
+    elif "from_trail" not in clean or "to_trail" not in clean:
+        # The runner animates between trails; a job without them could only fail later.
+        raise ValueError("a transition job needs from_trail and to_trail (the results' trail keys)")
     return clean

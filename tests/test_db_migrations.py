@@ -98,7 +98,11 @@ def test_migrations_are_found_from_any_directory_without_alembic_ini(tmp_path: P
     env.pop("LATENT_PAINTER_DATABASE_URL", None)
     run = lambda *a: subprocess.run(  # noqa: E731
         [sys.executable, "-m", "bot.cli_queue", "db", *a, "--config", str(config)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     current = run("current")
     assert current.returncode == 0, current.stderr

@@ -100,7 +100,24 @@ async def test_per_user_cap_and_dedupe_write_nothing_extra(queue: JobQueue) -> N
         ("paint", {"prompt": "x", "width": 500}, "width must be a multiple of 8"),
         ("paint", {"prompt": "x", "steps": True}, "steps must be a whole number"),
         ("paint", {"prompt": "x", "colour": "red"}, "unknown parameter 'colour'"),
-        ("transition", {"from_result": "AAAA0000"}, "a transition job needs to_result"),
+        ("transition", {"from_trail": "jobs/1/1/t.safetensors"}, "a transition job needs from_result"),
+        (
+            "transition",
+            {"from_result": "AAAA0000", "to_result": "BBBB1111", "from_trail": "jobs/1/1/t"},
+            "needs from_trail and to_trail",
+        ),
+        (
+            "transition",
+            {
+                "from_result": "A",
+                "to_result": "B",
+                "from_trail": "jobs/1/1/t",
+                "to_trail": "../../etc/passwd",
+            },
+            "to_trail must be an artifact key",
+        ),
+        ("paint", {"prompt": "x", "image_key": "/etc/passwd"}, "image_key must be an artifact key"),
+        ("paint", {"prompt": "x", "strength": 0}, "strength must be in \\(0, 1\\]"),
     ],
 )
 async def test_bad_input_is_refused_with_a_clear_message_and_no_row(
@@ -244,7 +261,10 @@ async def test_position_and_eta(queue: JobQueue) -> None:
 
 async def test_list_and_count_jobs(queue: JobQueue) -> None:
     await queue.enqueue("paint", paint(), user_id=1)
-    await queue.enqueue("transition", {"from_result": "AAAA0000", "to_result": "BBBB1111"}, user_id=2)
+    trails = {"from_trail": "jobs/1/1/trail.safetensors", "to_trail": "jobs/2/1/trail.safetensors"}
+    await queue.enqueue(
+        "transition", {"from_result": "AAAA0000", "to_result": "BBBB1111", **trails}, user_id=2
+    )
     assert [j.kind for j in await queue.list_jobs()] == ["transition", "paint"]
     assert [j.user_id for j in await queue.list_jobs(user_id=1)] == [1]
     assert (await queue.counts())["queued"] == 2

@@ -262,3 +262,19 @@ def test_load_runner_explains_bad_specs() -> None:
         load_runner("tests.no_such_module:run")
     with pytest.raises(ValueError, match="has no callable 'nope'"):
         load_runner("tests.job_runners:nope")
+
+
+async def test_heartbeats_keep_a_job_longer_than_its_lease(sqlite_db: Database, tmp_path: Path) -> None:
+    worker = make_worker(sqlite_db, tmp_path)
+    worker.queue.policy = QueuePolicy(lease_seconds=0.6, backoff_seconds=0)
+    job = (await worker.queue.enqueue("paint", {"prompt": "frames=10 sleep=2"}, user_id=1)).job
+    other = JobQueue(sqlite_db, QueuePolicy(lease_seconds=0.6))
+    task = asyncio.create_task(worker.run(max_jobs=1))
+    stolen = []
+    while not task.done():
+        if (lease := await other.claim("rival")) is not None:
+            stolen.append(lease.job_id)
+        await asyncio.sleep(0.05)
+    await task
+    done = await worker.queue.get(job.id)
+    assert stolen == [] and (done.status, done.attempts) == ("done", 1)
