@@ -1,0 +1,88 @@
+"""``latent-painter bot`` (run the Discord bot) and ``latent-painter health`` (the container check).
+
+The token comes from ``DISCORD_TOKEN`` only; it is never printed or logged, and a token
+Discord refuses is reported without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+from bot.config import ConfigError, discord_token, load_settings
+
+EXIT_OK = 0
+EXIT_UNHEALTHY = 1
+
+
+def cmd_bot(args: argparse.Namespace) -> int:
+    """Run the bot until SIGTERM or SIGINT."""
+    import discord
+
+    from bot.discord_bot import run_bot
+
+    settings = load_settings(args.config)
+    token = discord_token()
+    try:
+        asyncio.run(run_bot(settings, token))
+    except discord.LoginFailure:
+        raise ConfigError(
+            "Discord refused the bot token in DISCORD_TOKEN; check it in the developer portal"
+        ) from None
+    except discord.PrivilegedIntentsRequired:  # pragma: no cover - the bot asks for none
+        raise ConfigError("Discord refused the gateway intents") from None
+    return EXIT_OK
+
+
+async def check_health(settings: Any, max_age: float) -> str | None:
+    """None when healthy, else one line saying what is wrong (database, or a silent bot)."""
+    from sqlalchemy import text
+
+    from db.engine import Database
+
+    db = Database.from_url(settings.database_url)
+    try:
+        async with db.read() as session:
+            await session.execute(text("SELECT 1"))
+    except Exception as exc:  # noqa: BLE001 - any failure means unhealthy
+        return f"database unreachable: {type(exc).__name__}: {exc}"
+    finally:
+        await db.dispose()
+    heartbeat: Path = settings.data_dir / "bot.heartbeat"
+    try:
+        age = time.time() - heartbeat.stat().st_mtime
+    except FileNotFoundError:
+        return f"no heartbeat yet ({heartbeat}): the bot is not connected"
+    if age > max_age:
+        return f"last heartbeat {age:.0f} s ago (more than {max_age:g} s): the bot is stuck or disconnected"
+    return None
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    """Exit 0 when the database answers and the bot's heartbeat is fresh, else 1."""
+    settings = load_settings(args.config)
+    problem = asyncio.run(check_health(settings, args.max_age))
+    if problem is not None:
+        print(f"unhealthy: {problem}")
+        return EXIT_UNHEALTHY
+    print("healthy")
+    return EXIT_OK
+
+
+def add_subcommands(subparsers: Any) -> None:
+    """Add ``bot`` and ``health`` to the ``latent-painter`` command."""
+    from bot.cli import add_config_option
+
+    bot = subparsers.add_parser("bot", help="run the Discord bot (token from DISCORD_TOKEN)")
+    add_config_option(bot)
+    bot.set_defaults(func=cmd_bot)
+
+    health = subparsers.add_parser("health", help="check the database and the bot's heartbeat (exit 0/1)")
+    health.add_argument(
+        "--max-age", type=float, default=120.0, help="oldest acceptable heartbeat in seconds (default 120)"
+    )
+    add_config_option(health)
+    health.set_defaults(func=cmd_health)

@@ -1,0 +1,162 @@
+"""/settings: per-server settings, for members with Manage Server only.
+
+Discord hides the command from other members (``default_permissions``), but discord.py
+does not check that permission on what arrives, so the command checks it again.
+With no option given it shows the current settings.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.cogs.common import UserError, guild_rules
+from db.gallery import GalleryError, get_settings, update_settings
+from db.models import GuildSettings
+
+if TYPE_CHECKING:
+    from bot.discord_bot import LatentPainterBot
+
+# What to do with a result the safety checker flagged.
+FLAGGED_POLICIES = {
+    "refuse": "refuse it (the member is told why)",
+    "spoiler": "deliver it as spoilers, in age-restricted channels only",
+}
+# /settings reset choices → the stored setting they clear.
+RESETTABLE = {
+    "allowed channels": "allowed_channel_ids",
+    "gallery channel": "gallery_channel_id",
+    "hall of fame channel": "hall_of_fame_channel_id",
+    "hall of fame votes": "hall_of_fame_votes",
+    "queue cap": "per_user_cap",
+    "max steps": "max_steps",
+}
+
+
+def stores_flagged_policy() -> bool:
+    """Whether the guild settings table has the flagged-results column (a newer schema)."""
+    return hasattr(GuildSettings, "flagged_results")
+
+
+def settings_embed(row: GuildSettings, bot: LatentPainterBot, flagged: str) -> discord.Embed:
+    """The server's settings as members with Manage Server see them."""
+    s = bot.settings
+    channels = ", ".join(f"<#{c}>" for c in row.allowed_channel_ids or []) or "every channel"
+
+    def channel(value: int | None) -> str:
+        return f"<#{value}>" if value else "not set"
+
+    embed = discord.Embed(title="Latent Painter settings for this server", colour=discord.Colour.blurple())
+    embed.add_field(name="Painting allowed in", value=channels, inline=False)
+    embed.add_field(name="Gallery channel", value=channel(row.gallery_channel_id))
+    embed.add_field(name="Hall of fame", value=channel(row.hall_of_fame_channel_id))
+    votes = row.hall_of_fame_votes
+    embed.add_field(name="Hall of fame after", value=f"{votes} votes" if votes else "every submission")
+    embed.add_field(
+        name="Jobs per member",
+        value=str(row.per_user_cap or s.queue.per_user_cap) + ("" if row.per_user_cap else " (bot default)"),
+    )
+    embed.add_field(
+        name="Max steps",
+        value=str(row.max_steps or s.painter.max_steps) + ("" if row.max_steps else " (bot default)"),
+    )
+    embed.add_field(name="Flagged results", value=FLAGGED_POLICIES[flagged], inline=False)
+    return embed
+
+
+class AdminCog(commands.Cog, name="Admin"):
+    """/settings."""
+
+    def __init__(self, bot: LatentPainterBot) -> None:
+        self.bot = bot
+
+    @app_commands.command(name="settings", description="Server settings for Latent Painter (Manage Server)")
+    @app_commands.guild_only()
+    @app_commands.default_permissions(manage_guild=True)
+    @app_commands.describe(
+        allow_channel="Allow painting commands in this channel (none listed: everywhere)",
+        disallow_channel="Stop allowing painting commands in this channel",
+        gallery_channel="Where gallery submissions are posted",
+        hall_of_fame_channel="Where the best gallery entries are featured",
+        hall_of_fame_votes="Votes an entry needs to be featured (unset: featured when submitted)",
+        queue_cap="Jobs one member may have waiting or running",
+        max_steps="Most denoising steps a request may ask for",
+        flagged="What to do with results the safety checker flags",
+        reset="Put one setting back to the bot's default",
+    )
+    @app_commands.choices(
+        flagged=[app_commands.Choice(name=text, value=key) for key, text in FLAGGED_POLICIES.items()],
+        reset=[app_commands.Choice(name=name, value=name) for name in RESETTABLE],
+    )
+    async def settings(
+        self,
+        interaction: discord.Interaction,
+        allow_channel: discord.TextChannel | None = None,
+        disallow_channel: discord.TextChannel | None = None,
+        gallery_channel: discord.TextChannel | None = None,
+        hall_of_fame_channel: discord.TextChannel | None = None,
+        hall_of_fame_votes: app_commands.Range[int, 1, 100_000] | None = None,
+        queue_cap: app_commands.Range[int, 1, 1000] | None = None,
+        max_steps: app_commands.Range[int, 1, 500] | None = None,
+        flagged: str | None = None,
+        reset: str | None = None,
+    ) -> None:
+        guild_id = interaction.guild_id
+        if guild_id is None:
+            raise UserError("Settings belong to a server; use this command in one.")
+        permissions = interaction.permissions
+        if not (permissions.manage_guild or permissions.administrator):
+            raise UserError("Only members with the Manage Server permission can change these settings.")
+        row = await get_settings(self.bot.db, guild_id)
+        changes: dict[str, Any] = {}
+        allowed = list(row.allowed_channel_ids or [])
+        if allow_channel is not None and allow_channel.id not in allowed:
+            allowed.append(allow_channel.id)
+        if disallow_channel is not None and disallow_channel.id in allowed:
+            allowed.remove(disallow_channel.id)
+        if allowed != list(row.allowed_channel_ids or []):
+            changes["allowed_channel_ids"] = allowed
+        if gallery_channel is not None:
+            changes["gallery_channel_id"] = gallery_channel.id
+        if hall_of_fame_channel is not None:
+            changes["hall_of_fame_channel_id"] = hall_of_fame_channel.id
+        for name, value, low, high in (
+            ("hall_of_fame_votes", hall_of_fame_votes, 1, 100_000),
+            ("per_user_cap", queue_cap, 1, 1000),
+            ("max_steps", max_steps, 1, 500),
+        ):
+            if value is not None:
+                if not low <= value <= high:
+                    raise UserError(f"{name.replace('_', ' ')} must be from {low} to {high}.")
+                changes[name] = value
+        if flagged is not None:
+            if flagged not in FLAGGED_POLICIES:
+                raise UserError(f"Flagged must be one of {', '.join(FLAGGED_POLICIES)}.")
+            if not stores_flagged_policy():
+                raise UserError(
+                    "This bot's database cannot store the flagged-results setting yet; "
+                    "flagged results are refused everywhere until it can."
+                )
+            changes["flagged_results"] = flagged
+        if reset is not None:
+            if reset not in RESETTABLE:
+                raise UserError(f"Reset must be one of {', '.join(RESETTABLE)}.")
+            name = RESETTABLE[reset]
+            changes[name] = [] if name == "allowed_channel_ids" else None
+        if changes:
+            try:
+                row = await update_settings(self.bot.db, guild_id, interaction.user.id, **changes)
+            except GalleryError as exc:
+                raise UserError(str(exc)) from None
+        rules = await guild_rules(self.bot, guild_id)
+        note = "Saved." if changes else "Nothing changed; these are the current settings."
+        await interaction.response.send_message(
+            note, embed=settings_embed(row, self.bot, rules.flagged_results), ephemeral=True
+        )
+
+
+async def setup(bot: LatentPainterBot) -> None:
+    await bot.add_cog(AdminCog(bot))

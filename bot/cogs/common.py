@@ -1,0 +1,221 @@
+"""What every cog shares: user errors answered ephemerally, guild rules, and starting a job.
+
+Not an extension (it has no ``setup``): the cogs import it.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+
+import discord
+
+from bot.text import plural
+from db.gallery import GalleryError, get_settings
+from db.models import Job
+from db.queue import QueueFull
+from db.results import ResultNotFound
+
+if TYPE_CHECKING:
+    from bot.discord_bot import LatentPainterBot
+
+log = logging.getLogger("latent_painter.bot")
+
+# Discord keeps an interaction token usable for 15 minutes; stop trusting it a little early.
+TOKEN_LIFETIME = timedelta(minutes=15) - timedelta(seconds=30)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class UserError(Exception):
+    """Something the member can fix; the message is shown to them (ephemerally) as it is."""
+
+
+# Errors raised by db/ whose messages are written for the person who asked.
+MEMBER_FACING = (UserError, QueueFull, ResultNotFound, GalleryError)
+
+
+def painter_bot(interaction: discord.Interaction) -> LatentPainterBot:
+    """The bot that received ``interaction``."""
+    return interaction.client  # type: ignore[return-value]
+
+
+async def answer(
+    interaction: discord.Interaction,
+    content: str | None = None,
+    *,
+    ephemeral: bool = True,
+    **kwargs: Any,
+) -> None:
+    """Reply to an interaction whether or not it was answered yet (ephemeral by default)."""
+    kwargs.setdefault("allowed_mentions", discord.AllowedMentions.none())
+    if interaction.response.is_done():
+        await interaction.followup.send(content or discord.utils.MISSING, ephemeral=ephemeral, **kwargs)
+    else:
+        await interaction.response.send_message(content, ephemeral=ephemeral, **kwargs)
+
+
+async def report_error(interaction: discord.Interaction, error: BaseException) -> None:
+    """Tell the member what went wrong: their own mistakes in full, ours as a short apology.
+
+    Errors the member cannot cause are logged with the interaction's context. Nothing
+    here raises: a failed report is logged too, so a bad interaction never takes the bot down.
+    """
+    original = getattr(error, "original", error)
+    if isinstance(original, MEMBER_FACING):
+        message = str(original)
+    else:
+        command = interaction.command.qualified_name if interaction.command else None
+        custom_id = (interaction.data or {}).get("custom_id") if interaction.data else None
+        log.error(
+            "interaction %s (command %s, component %s, user %s, guild %s) failed",
+            interaction.id,
+            command,
+            custom_id,
+            interaction.user.id,
+            interaction.guild_id,
+            exc_info=original,
+        )
+        message = "Something went wrong on our side; it has been logged. Please try again later."
+    try:
+        await answer(interaction, message)
+    except discord.HTTPException as exc:
+        log.warning("could not report an error to interaction %s: %s", interaction.id, exc)
+
+
+def reports_errors(
+    callback: Callable[P, Awaitable[None]],
+) -> Callable[P, Awaitable[None]]:
+    """Wrap a component or modal callback whose first interaction argument gets error reports.
+
+    discord.py sends component errors to ``View.on_error``, which only logs; persistent
+    items are rebuilt per click, so the wrapper is where their errors are answered.
+    """
+
+    @functools.wraps(callback)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> None:
+        interaction = next(a for a in args if isinstance(a, discord.Interaction))
+        try:
+            await callback(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - every error is answered or logged
+            await report_error(interaction, exc)
+
+    return wrapper
+
+
+@dataclass(frozen=True)
+class GuildRules:
+    """The limits that apply to one request: the bot's own, tightened by the server's settings."""
+
+    max_steps: int
+    per_user_cap: int
+    max_side: int
+    allowed_channel_ids: tuple[int, ...]
+    gallery_channel_id: int | None
+    hall_of_fame_channel_id: int | None
+    hall_of_fame_votes: int | None
+    flagged_results: str
+
+
+def _tighter(own: int, guild: int | None) -> int:
+    return own if guild is None else min(own, guild)
+
+
+async def guild_rules(bot: LatentPainterBot, guild_id: int | None) -> GuildRules:
+    """The rules for a guild (the bot's defaults in DMs)."""
+    s = bot.settings
+    if guild_id is None:
+        return GuildRules(
+            s.painter.max_steps, s.queue.per_user_cap, s.painter.max_side, (), None, None, None, "refuse"
+        )
+    row = await get_settings(bot.db, guild_id)
+    return GuildRules(
+        max_steps=_tighter(s.painter.max_steps, row.max_steps),
+        per_user_cap=_tighter(s.queue.per_user_cap, row.per_user_cap),
+        max_side=_tighter(s.painter.max_side, row.max_side),
+        allowed_channel_ids=tuple(row.allowed_channel_ids or ()),
+        gallery_channel_id=row.gallery_channel_id,
+        hall_of_fame_channel_id=row.hall_of_fame_channel_id,
+        hall_of_fame_votes=row.hall_of_fame_votes,
+        # Stored once the guild settings table has the column (see admin cog).
+        flagged_results=getattr(row, "flagged_results", None) or "refuse",
+    )
+
+
+async def rules_for(interaction: discord.Interaction) -> GuildRules:
+    """The rules where the interaction happened; raises :class:`UserError` in a channel not allowed."""
+    rules = await guild_rules(painter_bot(interaction), interaction.guild_id)
+    allowed = rules.allowed_channel_ids
+    if allowed and interaction.channel_id not in allowed:
+        places = ", ".join(f"<#{channel_id}>" for channel_id in allowed[:10])
+        raise UserError(f"Painting commands are not allowed in this channel. Use {places}.")
+    return rules
+
+
+def upload_limit(bot: LatentPainterBot, interaction: discord.Interaction) -> int:
+    """Bytes one attachment may have in a reply to this interaction (the configured value when unknown)."""
+    limit = getattr(interaction, "filesize_limit", None) or bot.settings.discord.upload_limit
+    return int(limit)
+
+
+async def start_job(
+    interaction: discord.Interaction,
+    kind: str,
+    params: dict[str, Any],
+    rules: GuildRules,
+    *,
+    already_deferred: bool = False,
+) -> Job:
+    """Queue a job for this interaction, defer the reply, and have the watcher follow it.
+
+    Bad parameters and a full queue are member errors (nothing is queued); the deferral
+    comes only after the job exists, so an error can still be answered ephemerally.
+    """
+    bot = painter_bot(interaction)
+    params = dict(params)
+    params["max_bytes"] = min(bot.settings.render.max_bytes, upload_limit(bot, interaction))
+    try:
+        enqueued = await bot.queue.enqueue(
+            kind,
+            params,
+            user_id=interaction.user.id,
+            guild_id=interaction.guild_id,
+            channel_id=interaction.channel_id,
+            interaction_token=interaction.token,
+            token_expires_at=interaction.created_at + TOKEN_LIFETIME,
+            per_user_cap=rules.per_user_cap,
+        )
+    except QueueFull:
+        raise
+    except ValueError as exc:
+        raise UserError(f"That request cannot be painted: {exc}.") from None
+    job = enqueued.job
+    if not already_deferred:
+        await interaction.response.defer(thinking=True)
+    bot.watcher.track(job.id)
+    bot.wake_worker()
+    log.info(
+        "job %s (%s) queued for user %s in guild %s", job.id, kind, interaction.user.id, interaction.guild_id
+    )
+    return job
+
+
+async def live_jobs(bot: LatentPainterBot, user_id: int) -> int:
+    """How many queued or running jobs a member has."""
+    jobs = await bot.queue.list_jobs(user_id=user_id, limit=1000)
+    return sum(1 for job in jobs if job.is_live)
+
+
+async def check_cap(bot: LatentPainterBot, user_id: int, rules: GuildRules) -> None:
+    """Refuse early (before a download) when the member's queue is already full."""
+    live = await live_jobs(bot, user_id)
+    if live >= rules.per_user_cap:
+        raise UserError(
+            f"You already have {plural(live, 'job')} waiting or running (the limit is "
+            f"{rules.per_user_cap}); try again when one has finished."
+        )

@@ -1,0 +1,242 @@
+"""/gallery: a community gallery per server — submit a result, browse newest or top, vote.
+
+A submitted result is posted (its final picture and a vote button) in the server's
+gallery channel, or right where it was submitted when the server has none. With a
+hall-of-fame channel set, an entry is featured there once: when submitted, or when its
+votes reach the server's threshold if one is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import math
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.cogs.common import GuildRules, UserError, guild_rules, rules_for
+from bot.text import quote
+from bot.views import gallery_view, vote_view, with_vote_count
+from db.gallery import GalleryItem, browse, claim_hall_of_fame, count_entries, submit, toggle_vote
+from db.models import GalleryEntry, Result
+from db.results import ResultNotFound, get_result, normalize_public_id
+
+if TYPE_CHECKING:
+    from bot.discord_bot import LatentPainterBot
+
+log = logging.getLogger("latent_painter.bot.gallery")
+
+PER_PAGE = 5
+MAX_PAGE = 10_000
+
+
+def entry_embed(result: Result, entry: GalleryEntry, *, image_name: str | None) -> discord.Embed:
+    """One gallery entry: prompt, who made it, votes, and its picture when attached."""
+    embed = discord.Embed(
+        title=f"{result.public_id}",
+        description=quote(result.prompt, 500) or None,
+        colour=discord.Colour.gold(),
+    )
+    embed.add_field(name="By", value=f"<@{result.owner_id}>", inline=True)
+    embed.add_field(name="Votes", value=str(entry.votes), inline=True)
+    if result.effect:
+        embed.add_field(name="Effect", value=result.effect, inline=True)
+    if image_name:
+        embed.set_image(url=f"attachment://{image_name}")
+    return embed
+
+
+class GalleryCog(commands.Cog, name="Gallery"):
+    """/gallery submit, /gallery show, votes and the hall of fame."""
+
+    gallery = app_commands.Group(
+        name="gallery", description="This server's gallery of paintings", guild_only=True
+    )
+
+    def __init__(self, bot: LatentPainterBot) -> None:
+        self.bot = bot
+
+    # -- pictures ---------------------------------------------------------------------------
+
+    async def picture(self, result: Result) -> discord.File | None:
+        """The result's final picture as an attachment, or None if its file is gone."""
+        if not result.image_key:
+            return None
+        try:
+            data = await asyncio.to_thread(self.bot.store.read_bytes, result.image_key)
+        except FileNotFoundError:
+            log.warning("result %s: image %s is missing from the store", result.public_id, result.image_key)
+            return None
+        return discord.File(io.BytesIO(data), filename=f"{result.public_id}.png")
+
+    # -- submit -----------------------------------------------------------------------------
+
+    @gallery.command(name="submit", description="Put one of your results into this server's gallery")
+    @app_commands.describe(result="The result's id (see /history)")
+    async def submit_command(
+        self, interaction: discord.Interaction, result: app_commands.Range[str, 1, 32]
+    ) -> None:
+        await self.submit(interaction, result)
+
+    @submit_command.autocomplete("result")
+    async def complete_own(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        from bot.cogs.transition import MAX_CHOICES, result_label
+        from db.results import list_results
+
+        needle = current.strip().lower()
+        own = await list_results(self.bot.db, user_id=interaction.user.id, limit=100)
+        picked = [
+            r
+            for r in own
+            if not needle or needle in r.public_id.lower() or needle in (r.prompt or "").lower()
+        ]
+        return [app_commands.Choice(name=result_label(r), value=r.public_id) for r in picked[:MAX_CHOICES]]
+
+    async def submit(self, interaction: discord.Interaction, public_id: str) -> None:
+        """Add the member's result to the gallery and post it (the button and the command)."""
+        if interaction.guild_id is None:
+            raise UserError("The gallery belongs to a server; use this in one.")
+        rules = await rules_for(interaction)
+        try:
+            canonical = normalize_public_id(public_id)
+        except ValueError as exc:
+            raise UserError(f"{exc}.") from None
+        try:
+            entry = await submit(self.bot.db, interaction.guild_id, canonical, interaction.user.id)
+        except ResultNotFound:
+            raise UserError(f"Only the member who made {canonical} can add it to the gallery.") from None
+        result = await get_result(self.bot.db, canonical)
+        target = rules.gallery_channel_id
+        if target is None or target == interaction.channel_id:
+            await interaction.response.defer(thinking=True)
+            await self._post(interaction.followup, result, entry)
+        else:
+            await interaction.response.defer(thinking=True, ephemeral=True)
+            channel = self.bot.get_partial_messageable(target, guild_id=interaction.guild_id)
+            await self._post(channel, result, entry)
+            await interaction.followup.send(
+                f"{canonical} is in the gallery now: <#{target}>.", ephemeral=True
+            )
+        if rules.hall_of_fame_channel_id and rules.hall_of_fame_votes is None:
+            await self.feature(rules, result, entry)
+
+    async def _post(
+        self, where: discord.abc.Messageable | discord.Webhook, result: Result, entry: GalleryEntry
+    ) -> int:
+        """Post an entry with its picture and vote button; returns the message id."""
+        picture = await self.picture(result)
+        embed = entry_embed(result, entry, image_name=picture.filename if picture else None)
+        kwargs: dict = {
+            "embed": embed,
+            "view": vote_view(entry.id, entry.votes),
+            "allowed_mentions": discord.AllowedMentions.none(),
+        }
+        if picture is not None:
+            kwargs["file"] = picture
+        if isinstance(where, discord.Webhook):
+            message = await where.send(wait=True, **kwargs)
+        else:
+            message = await where.send(**kwargs)
+        return message.id
+
+    async def feature(self, rules: GuildRules, result: Result, entry: GalleryEntry) -> None:
+        """Post an entry to the hall of fame, once (the database keeps which message did)."""
+        if rules.hall_of_fame_channel_id is None or entry.hall_of_fame_message_id is not None:
+            return
+        channel = self.bot.get_partial_messageable(rules.hall_of_fame_channel_id, guild_id=entry.guild_id)
+        try:
+            message_id = await self._post(channel, result, entry)
+        except discord.HTTPException as exc:
+            log.warning("hall of fame post of entry %s failed: %s", entry.id, exc)
+            return
+        if not await claim_hall_of_fame(self.bot.db, entry.id, message_id):
+            # Another vote featured it at the same moment: keep theirs.
+            await channel.get_partial_message(message_id).delete()
+
+    # -- votes ------------------------------------------------------------------------------
+
+    async def vote(self, interaction: discord.Interaction, entry_id: int) -> None:
+        """Toggle the member's vote on an entry, show the new count, and feature it if it qualifies."""
+        if interaction.guild_id is None:
+            raise UserError("Votes belong to a server's gallery.")
+        outcome = await toggle_vote(self.bot.db, interaction.guild_id, entry_id, interaction.user.id)
+        if interaction.message is not None:
+            await interaction.response.edit_message(
+                view=with_vote_count(interaction.message, entry_id, outcome.votes)
+            )
+            said = "Vote counted." if outcome.voted else "Vote taken back."
+            await interaction.followup.send(f"{said} The entry has {outcome.votes} now.", ephemeral=True)
+        rules = await guild_rules(self.bot, interaction.guild_id)
+        if outcome.voted and rules.hall_of_fame_votes and outcome.votes >= rules.hall_of_fame_votes:
+            for item in await browse(self.bot.db, interaction.guild_id, order="top", limit=200):
+                if item.entry.id == entry_id:
+                    await self.feature(rules, item.result, item.entry)
+                    break
+
+    # -- browsing ---------------------------------------------------------------------------
+
+    @gallery.command(name="show", description="Browse this server's gallery")
+    @app_commands.describe(sort="Newest first, or most votes first", page="Which page (5 entries a page)")
+    @app_commands.choices(
+        sort=[app_commands.Choice(name="newest", value="new"), app_commands.Choice(name="top", value="top")]
+    )
+    async def show(
+        self,
+        interaction: discord.Interaction,
+        sort: str = "new",
+        page: app_commands.Range[int, 1, MAX_PAGE] = 1,
+    ) -> None:
+        if sort not in ("new", "top"):
+            raise UserError("Sort must be newest or top.")
+        if not 1 <= page <= MAX_PAGE:
+            raise UserError(f"Page must be from 1 to {MAX_PAGE}.")
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        await interaction.followup.send(ephemeral=True, **await self.render(interaction, sort, page))
+
+    async def turn_page(self, interaction: discord.Interaction, sort: str, page: int) -> None:
+        """A page button of /gallery show."""
+        await interaction.response.defer()
+        rendered = await self.render(interaction, sort, max(1, page))
+        rendered["attachments"] = rendered.pop("files")
+        await interaction.edit_original_response(**rendered)
+
+    async def render(self, interaction: discord.Interaction, sort: str, page: int) -> dict:
+        """Embeds (one per entry, with its picture), files and buttons of one page."""
+        guild_id = interaction.guild_id
+        if guild_id is None:
+            raise UserError("The gallery belongs to a server; use this in one.")
+        total = await count_entries(self.bot.db, guild_id)
+        pages = max(1, math.ceil(total / PER_PAGE))
+        page = min(page, pages)
+        items: list[GalleryItem] = await browse(
+            self.bot.db, guild_id, order=sort, limit=PER_PAGE, offset=(page - 1) * PER_PAGE
+        )
+        embeds: list[discord.Embed] = []
+        files: list[discord.File] = []
+        for item in items:
+            picture = await self.picture(item.result)
+            if picture is not None:
+                files.append(picture)
+            embeds.append(
+                entry_embed(item.result, item.entry, image_name=picture.filename if picture else None)
+            )
+        if not embeds:
+            embeds.append(
+                discord.Embed(description="The gallery is empty. Add a result with /gallery submit.")
+            )
+        order = "most votes first" if sort == "top" else "newest first"
+        embeds[-1].set_footer(text=f"Page {page} of {pages} · {total} entries · {order}")
+        view = gallery_view(
+            [(i.entry.id, i.entry.votes, i.result.public_id) for i in items], sort, page, pages
+        )
+        return {"embeds": embeds, "files": files, "view": view}
+
+
+async def setup(bot: LatentPainterBot) -> None:
+    await bot.add_cog(GalleryCog(bot))

@@ -1,0 +1,90 @@
+"""/history: the member's own results, newest first, paged with buttons, only for them to see."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.cogs.common import UserError, painter_bot
+from bot.text import quote, timestamp
+from bot.views import history_view
+from db.models import Result
+from db.results import Page, history
+
+if TYPE_CHECKING:
+    from bot.discord_bot import LatentPainterBot
+
+PER_PAGE = 5
+MAX_PAGE = 10_000
+
+
+def describe_result(result: Result) -> str:
+    """One result in a list: prompt, seed, effect, model, when and where it was made."""
+    lines = [
+        quote(result.prompt, 200) or ("*a transition*" if result.kind == "transition" else "*no prompt*")
+    ]
+    facts = []
+    if result.kind == "transition":
+        facts.append(f"from {result.params.get('from_result', '?')} to {result.params.get('to_result', '?')}")
+    if result.seed is not None:
+        facts.append(f"seed {result.seed}")
+    if result.effect:
+        facts.append(result.effect)
+    if result.model_id:
+        facts.append(quote(result.model_id, 60))
+    if result.width and result.height:
+        facts.append(f"{result.width}x{result.height}")
+    lines.append(" · ".join(facts))
+    where = f" in <#{result.channel_id}>" if result.channel_id else ""
+    lines.append(f"{timestamp(result.created_at)}{where}")
+    return "\n".join(line for line in lines if line)
+
+
+def history_embed(page: Page, user: discord.abc.User) -> discord.Embed:
+    """The embed of one history page."""
+    embed = discord.Embed(title="Your paintings", colour=discord.Colour.dark_teal())
+    if not page.items:
+        embed.description = "Nothing yet. Paint something with /paint!"
+    for result in page.items:
+        embed.add_field(name=f"`{result.public_id}`", value=describe_result(result), inline=False)
+    embed.set_footer(text=f"Page {page.page} of {page.pages} · {page.total} in all · {user.name}")
+    return embed
+
+
+class HistoryCog(commands.Cog, name="History"):
+    """/history and its page buttons."""
+
+    def __init__(self, bot: LatentPainterBot) -> None:
+        self.bot = bot
+
+    @app_commands.command(name="history", description="Your results, newest first")
+    @app_commands.describe(page="Which page (5 results a page)")
+    async def history(
+        self, interaction: discord.Interaction, page: app_commands.Range[int, 1, MAX_PAGE] = 1
+    ) -> None:
+        if not 1 <= page <= MAX_PAGE:
+            raise UserError(f"Page must be from 1 to {MAX_PAGE}.")
+        embed, view = await self.render(interaction, page)
+        await interaction.response.send_message(embed=embed, view=view, ephemeral=True)
+
+    async def render(
+        self, interaction: discord.Interaction, page: int
+    ) -> tuple[discord.Embed, discord.ui.View]:
+        """The embed and buttons of one page (the last page when ``page`` is past the end)."""
+        bot = painter_bot(interaction)
+        found = await history(bot.db, interaction.user.id, page=page, per_page=PER_PAGE)
+        if page > found.pages:
+            found = await history(bot.db, interaction.user.id, page=found.pages, per_page=PER_PAGE)
+        return history_embed(found, interaction.user), history_view(found.page, found.pages)
+
+    async def turn_page(self, interaction: discord.Interaction, page: int) -> None:
+        """A page button: show that page in the same (ephemeral) message."""
+        embed, view = await self.render(interaction, max(1, page))
+        await interaction.response.edit_message(embed=embed, view=view)
+
+
+async def setup(bot: LatentPainterBot) -> None:
+    await bot.add_cog(HistoryCog(bot))

@@ -1,0 +1,341 @@
+"""/paint: generate a picture and deliver its painting animation; "Repaint with…" on results.
+
+The command's options come from the settings (step limit, sizes, checkpoints), so the
+command is built when the cog is created rather than declared in the class body.
+Discord's client enforces those bounds, but discord.py does not check them again on
+what arrives, so every value is checked here too (a modified client can send anything).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import mimetypes
+from typing import TYPE_CHECKING, Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.cogs.common import GuildRules, UserError, check_cap, painter_bot, rules_for, start_job
+from bot.config import EFFECTS
+from bot.text import quote
+from db.results import ResultNotFound, get_result
+
+if TYPE_CHECKING:
+    from bot.discord_bot import LatentPainterBot
+
+log = logging.getLogger("latent_painter.bot.paint")
+
+MAX_SEED = 2**32 - 1
+MAX_GUIDANCE = 30.0
+MIN_STRENGTH = 0.05
+# Picture types Discord reports for attachments that the painter can read.
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp", "image/gif")
+EFFECT_HELP = {
+    "strokes": "strokes: brush strokes, outline first (Latent Painter)",
+    "glow": "glow: changes light up as they appear",
+    "flip": "flip: cells flip to their final colour",
+    "fade": "fade: a smooth cross-fade through the steps",
+    "dissolve": "dissolve: cells dissolve in, busiest first",
+    "sharpen": "sharpen: the plain denoising sequence",
+}
+
+
+def parse_sizes(text: str) -> list[tuple[int, int]]:
+    """``"512x512,512x768"`` → ``[(512, 512), (512, 768)]``; a bad entry fails naming it."""
+    sizes = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        try:
+            width, height = (int(v) for v in part.lower().split("x"))
+        except ValueError:
+            raise ValueError(f"[discord] sizes: {part!r} must look like 512x512") from None
+        if width % 8 or height % 8 or min(width, height) < 64:
+            raise ValueError(f"[discord] sizes: {part!r} must be multiples of 8, at least 64")
+        sizes.append((width, height))
+    if not sizes:
+        raise ValueError("[discord] sizes lists no size")
+    return sizes
+
+
+def offered_models(bot_settings: Any) -> list[str]:
+    """The checkpoints /paint offers: ``[discord] models``, or just ``[model] id``."""
+    listed = [m.strip() for m in bot_settings.discord.models.split(",") if m.strip()]
+    return list(dict.fromkeys(listed)) or [bot_settings.model.id]
+
+
+def effect_choices() -> list[app_commands.Choice[str]]:
+    return [app_commands.Choice(name=EFFECT_HELP[e], value=e) for e in EFFECTS]
+
+
+class PaintCog(commands.Cog, name="Paint"):
+    """/paint and "Repaint with…"."""
+
+    def __init__(self, bot: LatentPainterBot) -> None:
+        self.bot = bot
+        settings = bot.settings
+        self.sizes = parse_sizes(settings.discord.sizes)
+        self.models = offered_models(settings)
+        self.command = self._build_command()
+
+    async def cog_load(self) -> None:
+        self.bot.tree.add_command(self.command, override=True)
+
+    async def cog_unload(self) -> None:
+        self.bot.tree.remove_command(self.command.name)
+
+    # -- the command ------------------------------------------------------------------
+
+    def _build_command(self) -> app_commands.Command:
+        s = self.bot.settings
+        limit = s.discord.max_prompt_length
+        P = inspect.Parameter
+        parameters = [
+            P("interaction", P.POSITIONAL_OR_KEYWORD, annotation=discord.Interaction),
+            P("prompt", P.KEYWORD_ONLY, annotation=app_commands.Range[str, 1, limit]),
+            P("effect", P.KEYWORD_ONLY, annotation=str, default=s.painter.effect),
+            P(
+                "negative",
+                P.KEYWORD_ONLY,
+                annotation=app_commands.Range[str, 1, limit] | None,
+                default=None,
+            ),
+            P(
+                "seed",
+                P.KEYWORD_ONLY,
+                annotation=app_commands.Range[int, 0, MAX_SEED] | None,
+                default=None,
+            ),
+            P(
+                "steps",
+                P.KEYWORD_ONLY,
+                annotation=app_commands.Range[int, 1, s.painter.max_steps] | None,
+                default=None,
+            ),
+            P(
+                "guidance",
+                P.KEYWORD_ONLY,
+                annotation=app_commands.Range[float, 0.0, MAX_GUIDANCE] | None,
+                default=None,
+            ),
+            P("size", P.KEYWORD_ONLY, annotation=str | None, default=None),
+        ]
+        describe = {
+            "prompt": "What to paint",
+            "effect": "How the picture appears (default strokes)",
+            "negative": "What to keep out of the picture",
+            "seed": "Random seed, to paint the same picture again",
+            "steps": f"Denoising steps (1-{s.painter.max_steps}; default {s.painter.steps})",
+            "guidance": f"How closely to follow the prompt (default {s.painter.guidance:g})",
+            "size": "Picture size in pixels",
+            "image": "Paint from this picture (PNG, JPEG, WebP or GIF)",
+            "strength": "With an image: how much of it is repainted (0.05-1)",
+        }
+        choices: dict[str, list[app_commands.Choice[str]]] = {
+            "effect": effect_choices(),
+            "size": [app_commands.Choice(name=f"{w}x{h}", value=f"{w}x{h}") for w, h in self.sizes],
+        }
+        if len(self.models) > 1:
+            parameters.append(P("model", P.KEYWORD_ONLY, annotation=str | None, default=None))
+            describe["model"] = "Which checkpoint paints it"
+            choices["model"] = [app_commands.Choice(name=m[-100:], value=m) for m in self.models[:25]]
+        parameters += [
+            P("image", P.KEYWORD_ONLY, annotation=discord.Attachment | None, default=None),
+            P(
+                "strength",
+                P.KEYWORD_ONLY,
+                annotation=app_commands.Range[float, MIN_STRENGTH, 1.0] | None,
+                default=None,
+            ),
+        ]
+        cog = self
+
+        async def paint(interaction: discord.Interaction, **options: Any) -> None:
+            await cog.paint(interaction, **options)
+
+        paint.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+        paint = app_commands.describe(**describe)(paint)
+        paint = app_commands.choices(**choices)(paint)
+        return app_commands.Command(
+            name="paint", description="Paint a picture and watch it appear stroke by stroke", callback=paint
+        )
+
+    async def paint(
+        self,
+        interaction: discord.Interaction,
+        *,
+        prompt: str,
+        effect: str | None = None,
+        negative: str | None = None,
+        seed: int | None = None,
+        steps: int | None = None,
+        guidance: float | None = None,
+        size: str | None = None,
+        model: str | None = None,
+        image: discord.Attachment | None = None,
+        strength: float | None = None,
+    ) -> None:
+        """Check the request, queue it, and defer; the watcher takes it from there."""
+        rules = await rules_for(interaction)
+        params = self.paint_params(
+            rules,
+            prompt=prompt,
+            effect=effect,
+            negative=negative,
+            seed=seed,
+            steps=steps,
+            guidance=guidance,
+            size=size,
+            model=model,
+            has_image=image is not None,
+            strength=strength,
+        )
+        if image is None:
+            await start_job(interaction, "paint", params, rules)
+            return
+        self.check_attachment(image)
+        await check_cap(self.bot, interaction.user.id, rules)
+        # Downloading may take longer than the 3 s Discord gives the first answer.
+        await interaction.response.defer(thinking=True)
+        try:
+            params["image_key"] = await self.store_attachment(interaction, image)
+            await start_job(interaction, "paint", params, rules, already_deferred=True)
+        except Exception as exc:
+            # The deferral is public; say what happened there and take it away.
+            reason = str(exc) if isinstance(exc, UserError) else "the picture could not be read"
+            await interaction.edit_original_response(content=f"Not painted: {quote(reason, 1500)}")
+            if not isinstance(exc, UserError):
+                raise
+
+    def paint_params(
+        self,
+        rules: GuildRules,
+        *,
+        prompt: str,
+        effect: str | None,
+        negative: str | None,
+        seed: int | None,
+        steps: int | None,
+        guidance: float | None,
+        size: str | None,
+        model: str | None,
+        has_image: bool,
+        strength: float | None,
+    ) -> dict[str, Any]:
+        """The job parameters for a /paint request, or :class:`UserError` saying what to change."""
+        s = self.bot.settings
+        limit = s.discord.max_prompt_length
+        prompt = (prompt or "").strip()
+        if not prompt:
+            raise UserError("The prompt is empty: describe what to paint.")
+        if len(prompt) > limit:
+            raise UserError(f"The prompt is {len(prompt)} characters long; the limit is {limit}.")
+        if negative is not None and len(negative) > limit:
+            raise UserError(f"The negative prompt is {len(negative)} characters long; the limit is {limit}.")
+        effect = effect or s.painter.effect
+        if effect not in EFFECTS:
+            raise UserError(f"Unknown effect {quote(effect, 50)}; pick one of {', '.join(EFFECTS)}.")
+        if seed is not None and not 0 <= seed <= MAX_SEED:
+            raise UserError(f"The seed must be from 0 to {MAX_SEED}.")
+        if steps is not None and not 1 <= steps <= rules.max_steps:
+            raise UserError(f"Steps must be from 1 to {rules.max_steps} here.")
+        if guidance is not None and not 0.0 <= guidance <= MAX_GUIDANCE:
+            raise UserError(f"Guidance must be from 0 to {MAX_GUIDANCE:g}.")
+        width, height = self.pick_size(size, rules)
+        if model is not None and model not in self.models:
+            raise UserError("Unknown model; pick one from the list.")
+        if strength is not None and not has_image:
+            raise UserError("Strength only applies when you attach an image to paint from.")
+        if strength is not None and not MIN_STRENGTH <= strength <= 1.0:
+            raise UserError(f"Strength must be from {MIN_STRENGTH:g} to 1.")
+        chosen_model = model or self.models[0]
+        if chosen_model == "analytic" and not has_image:
+            raise UserError("The analytic painter paints a picture you give it: attach an image.")
+        params: dict[str, Any] = {
+            "prompt": prompt,
+            "negative_prompt": negative or None,
+            "seed": seed,
+            "steps": steps,
+            "guidance": guidance,
+            "width": width,
+            "height": height,
+            "effect": effect,
+            "model": model,
+            "strength": strength,
+        }
+        return {k: v for k, v in params.items() if v is not None}
+
+    def pick_size(self, size: str | None, rules: GuildRules) -> tuple[int, int]:
+        """The chosen size (the configured default when not given), within the server's limit."""
+        s = self.bot.settings.painter
+        if size is None:
+            default = (s.width, s.height)
+            chosen = default if default in self.sizes else self.sizes[0]
+        else:
+            try:
+                chosen = next(pair for pair in self.sizes if f"{pair[0]}x{pair[1]}" == size)
+            except StopIteration:
+                offered = ", ".join(f"{w}x{h}" for w, h in self.sizes)
+                raise UserError(f"Size must be one of {offered}.") from None
+        if max(chosen) > rules.max_side:
+            raise UserError(f"This server allows pictures up to {rules.max_side} pixels a side.")
+        return chosen
+
+    def check_attachment(self, image: discord.Attachment) -> None:
+        """Refuse a picture by what Discord says about it, before a single byte is downloaded."""
+        limit = self.bot.settings.discord.max_image_bytes
+        content_type = (image.content_type or "").split(";")[0].strip().lower()
+        if content_type not in IMAGE_TYPES:
+            kind = content_type or "a file of unknown type"
+            raise UserError(f"The attachment is {quote(kind, 80)}; attach a PNG, JPEG, WebP or GIF picture.")
+        if image.size > limit:
+            raise UserError(
+                f"The picture is {image.size / 1e6:.1f} MB; the limit is {limit / 1e6:.1f} MB. "
+                "Attach a smaller one."
+            )
+
+    async def store_attachment(self, interaction: discord.Interaction, image: discord.Attachment) -> str:
+        """Download the picture and keep it in the artifact store; returns its key."""
+        limit = self.bot.settings.discord.max_image_bytes
+        data = await image.read()
+        if len(data) > limit:
+            raise UserError(f"The picture is larger than {limit / 1e6:.1f} MB.")
+        suffix = mimetypes.guess_extension((image.content_type or "").split(";")[0].strip()) or ".img"
+        key = f"uploads/{interaction.user.id}/{interaction.id}{suffix}"
+        await asyncio.to_thread(self.bot.store.put_bytes, key, data)
+        return key
+
+    # -- "Repaint with…" ------------------------------------------------------------------
+
+    async def repaint(self, interaction: discord.Interaction, public_id: str, effect: str) -> None:
+        """Paint a stored result's trail again with another effect: no new generation."""
+        bot = painter_bot(interaction)
+        rules = await rules_for(interaction)
+        if effect not in EFFECTS:
+            raise UserError(f"Unknown effect; pick one of {', '.join(EFFECTS)}.")
+        try:
+            result = await get_result(
+                bot.db, public_id, viewer_id=interaction.user.id, guild_id=interaction.guild_id
+            )
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        except ResultNotFound:
+            raise UserError(f"Result {public_id} is not one you can use (it is private or gone).") from None
+        if not result.trail_key:
+            raise UserError(
+                f"Result {result.public_id} has no stored trail to repaint (transitions have none)."
+            )
+        params = {
+            "prompt": result.prompt or f"repaint of {result.public_id}",
+            "negative_prompt": result.negative_prompt or None,
+            "trail_key": result.trail_key,
+            "effect": effect,
+        }
+        await start_job(interaction, "paint", {k: v for k, v in params.items() if v is not None}, rules)
+
+
+async def setup(bot: LatentPainterBot) -> None:
+    await bot.add_cog(PaintCog(bot))

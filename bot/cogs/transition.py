@@ -1,0 +1,170 @@
+"""/transition: animate one earlier result into another, from their stored trails.
+
+``from`` and ``to`` autocomplete from the results the caller may use (their own, newest
+first, then the server's gallery); the values are public result ids. Both results must
+have a trail (transitions themselves have none) and share a VAE, since the plan mixes
+their latents.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.cogs.common import UserError, painter_bot, rules_for, start_job
+from bot.cogs.paint import effect_choices
+from bot.config import EFFECTS
+from bot.text import CHOICE_NAME_LIMIT, one_line
+from db.gallery import browse
+from db.models import Result
+from db.results import ResultNotFound, get_result, list_results
+
+if TYPE_CHECKING:
+    from bot.discord_bot import LatentPainterBot
+
+log = logging.getLogger("latent_painter.bot.transition")
+
+MAX_CHOICES = 25
+
+
+def result_label(result: Result) -> str:
+    """``K3F97QXM · a lighthouse at sunset`` (plain text: autocomplete shows no markdown)."""
+    what = result.prompt or ("transition" if result.kind == "transition" else "untitled")
+    return one_line(f"{result.public_id} · {what}", CHOICE_NAME_LIMIT)
+
+
+async def usable_results(bot: LatentPainterBot, user_id: int, guild_id: int | None) -> list[Result]:
+    """Results the member may animate: their own paintings, then the server gallery's, newest first."""
+    own = await list_results(bot.db, user_id=user_id, limit=100)
+    seen = {r.id for r in own}
+    shared: list[Result] = []
+    if guild_id is not None:
+        shared = [item.result for item in await browse(bot.db, guild_id, order="new", limit=100)]
+    merged = own + [r for r in shared if r.id not in seen]
+    merged.sort(key=lambda r: (r.created_at, r.id), reverse=True)
+    return [r for r in merged if r.trail_key]
+
+
+async def resolve_usable(
+    bot: LatentPainterBot, interaction: discord.Interaction, text: str, role: str
+) -> Result:
+    """The result a member typed (or picked), if they may use it; :class:`UserError` otherwise."""
+    try:
+        return await get_result(bot.db, text, viewer_id=interaction.user.id, guild_id=interaction.guild_id)
+    except ValueError as exc:
+        raise UserError(f"`{role}`: {exc}.") from None
+    except ResultNotFound:
+        raise UserError(
+            f"`{role}`: no result you can use has that id. Pick one of yours (see /history) "
+            "or one from this server's gallery."
+        ) from None
+
+
+def check_pair(source: Result, destination: Result) -> None:
+    """Refuse pairs a transition cannot be made of, saying why."""
+    if source.id == destination.id:
+        raise UserError("Pick two different results.")
+    for result in (source, destination):
+        if not result.trail_key:
+            raise UserError(
+                f"{result.public_id} is a transition, which keeps no trail; pick a painted result."
+            )
+    if source.vae_id != destination.vae_id:
+        raise UserError(
+            f"{source.public_id} ({source.model_id}) and {destination.public_id} ({destination.model_id}) "
+            "were painted with checkpoints whose VAEs differ, so their latents cannot be blended. "
+            "Pick results from checkpoints that share a VAE."
+        )
+
+
+class TransitionCog(commands.Cog, name="Transition"):
+    """/transition and the "Transition from this" button's modal."""
+
+    def __init__(self, bot: LatentPainterBot) -> None:
+        self.bot = bot
+
+    @app_commands.command(name="transition", description="Animate one of your results into another")
+    @app_commands.rename(source="from", destination="to")
+    @app_commands.describe(
+        source="The result to start from (its id)",
+        destination="The result to end on (its id)",
+        effect="How the change appears (default strokes)",
+    )
+    @app_commands.choices(effect=effect_choices())
+    async def transition(
+        self,
+        interaction: discord.Interaction,
+        source: app_commands.Range[str, 1, 32],
+        destination: app_commands.Range[str, 1, 32],
+        effect: str | None = None,
+    ) -> None:
+        await self.start(interaction, source, destination, effect)
+
+    @transition.autocomplete("source")
+    @transition.autocomplete("destination")
+    async def complete_result(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        """The member's usable results whose id or prompt contains what they typed."""
+        needle = current.strip().lower()
+        results = await usable_results(self.bot, interaction.user.id, interaction.guild_id)
+        picked = [
+            r
+            for r in results
+            if not needle or needle in r.public_id.lower() or needle in (r.prompt or "").lower()
+        ]
+        return [app_commands.Choice(name=result_label(r), value=r.public_id) for r in picked[:MAX_CHOICES]]
+
+    async def start(
+        self, interaction: discord.Interaction, source_id: str, destination_id: str, effect: str | None
+    ) -> None:
+        """Check both results and queue the transition."""
+        bot = painter_bot(interaction)
+        rules = await rules_for(interaction)
+        effect = effect or bot.settings.painter.effect
+        if effect not in EFFECTS:
+            raise UserError(f"Unknown effect; pick one of {', '.join(EFFECTS)}.")
+        source = await resolve_usable(bot, interaction, source_id, "from")
+        destination = await resolve_usable(bot, interaction, destination_id, "to")
+        check_pair(source, destination)
+        params = {
+            "from_result": source.public_id,
+            "to_result": destination.public_id,
+            "from_trail": source.trail_key,
+            "to_trail": destination.trail_key,
+            "effect": effect,
+            # Results of two sizes meet at the source's size.
+            "resize": (source.width, source.height) != (destination.width, destination.height),
+        }
+        await start_job(interaction, "transition", params, rules)
+
+
+class TransitionModal(discord.ui.Modal, title="Transition from this result"):
+    """Asks for the destination of a transition that starts at a result message's result."""
+
+    destination = discord.ui.TextInput(
+        label="Result to end on (its id, see /history)", min_length=1, max_length=32, custom_id="destination"
+    )
+
+    def __init__(self, source_id: str) -> None:
+        super().__init__(timeout=600)
+        self.source_id = source_id
+
+    async def on_submit(self, interaction: discord.Interaction) -> None:
+        from bot.cogs.common import report_error
+
+        cog = painter_bot(interaction).get_cog("Transition")
+        try:
+            if not isinstance(cog, TransitionCog):
+                raise RuntimeError("the Transition cog is not loaded")
+            await cog.start(interaction, self.source_id, self.destination.value, None)
+        except Exception as exc:  # noqa: BLE001 - answered or logged
+            await report_error(interaction, exc)
+
+
+async def setup(bot: LatentPainterBot) -> None:
+    await bot.add_cog(TransitionCog(bot))

@@ -1,0 +1,522 @@
+"""Getting results to people: the job watcher, delivery in place or in the channel, once.
+
+The :class:`JobWatcher` follows every job this bot queued for an interaction (and, after
+a restart, every job the database says is still owed an answer). While a job waits or
+runs, it edits the deferred reply with progress (:mod:`bot.progress`); when the job ends,
+:class:`Deliverer` answers:
+
+- with an interaction follow-up while the interaction token is valid (15 minutes), else
+  with a channel message that mentions the requester;
+- ``allowed_mentions`` lets the message ping the requester and nobody else, whatever
+  the prompt says;
+- each file fits the interaction's attachment limit (the job was rendered for it; a
+  video that is still too big is re-encoded smaller);
+- a result the safety checker flagged is refused, or sent as spoilers in an
+  age-restricted channel, as the server chose.
+
+Jobs are delivered once: the :class:`DeliveryLedger` records each delivered job id
+before the watcher forgets it, so a restart (or a job finished by a worker process
+elsewhere) is answered exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import discord
+from PIL import Image
+
+from bot.progress import Tracked, interaction_webhook, token_usable
+from bot.text import quote
+from db.models import Job, Result, utcnow
+from db.results import result_for_job
+
+if TYPE_CHECKING:
+    from bot.discord_bot import LatentPainterBot
+
+log = logging.getLogger("latent_painter.bot.delivery")
+
+FINISHED = ("done", "failed", "cancelled")
+# Jobs that ended longer ago than this are not delivered after a restart.
+REDELIVERY_WINDOW = timedelta(days=1)
+MAX_DELIVERY_ATTEMPTS = 5
+VIDEO_TYPES = {"mp4": "video/mp4", "gif": "image/gif", "webp": "image/webp"}
+
+
+# -- once ---------------------------------------------------------------------------------
+
+
+class DeliveryLedger:
+    """Job ids whose outcome was delivered, one per line in a file that only grows.
+
+    The first line holds the time the ledger was started: jobs that ended before it were
+    never this bot's to deliver (a database older than the bot), so they are not owed.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._done: set[int] = set()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            tmp = path.with_name(path.name + ".new")
+            tmp.write_text(f"# since {utcnow().isoformat()}\n")
+            os.replace(tmp, path)
+        lines = path.read_text().splitlines()
+        self.since = datetime.fromisoformat(lines[0].removeprefix("# since ").strip())
+        for line in lines[1:]:
+            if line.strip().isdigit():
+                self._done.add(int(line))
+
+    def __contains__(self, job_id: object) -> bool:
+        return job_id in self._done
+
+    def record(self, job_id: int) -> None:
+        """Write the job id down (flushed to disk) before the watcher lets the job go."""
+        if job_id in self._done:
+            return
+        with open(self.path, "a") as handle:
+            handle.write(f"{job_id}\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        self._done.add(job_id)
+
+
+# -- files --------------------------------------------------------------------------------
+
+
+@dataclass
+class Attachment:
+    """A file to send, kept as bytes so a second attempt (the channel fallback) can send it again."""
+
+    filename: str
+    data: bytes
+
+    def file(self, *, spoiler: bool = False) -> discord.File:
+        return discord.File(io.BytesIO(self.data), filename=self.filename, spoiler=spoiler)
+
+
+def refit_video(data: bytes, fmt: str, result: Result, limit: int) -> bytes:
+    """Re-encode a video that is over ``limit`` bytes to fit it (bitrate, then fps, then size)."""
+    import imageio_ffmpeg
+
+    from painter.video import fit_to_budget, probe_frames
+
+    workdir = Path(tempfile.mkdtemp(prefix="latent-painter-fit-"))
+    try:
+        master = workdir / f"master.{fmt}"
+        master.write_bytes(data)
+        frames, duration = probe_frames(master)
+        fps = frames / duration if duration > 0 else 24.0
+        reader = imageio_ffmpeg.read_frames(str(master))
+        width, height = next(reader)["size"]
+        reader.close()
+        out = workdir / f"fitted.{fmt}"
+        fit_to_budget(
+            master, out, fmt, fps=fps, frames=max(1, frames), width=width, height=height, max_bytes=limit
+        )
+        return out.read_bytes()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def shrink_picture(data: bytes, limit: int) -> tuple[bytes, str]:
+    """A PNG over the limit becomes a JPEG of falling quality (then smaller) until it fits."""
+    picture = Image.open(io.BytesIO(data)).convert("RGB")
+    quality = 90
+    while True:
+        buffer = io.BytesIO()
+        picture.save(buffer, format="JPEG", quality=quality, optimize=True)
+        if buffer.tell() <= limit or (quality <= 40 and min(picture.size) <= 64):
+            return buffer.getvalue(), ".jpg"
+        if quality > 40:
+            quality -= 15
+        else:
+            picture = picture.resize((max(1, picture.width * 7 // 10), max(1, picture.height * 7 // 10)))
+
+
+def fitted_files(store: Any, result: Result, limit: int) -> list[Attachment]:
+    """The result's animation, final picture and heatmap, each within ``limit`` bytes."""
+    files: list[Attachment] = []
+    pid = result.public_id
+
+    def read(key: str) -> bytes | None:
+        try:
+            return store.read_bytes(key)
+        except FileNotFoundError:
+            log.error("result %s: artifact %s is missing from the store", pid, key)
+            return None
+
+    if result.video_key and (data := read(result.video_key)) is not None:
+        fmt = Path(result.video_key).suffix.lstrip(".").lower() or (result.format or "mp4")
+        if len(data) > limit:
+            log.info("result %s: video of %d bytes re-fitted to %d", pid, len(data), limit)
+            data = refit_video(data, fmt, result, limit)
+        files.append(Attachment(f"painting-{pid}.{fmt}", data))
+    for role, key in (("final", result.image_key), ("heatmap", result.heatmap_key)):
+        if not key or (data := read(key)) is None:
+            continue
+        suffix = ".png"
+        if len(data) > limit:
+            data, suffix = shrink_picture(data, limit)
+        files.append(Attachment(f"{role}-{pid}{suffix}", data))
+    return files
+
+
+# -- what is said -------------------------------------------------------------------------
+
+
+def result_embed(result: Result, image_name: str | None) -> discord.Embed:
+    """The embed under a delivered result: what was asked for and what made it."""
+    p = result.params or {}
+    if result.kind == "transition":
+        title = f"Transition {p.get('from_result', '?')} → {p.get('to_result', '?')}"
+    else:
+        title = "Painting"
+    embed = discord.Embed(
+        title=title, description=quote(result.prompt, 1000) or None, colour=discord.Colour.teal()
+    )
+    if result.negative_prompt:
+        embed.add_field(name="Negative prompt", value=quote(result.negative_prompt, 300), inline=False)
+    facts: list[tuple[str, Any]] = [
+        ("Seed", result.seed),
+        ("Steps", result.steps),
+        ("Guidance", f"{result.guidance:g}" if result.guidance is not None else None),
+        ("Size", f"{result.width}x{result.height}" if result.width and result.height else None),
+        ("Model", quote(result.model_id, 100) if result.model_id else None),
+        ("Effect", result.effect),
+        ("Result id", f"`{result.public_id}`"),
+    ]
+    for name, value in facts:
+        if value is not None and value != "":
+            embed.add_field(name=name, value=str(value), inline=True)
+    if image_name:
+        embed.set_image(url=f"attachment://{image_name}")
+    return embed
+
+
+def safety_action(flagged: bool, policy: str, age_restricted: bool) -> str:
+    """``deliver``, ``spoiler`` or ``refuse`` for a result, from the server's flagged-results policy."""
+    if not flagged:
+        return "deliver"
+    if policy == "spoiler" and age_restricted:
+        return "spoiler"
+    return "refuse"
+
+
+def failure_text(job: Job) -> str:
+    """Why a job ended without a result, for the member: their own mistake in full, ours briefly."""
+    error = job.error or ""
+    if job.status == "cancelled":
+        return f"Job {job.id} was cancelled."
+    kind, _, detail = error.partition(": ")
+    if kind == "PermanentJobError" and detail:
+        return f"Job {job.id} could not be painted: {quote(detail, 600)}. It will not be retried."
+    return (
+        f"Job {job.id} failed on our side after {job.attempts} attempt{'s' if job.attempts != 1 else ''} "
+        "and will not be retried. It has been logged; please try again later."
+    )
+
+
+@dataclass
+class Outcome:
+    """One message to deliver: a status line for the reply, and the message itself."""
+
+    status: str
+    content: str
+    embed: discord.Embed | None = None
+    files: tuple[Attachment, ...] = ()
+    spoiler: bool = False
+    view: discord.ui.View | None = None
+
+
+# -- delivery -----------------------------------------------------------------------------
+
+
+class Deliverer:
+    """Sends each finished job's outcome where its requester will see it."""
+
+    def __init__(self, bot: LatentPainterBot) -> None:
+        self.bot = bot
+
+    async def outcome(self, job: Job) -> Outcome:
+        """What to tell the requester about a finished job."""
+        mention = f"<@{job.user_id}>"
+        if job.status != "done":
+            text = failure_text(job)
+            return Outcome(status=text, content=f"{mention} {text}")
+        result = await result_for_job(self.bot.db, job.id)
+        if result is None:
+            log.error("job %s is done but has no result row", job.id)
+            return Outcome(
+                status="Failed: the result went missing.", content=f"{mention} Job {job.id} lost its result."
+            )
+        flagged = bool((result.params or {}).get("flagged"))
+        action = "deliver"
+        if flagged:
+            from bot.cogs.common import guild_rules
+
+            rules = await guild_rules(self.bot, job.guild_id)
+            action = safety_action(True, rules.flagged_results, await self.age_restricted(job.channel_id))
+        if action == "refuse":
+            log.info("job %s: result %s flagged by the safety checker; withheld", job.id, result.public_id)
+            text = f"Result `{result.public_id}` was flagged by the safety checker and is not shown" + (
+                " here (this server shows flagged results only in age-restricted channels)."
+                if flagged
+                else "."
+            )
+            return Outcome(status=text, content=f"{mention} {text}")
+        limit = int(job.params.get("max_bytes") or self.bot.settings.discord.upload_limit)
+        files = await asyncio.to_thread(fitted_files, self.bot.store, result, limit)
+        spoiler = action == "spoiler"
+        image_name = next((f.filename for f in files if f.filename.startswith("final-")), None)
+        from bot.views import result_view
+
+        what = "transition" if result.kind == "transition" else "painting"
+        return Outcome(
+            status=f"Done: `{result.public_id}` is below.",
+            content=f"{mention} your {what} `{result.public_id}` is ready"
+            + (" (flagged by the safety checker; shown as spoilers)." if spoiler else "."),
+            embed=result_embed(result, None if spoiler else image_name),
+            files=tuple(files),
+            spoiler=spoiler,
+            view=result_view(result.public_id, in_guild=job.guild_id is not None),
+        )
+
+    async def age_restricted(self, channel_id: int | None) -> bool:
+        """Whether the channel is age-restricted (NSFW); unknown channels count as not."""
+        if channel_id is None:
+            return False
+        channel = self.bot.get_channel(channel_id)
+        if channel is None:
+            try:
+                channel = await self.bot.fetch_channel(channel_id)
+            except discord.HTTPException:
+                return False
+        is_nsfw = getattr(channel, "is_nsfw", None)
+        return bool(is_nsfw()) if callable(is_nsfw) else False
+
+    def _message(self, outcome: Outcome, job: Job, *, files: Iterable[Attachment]) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "content": outcome.content,
+            "allowed_mentions": discord.AllowedMentions(
+                everyone=False, roles=False, users=[discord.Object(job.user_id)], replied_user=False
+            ),
+            "files": [f.file(spoiler=outcome.spoiler) for f in files],
+        }
+        if outcome.embed is not None:
+            kwargs["embed"] = outcome.embed
+        if outcome.view is not None:
+            kwargs["view"] = outcome.view
+        return kwargs
+
+    async def deliver(self, job: Job, tracked: Tracked | None = None) -> bool:
+        """Deliver a finished job's outcome; True once it needs no further attempt."""
+        outcome = await self.outcome(job)
+        files = list(outcome.files)
+        if tracked is None or not tracked.token_dead:
+            if token_usable(job) and await self._in_place(job, outcome, files):
+                return True
+        return await self._in_channel(job, outcome, files)
+
+    async def _in_place(self, job: Job, outcome: Outcome, files: list[Attachment]) -> bool:
+        """The interaction follow-up; False when the token no longer works (use the channel)."""
+        assert job.interaction_token is not None
+        webhook = interaction_webhook(self.bot, job.interaction_token)
+        try:
+            # The reply becomes a status line first, so the follow-up is always a new
+            # message (one that notifies the requester) whether or not progress was shown.
+            await webhook.edit_message(  # type: ignore[arg-type]
+                "@original",
+                content=outcome.status,
+                embeds=[],
+                attachments=[],
+                view=None,
+                allowed_mentions=discord.AllowedMentions.none(),
+            )
+        except discord.HTTPException as exc:
+            if exc.status == 401:
+                return False
+            # 404: the reply was deleted; a follow-up still works.
+            log.info("job %s: reply not editable (%s %s)", job.id, exc.status, exc.code)
+        try:
+            await webhook.send(wait=True, **self._message(outcome, job, files=files))
+        except discord.HTTPException as exc:
+            if exc.status in (401, 404):
+                log.info(
+                    "job %s: follow-up refused (%s %s); posting in the channel", job.id, exc.status, exc.code
+                )
+                return False
+            if exc.status == 413 and files:
+                await webhook.send(
+                    wait=True, **self._message(self._without_video(outcome), job, files=files[1:])
+                )
+                return True
+            raise
+        log.info("job %s delivered as an interaction follow-up", job.id)
+        return True
+
+    async def _in_channel(self, job: Job, outcome: Outcome, files: list[Attachment]) -> bool:
+        """A channel message mentioning the requester (the token expired or failed)."""
+        if job.channel_id is None:
+            log.warning("job %s has no channel to deliver to; dropped", job.id)
+            return True
+        channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
+        try:
+            await channel.send(**self._message(outcome, job, files=files))
+        except discord.HTTPException as exc:
+            if exc.status == 413 and files:
+                await channel.send(**self._message(self._without_video(outcome), job, files=files[1:]))
+                return True
+            if exc.status in (403, 404):
+                log.warning(
+                    "job %s: cannot post in channel %s (%s %s); dropped",
+                    job.id,
+                    job.channel_id,
+                    exc.status,
+                    exc.code,
+                )
+                return True
+            raise
+        log.info("job %s delivered as a channel message in %s", job.id, job.channel_id)
+        return True
+
+    @staticmethod
+    def _without_video(outcome: Outcome) -> Outcome:
+        return Outcome(
+            status=outcome.status,
+            content=outcome.content + " (The animation was too large to attach here.)",
+            embed=outcome.embed,
+            spoiler=outcome.spoiler,
+            view=outcome.view,
+        )
+
+
+# -- the watcher --------------------------------------------------------------------------
+
+
+class JobWatcher:
+    """Follows jobs from queued to delivered: progress edits while live, one delivery at the end."""
+
+    def __init__(self, bot: LatentPainterBot, ledger: DeliveryLedger, *, tick_seconds: float = 1.0) -> None:
+        from bot.progress import PreviewBox, ProgressReporter
+
+        self.bot = bot
+        self.ledger = ledger
+        self.tick_seconds = tick_seconds
+        self.previews = PreviewBox()
+        self.progress = ProgressReporter(bot, self.previews)
+        self.deliverer = Deliverer(bot)
+        self.tracked: dict[int, Tracked] = {}
+        self.heartbeat_path = bot.settings.data_dir / "bot.heartbeat"
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+
+    def track(self, job_id: int) -> None:
+        """Follow a job queued for an interaction this bot has acknowledged."""
+        self.tracked.setdefault(job_id, Tracked(job_id))
+        self.wake()
+
+    def wake(self) -> None:
+        """Look at the tracked jobs now rather than at the next tick."""
+        self._wake.set()
+
+    async def start(self) -> None:
+        """Pick up jobs still owed an answer from before a restart, then start the loop."""
+        await self.recover()
+        self._task = asyncio.create_task(self._run(), name="latent-painter-job-watcher")
+
+    async def stop(self, grace: float = 30.0) -> None:
+        """Let the current delivery finish (so it is recorded), then stop."""
+        self._stopping = True
+        self._wake.set()
+        if self._task is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), grace)
+        except TimeoutError:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def recover(self) -> None:
+        """Track every job made from Discord that is live, or ended and is not yet delivered."""
+        cutoff = max(self.ledger.since, utcnow() - REDELIVERY_WINDOW)
+        found = 0
+        for status in ("queued", "running", *FINISHED):
+            for job in await self.bot.queue.list_jobs(status=status, limit=1000):
+                if job.channel_id is None or job.id in self.ledger:
+                    continue
+                if status in FINISHED and (job.finished_at is None or job.finished_at < cutoff):
+                    continue
+                self.tracked.setdefault(job.id, Tracked(job.id))
+                found += 1
+        if found:
+            log.info("following %d job(s) left from before the restart", found)
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            try:
+                await self.tick()
+            except Exception:
+                log.exception("job watcher: a tick failed; carrying on")
+            self._beat()
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.tick_seconds)
+
+    def _beat(self) -> None:
+        # `latent-painter health` (the Docker HEALTHCHECK) reads this file's age.
+        if self.bot.is_closed() or not self.bot.is_ready():
+            return
+        with contextlib.suppress(OSError):
+            self.heartbeat_path.write_text(f"{time.time():.0f}\n")
+
+    async def tick(self) -> None:
+        """Edit progress of live jobs and deliver finished ones."""
+        for job_id, tracked in list(self.tracked.items()):
+            if self._stopping and job_id not in self.tracked:
+                continue
+            try:
+                job = await self.bot.queue.get(job_id)
+            except LookupError:
+                self.tracked.pop(job_id, None)
+                continue
+            if job.status in FINISHED:
+                await self._finish(job, tracked)
+            else:
+                try:
+                    await self.progress.update(job, tracked)
+                except discord.HTTPException as exc:
+                    log.warning("job %s: progress edit failed: %s", job.id, exc)
+
+    async def _finish(self, job: Job, tracked: Tracked) -> None:
+        if job.id in self.ledger:
+            self.tracked.pop(job.id, None)
+            return
+        try:
+            delivered = await self.deliverer.deliver(job, tracked)
+        except (discord.HTTPException, OSError) as exc:
+            # A Discord hiccup or a network error: try again on the next ticks, a few times.
+            tracked.failures += 1
+            if tracked.failures < MAX_DELIVERY_ATTEMPTS:
+                log.warning("job %s: delivery failed (%s); will retry", job.id, exc)
+                return
+            log.error("job %s: delivery failed %d times (%s); giving up", job.id, tracked.failures, exc)
+            delivered = True
+        if delivered:
+            self.ledger.record(job.id)
+            self.tracked.pop(job.id, None)
+            self.previews.drop(job.id)

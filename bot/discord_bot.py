@@ -1,0 +1,250 @@
+"""The Discord bot: one ``commands.Bot`` with a cog per feature, the job watcher and a worker task.
+
+:func:`create_bot` builds the bot's dependencies from the settings (database, artifact
+store, worker) and passes them in; :func:`run_bot` is what ``latent-painter bot`` runs.
+The bot
+
+- points discord.py at ``[discord] api_base`` and ``gateway_url`` when it logs in
+  (deployments use them for REST and gateway proxies; the tests for a local stand-in);
+- identifies with the default intents only (no privileged intent is needed: everything
+  arrives as interactions);
+- loads its cogs in ``setup_hook`` (a cog that fails to load is logged, the rest run),
+  registers the persistent buttons, and syncs its commands (to ``[discord] sync_guild``
+  when set, for instant updates during development);
+- runs one queue worker as an asyncio task (``[discord] run_worker``; painting happens
+  in a thread, so the gateway stays responsive) and the :class:`~bot.delivery.JobWatcher`
+  that reports progress and delivers results;
+- on close, gives a running job back to the queue, lets a delivery in flight finish,
+  and closes what it opened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from typing import Any
+
+import discord
+import discord.gateway
+import discord.http
+import yarl
+from discord import app_commands
+from discord.ext import commands
+
+from bot.artifacts import ArtifactStore, LocalArtifactStore
+from bot.cogs.common import report_error
+from bot.config import Settings
+from bot.delivery import DeliveryLedger, JobWatcher
+from bot.progress import PreviewBox
+from bot.views import DYNAMIC_ITEMS
+from bot.worker import (
+    DEFAULT_RUNNER,
+    JobContext,
+    JobOutput,
+    Runner,
+    Worker,
+    WorkerListener,
+    load_runner,
+    queue_policy,
+)
+from db.engine import Database
+from db.queue import JobQueue
+
+log = logging.getLogger("latent_painter.bot")
+
+EXTENSIONS = (
+    "bot.cogs.paint",
+    "bot.cogs.transition",
+    "bot.cogs.history",
+    "bot.cogs.gallery",
+    "bot.cogs.admin",
+)
+WORKER_STOP_SECONDS = 30.0
+
+
+def point_discord_at(settings: Settings) -> None:
+    """Send discord.py's REST calls to ``[discord] api_base`` and its gateway to ``gateway_url``."""
+    discord.http.Route.BASE = settings.discord.api_base.rstrip("/")
+    # A yarl.URL, not a string: discord.py calls .with_query on it.
+    discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.discord.gateway_url)
+
+
+class PainterTree(app_commands.CommandTree):
+    """The command tree: every command error is answered (member errors) or logged (ours)."""
+
+    async def on_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
+        await report_error(interaction, error)
+
+
+class WatcherListener(WorkerListener):
+    """Wakes the job watcher when the in-process worker starts or ends a job."""
+
+    def __init__(self, watcher: JobWatcher) -> None:
+        self.watcher = watcher
+
+    async def job_started(self, lease: Any) -> None:
+        self.watcher.wake()
+
+    async def job_finished(self, job_id: int, result: Any) -> None:
+        self.watcher.wake()
+
+    async def job_failed(self, job: Any) -> None:
+        self.watcher.wake()
+
+    async def job_cancelled(self, job: Any) -> None:
+        self.watcher.wake()
+
+
+def offering_previews(runner: Runner, previews: PreviewBox) -> Runner:
+    """The runner, with ``ctx.preview(image)`` for handing the newest painted frame to the bot.
+
+    A runner that calls it (when present) gets a small picture of the canvas shown in
+    the progress reply; one that does not still works.
+    """
+
+    def run(ctx: JobContext) -> JobOutput:
+        ctx.preview = lambda image: previews.offer(ctx.job_id, image)  # type: ignore[attr-defined]
+        return runner(ctx)
+
+    return run
+
+
+class LatentPainterBot(commands.Bot):
+    """The Latent Painter bot; its dependencies are handed in (see :func:`create_bot`)."""
+
+    settings: Settings
+    db: Database
+    queue: JobQueue
+    store: ArtifactStore
+    watcher: JobWatcher
+    worker: Worker | None
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        db: Database,
+        store: ArtifactStore,
+        runner: Runner | None = None,
+        guild_ready_timeout: float = 2.0,
+    ) -> None:
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            # Default intents: guilds and their channels, no members, presences or message content.
+            intents=discord.Intents.default(),
+            tree_cls=PainterTree,
+            help_command=None,
+            # Nothing the bot says pings anyone unless a message allows it explicitly.
+            allowed_mentions=discord.AllowedMentions.none(),
+            guild_ready_timeout=guild_ready_timeout,
+        )
+        self.settings = settings
+        self.db = db
+        self.queue = JobQueue(db, queue_policy(settings))
+        self.store = store
+        ledger = DeliveryLedger(settings.data_dir / "bot" / "delivered.txt")
+        self.watcher = JobWatcher(self, ledger, tick_seconds=min(1.0, settings.queue.poll_seconds))
+        self.worker = None
+        if settings.discord.run_worker:
+            self.worker = Worker(
+                self.queue,
+                store,
+                offering_previews(runner or load_runner(DEFAULT_RUNNER), self.watcher.previews),
+                workdir_root=settings.data_dir / "work",
+                heartbeat_seconds=settings.queue.heartbeat_seconds,
+                poll_seconds=settings.queue.poll_seconds,
+                progress_seconds=1.0,
+                settings=settings,
+                listener=WatcherListener(self.watcher),
+            )
+        self._worker_task: asyncio.Task[int] | None = None
+        self._closed_once = False
+
+    async def login(self, token: str) -> None:
+        point_discord_at(self.settings)
+        await super().login(token)
+
+    async def setup_hook(self) -> None:
+        for extension in EXTENSIONS:
+            try:
+                await self.load_extension(extension)
+            except Exception:
+                log.exception("extension %s failed to load; the bot runs without it", extension)
+        self.add_dynamic_items(*DYNAMIC_ITEMS)
+        await self.sync_commands()
+        await self.watcher.start()
+        if self.worker is not None:
+            self._worker_task = asyncio.create_task(self.worker.run(), name="latent-painter-worker")
+            log.info("worker %s runs in the bot process", self.worker.worker_id)
+
+    async def sync_commands(self) -> list[app_commands.AppCommand]:
+        """Register the slash commands with Discord: to one guild at once, or globally."""
+        guild_id = self.settings.discord.sync_guild
+        if guild_id:
+            guild = discord.Object(guild_id)
+            self.tree.copy_global_to(guild=guild)
+            synced = await self.tree.sync(guild=guild)
+            log.info("synced %d commands to guild %s", len(synced), guild_id)
+        else:
+            synced = await self.tree.sync()
+            log.info("synced %d global commands", len(synced))
+        return synced
+
+    def wake_worker(self) -> None:
+        """Let the in-process worker look at the queue now (a job was just queued)."""
+        if self.worker is not None:
+            self.worker.wake()
+
+    async def on_ready(self) -> None:
+        log.info(
+            "connected as %s (%s) to %d guild(s)", self.user, self.user and self.user.id, len(self.guilds)
+        )
+
+    async def close(self) -> None:
+        if self._closed_once:
+            await super().close()
+            return
+        self._closed_once = True
+        if self.worker is not None and self._worker_task is not None:
+            # The running job goes back to the queue; the next start finishes it.
+            self.worker.stop()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._worker_task), WORKER_STOP_SECONDS)
+            except Exception:
+                log.exception("the worker did not stop cleanly")
+        await self.watcher.stop()
+        await super().close()
+        await self.db.dispose()
+
+
+async def create_bot(settings: Settings, *, runner: Runner | None = None, **options: Any) -> LatentPainterBot:
+    """The bot with its database (schema checked; SQLite upgraded in place) and artifact store."""
+    from db.engine import sqlite_path
+    from db.migrate import ensure_schema_current
+
+    url = settings.database_url
+    await ensure_schema_current(url, upgrade_if_old=sqlite_path(url) is not None)
+    db = Database.from_url(url)
+    store = LocalArtifactStore(settings.data_dir / "artifacts")
+    return LatentPainterBot(settings, db=db, store=store, runner=runner, **options)
+
+
+async def run_bot(settings: Settings, token: str, *, handle_signals: bool = True) -> None:
+    """``latent-painter bot``: run until SIGTERM/SIGINT, then shut down cleanly."""
+    bot = await create_bot(settings)
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGTERM, signal.SIGINT) if handle_signals else ()
+    closing: list[asyncio.Task[None]] = []
+    for sig in signals:
+        loop.add_signal_handler(sig, lambda: closing.append(asyncio.create_task(bot.close())))
+    try:
+        async with bot:
+            await bot.start(token)
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+        for task in closing:
+            with contextlib.suppress(Exception):
+                await task

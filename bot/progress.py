@@ -1,0 +1,168 @@
+"""Live progress in the deferred reply: queue position and ETA, then step n/N and frame f/F.
+
+The reply is edited at most every ``[discord] progress_seconds`` and only when its text
+changed, which keeps well inside Discord's rate limits for one interaction (discord.py
+still waits out any 429). A small preview of the canvas is attached at most every
+``[discord] preview_seconds``, when the worker runs in this process and its runner
+offers frames (:class:`PreviewBox`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import discord
+import numpy as np
+from PIL import Image
+
+from bot.text import quote, seconds
+from db.models import Job, utcnow
+
+if TYPE_CHECKING:
+    from bot.discord_bot import LatentPainterBot
+
+log = logging.getLogger("latent_painter.bot.progress")
+
+PREVIEW_SIDE = 160
+PREVIEW_NAME = "preview.png"
+
+
+class PreviewBox:
+    """The newest painted frame of each running job, handed over from the worker's thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._frames: dict[int, np.ndarray] = {}
+
+    def offer(self, job_id: int, image: np.ndarray) -> None:
+        """Keep ``image`` (an RGB uint8 array) as the job's newest frame; cheap, any thread."""
+        with self._lock:
+            self._frames[job_id] = image
+
+    def take(self, job_id: int) -> np.ndarray | None:
+        """The newest frame offered since the last take, or None."""
+        with self._lock:
+            return self._frames.pop(job_id, None)
+
+    def drop(self, job_id: int) -> None:
+        with self._lock:
+            self._frames.pop(job_id, None)
+
+
+def preview_png(image: np.ndarray, side: int = PREVIEW_SIDE) -> bytes:
+    """A small PNG of a frame, at most ``side`` pixels on its longer side."""
+    picture = Image.fromarray(np.ascontiguousarray(image[..., :3]).astype(np.uint8), "RGB")
+    picture.thumbnail((side, side), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+@dataclass
+class Tracked:
+    """What the watcher knows about one job it follows for its interaction."""
+
+    job_id: int
+    last_text: str | None = None
+    last_edit: float = 0.0
+    last_preview: float = 0.0
+    token_dead: bool = False  # the interaction token stopped working: no more edits
+    failures: int = 0  # failed delivery attempts
+    seen_at: float = field(default_factory=time.monotonic)
+
+
+def token_usable(job: Job) -> bool:
+    """Whether the job's interaction token can still be used for edits and follow-ups."""
+    return (
+        bool(job.interaction_token) and job.token_expires_at is not None and job.token_expires_at > utcnow()
+    )
+
+
+def interaction_webhook(bot: LatentPainterBot, token: str) -> discord.Webhook:
+    """The webhook for an interaction token: edits of @original and follow-ups, after restarts too."""
+    application_id = bot.application_id or (bot.user.id if bot.user else 0)
+    return discord.Webhook.partial(application_id, token, client=bot)
+
+
+def heading(job: Job) -> str:
+    """The first line of a job's progress message."""
+    params = job.params
+    if job.kind == "transition":
+        return f"**Transition** {params.get('from_result', '?')} → {params.get('to_result', '?')}"
+    if params.get("trail_key"):
+        return f"**Repainting** with {params.get('effect', 'strokes')}: {quote(params.get('prompt'), 120)}"
+    return f"**Painting** {quote(params.get('prompt'), 150)}"
+
+
+class ProgressReporter:
+    """Edits each tracked job's deferred reply as the job moves through the queue."""
+
+    def __init__(self, bot: LatentPainterBot, previews: PreviewBox) -> None:
+        self.bot = bot
+        self.previews = previews
+        self.every = bot.settings.discord.progress_seconds
+        self.preview_every = bot.settings.discord.preview_seconds
+
+    async def status(self, job: Job) -> str:
+        """Where the job stands, in words: position and ETA, retry, step or frame."""
+        max_attempts = job.max_attempts
+        if job.status == "queued" and job.attempts > 0 and job.error:
+            return (
+                f"Attempt {job.attempts} of {max_attempts} failed on our side; "
+                f"it will be retried (attempt {job.attempts + 1} of {max_attempts})."
+            )
+        position = await self.bot.queue.position(job.id)
+        eta = f" Ready in {seconds(position.eta_seconds)}." if position.eta_seconds is not None else ""
+        if job.status == "queued":
+            if position.ahead == 0:
+                return f"Queued: yours is next.{eta}"
+            ahead = f"{position.ahead} job{'s' if position.ahead != 1 else ''}"
+            return f"Queued: {ahead} ahead of yours.{eta}"
+        if job.progress_total and job.progress_frame:
+            share = 100 * job.progress_frame / job.progress_total
+            return f"Painting frame {job.progress_frame}/{job.progress_total} ({share:.0f}%).{eta}"
+        if job.progress_step:
+            steps = job.params.get("steps") or self.bot.settings.painter.steps
+            return f"Generating: step {min(job.progress_step, steps)}/{steps}.{eta}"
+        return f"Starting…{eta}"
+
+    async def update(self, job: Job, tracked: Tracked) -> None:
+        """Edit the job's reply if an edit is due and something changed."""
+        if tracked.token_dead or not token_usable(job):
+            return
+        now = time.monotonic()
+        if now - tracked.last_edit < self.every:
+            return
+        text = f"{heading(job)}\n{await self.status(job)}"
+        frame = None
+        if now - tracked.last_preview >= self.preview_every:
+            frame = self.previews.take(job.id)
+        if text == tracked.last_text and frame is None:
+            return
+        kwargs: dict[str, Any] = {"content": text, "allowed_mentions": discord.AllowedMentions.none()}
+        if frame is not None:
+            data = await asyncio.to_thread(preview_png, frame)
+            embed = discord.Embed(colour=discord.Colour.dark_teal())
+            embed.set_image(url=f"attachment://{PREVIEW_NAME}")
+            kwargs["embed"] = embed
+            kwargs["attachments"] = [discord.File(io.BytesIO(data), filename=PREVIEW_NAME)]
+        assert job.interaction_token is not None
+        try:
+            await interaction_webhook(self.bot, job.interaction_token).edit_message("@original", **kwargs)  # type: ignore[arg-type]
+        except discord.HTTPException as exc:
+            if exc.status in (401, 404):
+                # Expired, or the reply was deleted: the result will go to the channel.
+                log.info("job %s: its reply can no longer be edited (%s %s)", job.id, exc.status, exc.code)
+                tracked.token_dead = True
+                return
+            raise
+        tracked.last_edit = now
+        tracked.last_text = text
+        if frame is not None:
+            tracked.last_preview = now
