@@ -45,23 +45,9 @@ RESULT = NewResult(
 )
 
 
-async def plain_loop(url: str, seconds: float) -> float:
-    """Transactions per second of INSERT + SELECT, the floor any queue statement stands on."""
-    async with Database.from_url(url) as db:
-        async with db.write() as session:
-            await session.execute(
-                text("CREATE TABLE IF NOT EXISTS bench_plain (id INTEGER PRIMARY KEY, v TEXT)")
-            )
-        done = 0
-        start = time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            async with db.write() as session:
-                await session.execute(
-                    text("INSERT INTO bench_plain (id, v) VALUES (:i, 'x')"), {"i": done + 1}
-                )
-                await session.execute(text("SELECT v FROM bench_plain WHERE id = :i"), {"i": done + 1})
-            done += 1
-        return done / (time.perf_counter() - start)
+async def create_plain_table(url: str) -> None:
+    async with Database.from_url(url) as db, db.write() as session:
+        await session.execute(text("CREATE TABLE IF NOT EXISTS bench_plain (id BIGINT PRIMARY KEY, v TEXT)"))
 
 
 async def fill(url: str, jobs: int, users: int) -> None:
@@ -84,33 +70,44 @@ async def fill(url: str, jobs: int, users: int) -> None:
         )
 
 
-async def _claim_all(url: str, worker_id: str, finish: bool, start_at: float) -> tuple[int, float]:
+async def _work(url: str, what: str, index: int, count: int, start_at: float) -> tuple[int, float]:
+    """One process's share: ``count`` plain transactions, or claims until the queue is empty."""
     async with Database.from_url(url) as db:
         queue = JobQueue(db, QueuePolicy(lease_seconds=600))
         async with db.read() as session:
             await session.execute(text("SELECT 1"))  # connect before the clock starts
         while time.time() < start_at:
             await asyncio.sleep(0.001)
-        claimed = 0
-        while (lease := await queue.claim(worker_id)) is not None:
-            claimed += 1
-            if finish:
-                await queue.finish(lease, RESULT)
-        return claimed, time.time()
+        done = 0
+        if what == "plain":
+            for i in range(count):
+                key = index * 10_000_000 + i
+                async with db.write() as session:
+                    await session.execute(
+                        text("INSERT INTO bench_plain (id, v) VALUES (:i, 'x')"), {"i": key}
+                    )
+                    await session.execute(text("SELECT v FROM bench_plain WHERE id = :i"), {"i": key})
+                done += 1
+        else:
+            while (lease := await queue.claim(f"bench-{index}")) is not None:
+                done += 1
+                if what == "claim+finish":
+                    await queue.finish(lease, RESULT)
+        return done, time.time()
 
 
-def _worker(url: str, worker_id: str, finish: bool, start_at: float, out: mp.Queue) -> None:
-    out.put(asyncio.run(_claim_all(url, worker_id, finish, start_at)))
+def _process(url: str, what: str, index: int, count: int, start_at: float, out: mp.Queue) -> None:
+    out.put(asyncio.run(_work(url, what, index, count, start_at)))
 
 
-def claims_per_second(url: str, processes: int, finish: bool) -> tuple[float, int]:
-    """Run ``processes`` claiming processes until the queue is empty; (claims/s, claims)."""
+def per_second(url: str, what: str, processes: int, count: int) -> tuple[float, int]:
+    """Run ``processes`` processes doing ``what`` (``count`` operations in all); (ops/s, ops)."""
     context = mp.get_context("spawn")
     out: mp.Queue = context.Queue()
     start_at = time.time() + 3.0  # every process connected and waiting before the start
+    share = count // processes
     workers = [
-        context.Process(target=_worker, args=(url, f"bench-{i}", finish, start_at, out))
-        for i in range(processes)
+        context.Process(target=_process, args=(url, what, i, share, start_at, out)) for i in range(processes)
     ]
     for worker in workers:
         worker.start()
@@ -156,7 +153,6 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=500, help="jobs queued at the start of each measurement")
     parser.add_argument("--users", type=int, default=50, help="distinct users the jobs come from")
-    parser.add_argument("--seconds", type=float, default=3.0, help="length of the plain loop")
     parser.add_argument("--no-postgres", action="store_true", help="SQLite only")
     args = parser.parse_args()
 
@@ -165,24 +161,22 @@ def main() -> int:
     if server:
         backends.append("postgresql")
     print(f"{args.jobs} jobs from {args.users} users per run; {os.cpu_count()} CPUs")
-    print(f"{'database':<11} {'what':<14} {'procs':>5} {'per second':>11} {'plain ops/s':>12} {'ratio':>6}")
+    print("plain = one transaction of INSERT + SELECT through the same engine, same process count")
+    print(f"{'database':<11} {'what':<13} {'procs':>5} {'per second':>11} {'plain/s':>8} {'ratio':>6}")
     try:
         with tempfile.TemporaryDirectory() as scratch:
             for backend in backends:
-                url = asyncio.run(fresh_database(backend, server, Path(scratch)))
-                plain = asyncio.run(plain_loop(url, args.seconds))
-                for what, processes, finish in (
-                    ("claim", 1, False),
-                    ("claim", 4, False),
-                    ("claim+finish", 1, True),
-                    ("claim+finish", 4, True),
-                ):
+                for processes in (1, 4):
                     url = asyncio.run(fresh_database(backend, server, Path(scratch)))
-                    asyncio.run(fill(url, args.jobs, args.users))
-                    rate, total = claims_per_second(url, processes, finish)
-                    assert total == args.jobs, f"{total} claims for {args.jobs} jobs"
-                    row = f"{backend:<11} {what:<14} {processes:>5} {rate:>11.0f}"
-                    print(f"{row} {plain:>12.0f} {rate / plain:>6.2f}")
+                    asyncio.run(create_plain_table(url))
+                    plain, _ = per_second(url, "plain", processes, args.jobs)
+                    for what in ("claim", "claim+finish"):
+                        url = asyncio.run(fresh_database(backend, server, Path(scratch)))
+                        asyncio.run(fill(url, args.jobs, args.users))
+                        rate, total = per_second(url, what, processes, args.jobs)
+                        assert total == args.jobs, f"{total} claims for {args.jobs} jobs"
+                        row = f"{backend:<11} {what:<13} {processes:>5} {rate:>11.0f}"
+                        print(f"{row} {plain:>8.0f} {rate / plain:>6.2f}", flush=True)
     finally:
         if started:
             subprocess.run(["bash", str(ROOT / ".ci" / "postgres.sh"), "stop", started], capture_output=True)
