@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Start a throwaway PostgreSQL server for the tests, on 127.0.0.1 and a free port.
 #
-#   eval "$(bash .ci/postgres.sh)"          # start; exports the two variables below
+#   . .ci/postgres.sh                        # start; exports the two variables below and
+#                                            # stops the server when the calling shell exits
+#   eval "$(bash .ci/postgres.sh)"           # the same, run as a program
 #   bash .ci/postgres.sh stop "$LATENT_PAINTER_TEST_POSTGRES_DATA"
 #
 # Prints, on stdout and nothing else:
@@ -78,5 +80,11 @@ as_owner "$BINDIR/pg_ctl" -D "$DATA/cluster" -l "$DATA/server.log" -w -t 60 \
     start >&2 || { cat "$DATA/server.log" >&2; exit 1; }
 as_owner "$BINDIR/createdb" -h 127.0.0.1 -p "$PORT" -U postgres latent_painter_test
 
-echo "export LATENT_PAINTER_TEST_POSTGRES_URL=postgresql+asyncpg://postgres@127.0.0.1:$PORT/latent_painter_test"
-echo "export LATENT_PAINTER_TEST_POSTGRES_DATA=$DATA"
+export LATENT_PAINTER_TEST_POSTGRES_URL="postgresql+asyncpg://postgres@127.0.0.1:$PORT/latent_painter_test"
+export LATENT_PAINTER_TEST_POSTGRES_DATA="$DATA"
+echo "export LATENT_PAINTER_TEST_POSTGRES_URL=$LATENT_PAINTER_TEST_POSTGRES_URL"
+echo "export LATENT_PAINTER_TEST_POSTGRES_DATA=$LATENT_PAINTER_TEST_POSTGRES_DATA"
+if [ "${BASH_SOURCE[0]}" != "$0" ] && [ -z "$(trap -p EXIT)" ]; then
+    # Sourced (as .ci/run does): stop the server when that shell ends.
+    trap "bash '$(readlink -f "${BASH_SOURCE[0]}")' stop '$DATA'" EXIT
+fi
