@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, case, func, or_, select, update
+from sqlalchemy import and_, bindparam, case, func, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
@@ -124,6 +124,11 @@ def _held(lease: Lease) -> Any:
         Job.worker_id == lease.worker_id,
         Job.attempts == lease.attempt,
     )
+
+
+def _at(moment: datetime) -> Any:
+    """A time as a bound value of the column type, for use inside CASE (where no column types it)."""
+    return literal(moment, UTCDateTime())
 
 
 def _stale() -> Any:
@@ -405,7 +410,7 @@ class JobQueue:
                     worker_id=None,
                     heartbeat_at=None,
                     run_at=run_at or Job.run_at,
-                    finished_at=case((Job.cancel_requested, now), else_=None if again else now),
+                    finished_at=case((Job.cancel_requested, _at(now)), else_=None if again else _at(now)),
                 )
                 .returning(Job),
                 execution_options={"synchronize_session": False},
@@ -434,7 +439,7 @@ class JobQueue:
                     progress_step=None,
                     progress_frame=None,
                     progress_total=None,
-                    finished_at=case((Job.cancel_requested, now), else_=None),
+                    finished_at=case((Job.cancel_requested, _at(now)), else_=None),
                 )
                 .returning(Job),
                 execution_options={"synchronize_session": False},

@@ -270,3 +270,16 @@ async def test_list_and_count_jobs(queue: JobQueue) -> None:
     assert (await queue.counts())["queued"] == 2
     with pytest.raises(ValueError, match="status must be one of"):
         await queue.list_jobs(status="sleeping")
+
+
+async def test_failing_or_releasing_a_job_with_a_cancel_request_ends_it_cancelled(queue: JobQueue) -> None:
+    first = (await queue.enqueue("paint", paint(), user_id=1)).job
+    second = (await queue.enqueue("paint", paint(), user_id=2)).job
+    leases = [await queue.claim("w"), await queue.claim("w")]
+    for job in (first, second):
+        await queue.cancel(job.id)
+    failed = await queue.fail(leases[0], "RuntimeError: boom")
+    released = await queue.release(leases[1])
+    for job in (failed, released):
+        assert job.status == "cancelled" and job.finished_at is not None
+        assert job.finished_at.tzinfo is not None and abs(job.finished_at - utcnow()) < timedelta(seconds=30)
