@@ -267,9 +267,15 @@ def test_load_runner_explains_bad_specs() -> None:
 async def test_heartbeats_keep_a_job_longer_than_its_lease(sqlite_db: Database, tmp_path: Path) -> None:
     worker = make_worker(sqlite_db, tmp_path)
     worker.queue.policy = QueuePolicy(lease_seconds=0.6, backoff_seconds=0)
-    job = (await worker.queue.enqueue("paint", {"prompt": "frames=10 sleep=2"}, user_id=1)).job
+    # Two seconds without progress: only heartbeats keep the 0.6 s lease.
+    job = (await worker.queue.enqueue("paint", {"prompt": "stall-first=2 frames=1"}, user_id=1)).job
     other = JobQueue(sqlite_db, QueuePolicy(lease_seconds=0.6))
     task = asyncio.create_task(worker.run(max_jobs=1))
+
+    async def held() -> bool:
+        return (await worker.queue.get(job.id)).worker_id == worker.worker_id
+
+    await eventually(held)
     stolen = []
     while not task.done():
         if (lease := await other.claim("rival")) is not None:
