@@ -52,6 +52,15 @@ def plural(count: int, word: str, many: str | None = None) -> str:
     return f"{count} {word if count == 1 else (many or word + 's')}"
 
 
+def size(nbytes: int) -> str:
+    """``512 bytes``, ``4 KB``, ``8.0 MB`` (decimal units, as Discord shows upload limits)."""
+    if nbytes < 1000:
+        return f"{nbytes} bytes"
+    if nbytes < 1_000_000:
+        return f"{nbytes / 1000:.0f} KB"
+    return f"{nbytes / 1e6:.1f} MB"
+
+
 def seconds(value: float) -> str:
     """A rough human duration: ``about 40 s``, ``about 3 min``."""
     value = max(0.0, float(value))

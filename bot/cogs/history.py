@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 import discord
@@ -12,10 +13,12 @@ from bot.cogs.common import UserError, painter_bot
 from bot.text import quote, timestamp
 from bot.views import history_view
 from db.models import Result
-from db.results import Page, history
+from db.results import Page, ResultNotFound, get_result, history
 
 if TYPE_CHECKING:
     from bot.discord_bot import LatentPainterBot
+
+log = logging.getLogger("latent_painter.bot.history")
 
 PER_PAGE = 5
 MAX_PAGE = 10_000
@@ -84,6 +87,19 @@ class HistoryCog(commands.Cog, name="History"):
         """A page button: show that page in the same (ephemeral) message."""
         embed, view = await self.render(interaction, max(1, page))
         await interaction.response.edit_message(embed=embed, view=view)
+
+    async def delete_result_message(self, interaction: discord.Interaction, public_id: str) -> None:
+        """The "Delete" button: the result's owner takes the message with it down."""
+        try:
+            result = await get_result(self.bot.db, public_id)
+        except (ValueError, ResultNotFound):
+            raise UserError(f"Result {public_id} no longer exists.") from None
+        if result.owner_id != interaction.user.id:
+            raise UserError("Only the member who made it can delete it.")
+        # For a button, the original response is the message the button is on.
+        await interaction.response.defer()
+        await interaction.delete_original_response()
+        log.info("result %s: message deleted by its owner %s", result.public_id, interaction.user.id)
 
 
 async def setup(bot: LatentPainterBot) -> None:

@@ -21,6 +21,7 @@ from discord.ext import commands
 from bot.cogs.common import GuildRules, UserError, check_cap, painter_bot, rules_for, start_job
 from bot.config import EFFECTS
 from bot.text import quote
+from bot.text import size as size_text
 from db.results import ResultNotFound, get_result
 
 if TYPE_CHECKING:
@@ -293,7 +294,7 @@ class PaintCog(commands.Cog, name="Paint"):
             raise UserError(f"The attachment is {quote(kind, 80)}; attach a PNG, JPEG, WebP or GIF picture.")
         if image.size > limit:
             raise UserError(
-                f"The picture is {image.size / 1e6:.1f} MB; the limit is {limit / 1e6:.1f} MB. "
+                f"The picture is {size_text(image.size)}; the limit is {size_text(limit)}. "
                 "Attach a smaller one."
             )
 
@@ -302,7 +303,7 @@ class PaintCog(commands.Cog, name="Paint"):
         limit = self.bot.settings.discord.max_image_bytes
         data = await image.read()
         if len(data) > limit:
-            raise UserError(f"The picture is larger than {limit / 1e6:.1f} MB.")
+            raise UserError(f"The picture is larger than {size_text(limit)}.")
         suffix = mimetypes.guess_extension((image.content_type or "").split(";")[0].strip()) or ".img"
         key = f"uploads/{interaction.user.id}/{interaction.id}{suffix}"
         await asyncio.to_thread(self.bot.store.put_bytes, key, data)

@@ -1,0 +1,574 @@
+"""The bot end to end: the real discord.py client, the real bot, the tiny model, a local Discord.
+
+One bot session (stand-in + bot, started the way ``latent-painter bot`` starts it:
+:func:`bot.discord_bot.create_bot` then ``start``) serves the tests of this module in
+order; results painted early are used by later tests. Restarts get their own bots at the
+end of the module, and one test runs the real ``latent-painter bot`` process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import discord.gateway
+import discord.http
+import numpy as np
+import pytest
+import pytest_asyncio
+from PIL import Image
+
+from bot.config import Settings, load_settings
+from bot.discord_bot import LatentPainterBot, create_bot
+from painter.video import read_frames
+from tests.discord_standin import DiscordStandIn, RecordedRequest, StandInAttachment, StoredMessage
+from tests.discord_standin.world import ALICE_ID, BOB_ID, GALLERY_ID, GENERAL_ID, GUILD_ID, MOD_ID
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+ROOT = Path(__file__).resolve().parents[1]
+TOKEN = "e2e-bot-token.not-a-real-one"
+FPS, DURATION = 8, 2.0
+FRAMES = int(FPS * DURATION)
+RESULT_ID = re.compile(r"`([0-9A-Z]{8})`")
+FOLLOWUP = "POST /webhooks/{application_id}/{token}"
+CHANNEL_POST = "POST /channels/{channel_id}/messages"
+
+
+def bot_env(data: Path, standin: DiscordStandIn, **extra: str) -> dict[str, str]:
+    """Settings for a test bot: tiny model, small pictures, short animations, fast polling."""
+    env = {
+        "LATENT_PAINTER_STORAGE_DATA_DIR": str(data),
+        "LATENT_PAINTER_MODEL_ID": "tiny",
+        "LATENT_PAINTER_PAINTER_STEPS": "4",
+        "LATENT_PAINTER_PAINTER_MAX_STEPS": "12",
+        "LATENT_PAINTER_PAINTER_WIDTH": "64",
+        "LATENT_PAINTER_PAINTER_HEIGHT": "64",
+        "LATENT_PAINTER_PAINTER_FPS": str(FPS),
+        "LATENT_PAINTER_PAINTER_DURATION": str(DURATION),
+        "LATENT_PAINTER_DISCORD_SIZES": "64x64,128x128",
+        "LATENT_PAINTER_DISCORD_SYNC_GUILD": str(GUILD_ID),
+        "LATENT_PAINTER_DISCORD_PROGRESS_SECONDS": "1",
+        "LATENT_PAINTER_DISCORD_MAX_IMAGE_BYTES": "4096",
+        "LATENT_PAINTER_QUEUE_POLL_SECONDS": "0.2",
+        "LATENT_PAINTER_QUEUE_HEARTBEAT_SECONDS": "1",
+        **standin.env(),
+    }
+    env.update(extra)
+    return env
+
+
+def new_data_dir(root: Path, models_from: Path) -> Path:
+    """A fresh data directory (own database and artifacts) sharing the session's tiny model."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "models").symlink_to(models_from / "models", target_is_directory=True)
+    return root
+
+
+class World:
+    """The module's Discord stand-in and the bot currently connected to it."""
+
+    def __init__(self, standin: DiscordStandIn, settings: Settings) -> None:
+        self.standin = standin
+        self.settings = settings
+        self.results: dict[str, str] = {}  # name -> public id, shared by the tests in order
+        self._bot: LatentPainterBot | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def bot(self) -> LatentPainterBot:
+        assert self._bot is not None, "no bot is running"
+        return self._bot
+
+    async def start(self) -> LatentPainterBot:
+        """Start a bot the way ``latent-painter bot`` does, and wait until its commands are synced."""
+        mark = self.standin.mark()
+        self._bot = await create_bot(self.settings, guild_ready_timeout=0.05)
+        self._task = asyncio.create_task(self._bot.start(TOKEN))
+        await self.standin.wait_until_ready(timeout=60)
+        await self.standin.wait_for(
+            lambda r: r.route.endswith("/guilds/{guild_id}/commands"), since=mark, timeout=60
+        )
+        return self._bot
+
+    async def stop(self) -> None:
+        """Close the bot as SIGTERM would (the running job goes back to the queue)."""
+        if self._bot is None:
+            return
+        bot, task, self._bot, self._task = self._bot, self._task, None, None
+        await bot.close()
+        assert task is not None
+        await asyncio.wait_for(task, 60)
+
+    async def restart(self) -> LatentPainterBot:
+        await self.stop()
+        return await self.start()
+
+
+@pytest.fixture(scope="module")
+def endpoints():
+    """discord.py's class-level endpoints, put back after the module (the bot repoints them)."""
+    saved = discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
+    yield
+    discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = saved
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def world(
+    tmp_path_factory: pytest.TempPathFactory, data_dir: Path, endpoints: None
+) -> AsyncIterator[World]:
+    data = new_data_dir(tmp_path_factory.mktemp("bot-e2e"), data_dir)
+    async with DiscordStandIn(token=TOKEN, heartbeat_interval_ms=500) as standin:
+        world = World(standin, load_settings(env=bot_env(data, standin)))
+        await world.start()
+        try:
+            yield world
+        finally:
+            await world.stop()
+        standin.assert_clean()
+
+
+async def paint(world: World, prompt: str, **options: object) -> tuple[object, RecordedRequest, str]:
+    """/paint, waiting for the deferral and the delivery; returns (handle, follow-up, result id)."""
+    handle = await world.standin.send_slash("paint", {"prompt": prompt, **options})
+    deferral = await handle.response(timeout=5)
+    assert deferral.callback_type == 5 and handle.delay(deferral) < 3.0
+    followup = await delivered(handle)
+    return handle, followup, result_id(followup.content)
+
+
+async def delivered(handle: object, timeout: float = 120) -> RecordedRequest:
+    """The follow-up that carries files (the delivery)."""
+    hits = await handle.wait_for(lambda r: r.route == FOLLOWUP and bool(r.files), timeout=timeout)  # type: ignore[attr-defined]
+    return hits[0]
+
+
+def result_id(text: str) -> str:
+    found = RESULT_ID.search(text)
+    assert found, f"no result id in {text!r}"
+    return found.group(1)
+
+
+def custom_ids(message: StoredMessage) -> list[str]:
+    ids = []
+    for row in message.components:
+        for item in row.get("components", []):
+            if item.get("custom_id"):
+                ids.append(item["custom_id"])
+    return ids
+
+
+async def refused(handle: object) -> str:
+    """The bot's answer, which must be an immediate ephemeral message; returns its text."""
+    answer = await handle.response(timeout=5)  # type: ignore[attr-defined]
+    assert answer.callback_type == 4, answer.json
+    assert answer.ephemeral, answer.json
+    return answer.content
+
+
+# -- /paint ---------------------------------------------------------------------------------
+
+
+async def test_paint_delivers_mp4_final_image_and_heatmap_pinging_only_the_requester(world: World) -> None:
+    standin = world.standin
+    prompt = "@everyone <@&1300000000000000111> a **lighthouse** at dusk"
+    handle, followup, rid = await paint(world, prompt, seed=7)
+    world.results["first"] = rid
+
+    # Progress was shown in the deferred reply before the delivery: queue position, then steps/frames.
+    edits = [r.content for r in handle.requests if r.method == "PATCH" and r.ok]
+    assert any(text.startswith("**Painting**") and "Queued" in text for text in edits), edits
+    assert any("step" in text or "frame" in text for text in edits), edits
+
+    names = followup.file_names
+    assert names == [f"painting-{rid}.mp4", f"final-{rid}.png", f"heatmap-{rid}.png"]
+    video = followup.files_ending(".mp4")[0].data
+    path = Path(world.settings.data_dir) / "check.mp4"
+    path.write_bytes(video)
+    meta, frames = read_frames(path)
+    assert len(frames) == FRAMES and frames[0].shape == (64, 64, 3)
+    final = Image.open(io.BytesIO(followup.file(f"final-{rid}.png").data))
+    heatmap = Image.open(io.BytesIO(followup.file(f"heatmap-{rid}.png").data))
+    assert final.size == (64, 64) and heatmap.size == (64, 64)
+
+    embed = followup.embeds[0]
+    fields = {f["name"]: f["value"] for f in embed["fields"]}
+    assert fields["Seed"] == "7" and fields["Result id"] == f"`{rid}`" and fields["Effect"] == "strokes"
+    assert fields["Size"] == "64x64" and fields["Model"] == "tiny" and fields["Steps"] == "4"
+    # The prompt is shown inert: markdown and mentions escaped.
+    assert "\\*\\*lighthouse\\*\\*" in embed["description"] and "@\u200beveryone" in embed["description"]
+
+    # Only the requester is pinged, whatever the prompt says.
+    allowed = followup.allowed_mentions or {}
+    assert allowed["parse"] == [] and allowed["users"] == [ALICE_ID] and not allowed.get("roles")
+    message = handle.messages[-1]
+    assert (
+        message.mentions.everyone is False
+        and message.mentions.roles == ()
+        and message.mentions.users == (ALICE_ID,)
+    )
+    assert not any(m.mentions.everyone or m.mentions.roles for m in standin.messages.all())
+    assert custom_ids(message) == [
+        f"lp:repaint:{rid}",
+        f"lp:transition:{rid}",
+        f"lp:submit:{rid}",
+        f"lp:delete:{rid}",
+    ]
+    # The deferred reply ends as a status line pointing at the result.
+    original = handle.original
+    assert original is not None and rid in original.content and not original.attachments
+
+
+async def test_history_lists_the_result(world: World) -> None:
+    handle = await world.standin.send_slash("history", {})
+    answer = await handle.response(timeout=5)
+    assert answer.callback_type == 4 and answer.ephemeral
+    embed = answer.embeds[0]
+    assert embed["title"] == "Your paintings"
+    assert any(f["name"] == f"`{world.results['first']}`" for f in embed["fields"])
+    assert "seed 7" in embed["fields"][0]["value"]
+    # Another member's history does not show it.
+    other = await world.standin.send_slash("history", {}, user=BOB_ID)
+    assert world.results["first"] not in json.dumps((await other.response(timeout=5)).embeds)
+
+
+async def test_gateway_stays_responsive_while_a_job_runs(world: World) -> None:
+    standin, bot = world.standin, world.bot
+    handle = await standin.send_slash("paint", {"prompt": "a slow storm", "size": "128x128", "steps": 10})
+    await handle.response(timeout=5)
+
+    async def running() -> bool:
+        return any(job.status == "running" for job in await bot.queue.list_jobs(limit=5))
+
+    deadline = time.monotonic() + 60
+    while not await running():
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    beats = standin.gateway.heartbeats
+    asked = await standin.send_slash("history", {}, user=BOB_ID)
+    answer = await asked.response(timeout=5)
+    assert answer.ok and asked.delay(answer) < 2.0
+    still_running = await running()
+    followup = await delivered(handle)
+    assert still_running, "the job ended before the check; it proves nothing"
+    assert standin.gateway.heartbeats > beats  # heartbeats kept flowing (every 0.5 s here)
+    world.results["big"] = result_id(followup.content)
+
+
+# -- transitions ----------------------------------------------------------------------------
+
+
+async def test_transition_between_two_results_delivers(world: World) -> None:
+    standin = world.standin
+    _, _, second = await paint(world, "a quiet harbour", seed=11)
+    world.results["second"] = second
+    first = world.results["first"]
+
+    choices = await (await standin.send_autocomplete("transition", {"from": ""}, focused="from")).choices()
+    values = [c["value"] for c in choices]
+    assert values[:2] == [second, world.results["big"]] and first in values  # newest first
+    assert all(len(c["name"]) <= 100 for c in choices)
+    narrowed = await (
+        await standin.send_autocomplete("transition", {"from": "harbour"}, focused="from")
+    ).choices()
+    assert [c["value"] for c in narrowed] == [second]
+
+    handle = await standin.send_slash("transition", {"from": first, "to": second, "effect": "fade"})
+    assert (await handle.response(timeout=5)).callback_type == 5
+    followup = await delivered(handle)
+    tid = result_id(followup.content)
+    assert followup.files_ending(".mp4") and followup.files_ending(".png")
+    title = followup.embeds[0]["title"]
+    assert title == f"Transition {first} → {second}"
+    path = Path(world.settings.data_dir) / "transition.mp4"
+    path.write_bytes(followup.files_ending(".mp4")[0].data)
+    assert len(read_frames(path)[1]) > 1
+    world.results["transition"] = tid
+
+
+# -- bad input ------------------------------------------------------------------------------
+
+
+async def test_every_bad_input_is_answered_ephemerally(world: World) -> None:
+    standin, bot = world.standin, world.bot
+    first, transition = world.results["first"], world.results["transition"]
+    jobs_before = len(await bot.queue.list_jobs(limit=1000))
+
+    assert "empty" in await refused(await standin.send_slash("paint", {"prompt": "   "}))
+    too_long = "x" * (bot.settings.discord.max_prompt_length + 1)
+    assert "limit is 500" in await refused(
+        await standin.send_slash("paint", {"prompt": too_long}, strict=False)
+    )
+    assert "Steps must be from 1 to 12" in await refused(
+        await standin.send_slash("paint", {"prompt": "a cat", "steps": 10_000}, strict=False)
+    )
+    assert "Guidance" in await refused(
+        await standin.send_slash("paint", {"prompt": "a cat", "guidance": -3.0}, strict=False)
+    )
+    assert "Size must be one of 64x64, 128x128" in await refused(
+        await standin.send_slash("paint", {"prompt": "a cat", "size": "4096x4096"}, strict=False)
+    )
+    assert "Strength only applies" in await refused(
+        await standin.send_slash("paint", {"prompt": "a cat", "strength": 0.5})
+    )
+    # Attachments are refused by what Discord says about them, before any download.
+    text = StandInAttachment("notes.txt", b"not a picture at all")
+    assert "attach a PNG" in await refused(
+        await standin.send_slash("paint", {"prompt": "a cat", "image": text})
+    )
+    big = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(big, "PNG")
+    assert len(big.getvalue()) > 4096
+    huge = StandInAttachment("photo.png", big.getvalue())
+    assert "the limit is 4 KB" in await refused(
+        await standin.send_slash("paint", {"prompt": "a cat", "image": huge})
+    )
+    assert not list(bot.store.keys("uploads"))
+
+    # Result ids: not an id, unknown, another member's private result, a transition (no trail).
+    assert "not a result id" in await refused(
+        await standin.send_slash("transition", {"from": "nope!", "to": first})
+    )
+    assert "no result you can use" in await refused(
+        await standin.send_slash("transition", {"from": "ZZZZZZZZ", "to": first})
+    )
+    assert "no result you can use" in await refused(
+        await standin.send_slash("transition", {"from": first, "to": first}, user=BOB_ID)
+    )
+    assert "keeps no trail" in await refused(
+        await standin.send_slash("transition", {"from": transition, "to": first})
+    )
+    assert "two different" in await refused(
+        await standin.send_slash("transition", {"from": first, "to": first})
+    )
+    assert "Only the member who made" in await refused(
+        await standin.send_slash("gallery submit", {"result": first}, user=BOB_ID)
+    )
+    # A member without Manage Server, with a client that sends the command anyway.
+    assert "Manage Server" in await refused(
+        await standin.send_slash("settings", {"queue_cap": 1}, user=ALICE_ID, strict=False)
+    )
+
+    # A channel not allowed by the server's settings.
+    settings = await standin.send_slash("settings", {"allow_channel": GALLERY_ID}, user=MOD_ID)
+    assert (await settings.response(timeout=5)).ephemeral
+    assert f"<#{GALLERY_ID}>" in await refused(await standin.send_slash("paint", {"prompt": "a cat"}))
+    await (await standin.send_slash("settings", {"reset": "allowed channels"}, user=MOD_ID)).response(
+        timeout=5
+    )
+
+    # Buttons: only the owner deletes; another member cannot repaint a private result.
+    message = next(m for m in standin.messages.all() if f"lp:delete:{first}" in custom_ids(m))
+    assert "Only the member who made it" in await refused(
+        await standin.send_component(f"lp:delete:{first}", message=message, user=BOB_ID)
+    )
+    assert "not one you can use" in await refused(
+        await standin.send_component(f"lp:repaint:{first}", message=message, values=["glow"], user=BOB_ID)
+    )
+    assert len(await bot.queue.list_jobs(limit=1000)) == jobs_before  # nothing was queued
+
+
+async def test_queue_cap_is_answered_ephemerally(world: World) -> None:
+    standin = world.standin
+    await (await standin.send_slash("settings", {"queue_cap": 1}, user=MOD_ID)).response(timeout=5)
+    try:
+        first = await standin.send_slash("paint", {"prompt": "one at a time"}, user=BOB_ID)
+        assert (await first.response(timeout=5)).callback_type == 5
+        text = await refused(await standin.send_slash("paint", {"prompt": "and another"}, user=BOB_ID))
+        assert "the limit is 1" in text
+        world.results["bob"] = result_id((await delivered(first)).content)
+    finally:
+        await (await standin.send_slash("settings", {"reset": "queue cap"}, user=MOD_ID)).response(timeout=5)
+
+
+# -- gallery --------------------------------------------------------------------------------
+
+
+async def test_gallery_submit_vote_and_show(world: World) -> None:
+    standin = world.standin
+    first, second = world.results["first"], world.results["second"]
+    submitted = await standin.send_slash("gallery submit", {"result": first})
+    post = await submitted.followup(timeout=10)
+    assert post.embeds[0]["title"] == first and post.file_names == [f"{first}.png"]
+    message = submitted.messages[-1]
+    vote_id = custom_ids(message)[0]
+    assert re.fullmatch(r"lp:vote:\d+", vote_id)
+    assert "already in" in await refused(await standin.send_slash("gallery submit", {"result": first}))
+
+    # The result button adds the second result too.
+    result_message = next(m for m in standin.messages.all() if f"lp:submit:{second}" in custom_ids(m))
+    clicked = await standin.send_component(f"lp:submit:{second}", message=result_message)
+    await clicked.followup(timeout=10)
+
+    # One vote per member; a second click takes it back.
+    for user, expected in ((BOB_ID, "1"), (BOB_ID, "0"), (BOB_ID, "1"), (MOD_ID, "2")):
+        click = await standin.send_component(vote_id, message=message, user=user)
+        answer = await click.response(timeout=5)
+        assert answer.callback_type == 7
+        note = await click.followup(timeout=5)
+        assert note.ephemeral and f"has {expected} now" in note.content
+        message = standin.messages.get(message.id)
+        assert message.components[0]["components"][0]["label"] == f"▲ {expected}"
+
+    # Bob may now use Alice's first result, since it is in the server's gallery.
+    choices = await (
+        await standin.send_autocomplete("transition", {"from": first}, focused="from", user=BOB_ID)
+    ).choices()
+    assert [c["value"] for c in choices] == [first]
+
+    top = await standin.send_slash("gallery show", {"sort": "top"}, user=BOB_ID)
+    page = await top.followup(timeout=10)
+    assert page.ephemeral
+    assert [e["title"] for e in page.embeds] == [first, second]
+    assert sorted(page.file_names) == sorted([f"{first}.png", f"{second}.png"])
+    newest = await standin.send_slash("gallery show", {"sort": "new"})
+    assert [e["title"] for e in (await newest.followup(timeout=10)).embeds] == [second, first]
+
+
+# -- delivery under pressure ----------------------------------------------------------------
+
+
+async def test_rate_limited_follow_up_is_waited_out_and_the_file_still_arrives(world: World) -> None:
+    standin = world.standin
+    standin.rate_limit(lambda r: r.route == FOLLOWUP and bool(r.files), times=2, retry_after=0.3)
+    handle = await standin.send_slash("paint", {"prompt": "rain on a window"})
+    followup = await delivered(handle)
+    limited = [r for r in handle.requests if r.rate_limited]
+    assert len(limited) == 2 and all(r.route == FOLLOWUP for r in limited)
+    assert followup.at - limited[0].at >= 0.6
+    assert followup.files_ending(".mp4") and followup.status == 200
+    # Delivered once: one message with the video.
+    assert len([m for m in handle.messages if any(a.filename.endswith(".mp4") for a in m.attachments)]) == 1
+
+
+async def test_job_outliving_its_token_is_delivered_as_a_channel_message(world: World) -> None:
+    standin = world.standin
+    mark = standin.mark()
+    handle = await standin.send_slash("paint", {"prompt": "a very long night"})
+    assert (await handle.response(timeout=5)).callback_type == 5
+    handle.expire()  # as Discord does after 15 minutes
+    posted = await standin.wait_for(
+        lambda r: r.route == CHANNEL_POST and bool(r.files), since=mark, timeout=120
+    )
+    assert posted.params["channel_id"] == str(GENERAL_ID)
+    assert posted.files_ending(".mp4") and posted.content.startswith(f"<@{ALICE_ID}> your painting")
+    message = standin.channel_messages("general")[-1]
+    assert message.mentions.users == (ALICE_ID,) and not message.mentions.everyone
+    assert not [r for r in handle.requests if r.route == FOLLOWUP and r.ok]
+
+
+# -- restarts -------------------------------------------------------------------------------
+
+
+async def test_buttons_keep_working_after_a_restart(world: World) -> None:
+    standin = world.standin
+    first = world.results["first"]
+    await world.restart()
+
+    message = next(m for m in standin.messages.all() if f"lp:repaint:{first}" in custom_ids(m))
+    click = await standin.send_component(f"lp:repaint:{first}", message=message, values=["glow"])
+    assert (await click.response(timeout=5)).callback_type == 5
+    followup = await delivered(click)
+    fields = {f["name"]: f["value"] for f in followup.embeds[0]["fields"]}
+    # The stored trail was painted again with the new effect: same seed and steps, new result.
+    assert fields["Effect"] == "glow" and fields["Seed"] == "7" and fields["Steps"] == "4"
+    assert result_id(followup.content) != first
+
+    post = next(
+        m
+        for m in standin.messages.all()
+        if m.embeds and m.embeds[0].get("title") == first and custom_ids(m)[0].startswith("lp:vote:")
+    )
+    vote = await standin.send_component(custom_ids(post)[0], message=post, user="owner")
+    assert (await vote.response(timeout=5)).callback_type == 7
+    assert "has 3 now" in (await vote.followup(timeout=5)).content
+
+
+async def _job_ids(url: str, prompts: list[str]) -> dict[str, tuple[int, str, int]]:
+    """prompt -> (job id, status, attempts), read from the database directly."""
+    from db.engine import Database
+    from db.queue import JobQueue
+
+    async with Database.from_url(url) as db:
+        jobs = await JobQueue(db).list_jobs(limit=100)
+    return {
+        j.params.get("prompt"): (j.id, j.status, j.attempts)
+        for j in jobs
+        if j.params.get("prompt") in prompts
+    }
+
+
+async def test_real_entry_point_and_jobs_interrupted_by_sigterm_are_delivered_once(
+    world: World, tmp_path: Path
+) -> None:
+    """`latent-painter bot` in its own process; SIGTERM mid-job; the next start finishes and delivers once."""
+    standin = world.standin
+    await world.stop()
+    env = {
+        **os.environ,
+        **bot_env(Path(world.settings.data_dir), standin),
+        "DISCORD_TOKEN": TOKEN,
+        "HF_HUB_OFFLINE": "1",
+    }
+    log_path = tmp_path / "bot.log"
+    mark = standin.mark()
+    with open(log_path, "wb") as log_file:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bot.cli",
+            "bot",
+            cwd=ROOT,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            await standin.wait_for(
+                lambda r: r.route.endswith("/guilds/{guild_id}/commands"), since=mark, timeout=120
+            )
+            await standin.wait_until_ready(timeout=60)
+            prompts = ["interrupted at work", "still in the queue"]
+            busy = await standin.send_slash("paint", {"prompt": prompts[0], "size": "128x128", "steps": 12})
+            answer = await busy.response(timeout=10)
+            assert answer.callback_type == 5 and busy.delay(answer) < 3.0
+            deadline = time.monotonic() + 120
+            while (await _job_ids(world.settings.database_url, prompts))[prompts[0]][1] != "running":
+                assert time.monotonic() < deadline, "the job never started"
+                await asyncio.sleep(0.1)
+            waiting = await standin.send_slash("paint", {"prompt": prompts[1]}, user=BOB_ID)
+            answer = await waiting.response(timeout=10)
+            assert answer.callback_type == 5 and waiting.delay(answer) < 3.0
+            states = await _job_ids(world.settings.database_url, prompts)
+            assert [states[p][1] for p in prompts] == ["running", "queued"]
+            process.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(process.wait(), 60) == 0
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+    output = log_path.read_text(errors="replace")
+    assert TOKEN not in output
+    assert "released" in output  # the running job was handed back, not left to its lease
+    states = await _job_ids(world.settings.database_url, prompts)
+    assert [states[p][1:] for p in prompts] == [("queued", 0), ("queued", 0)]
+
+    await world.start()
+    first, second = await delivered(busy), await delivered(waiting)
+    assert first.files_ending(".mp4") and second.files_ending(".mp4")
+    await world.restart()  # a later start owes nothing: no second delivery
+    await asyncio.sleep(2)
+    for handle in (busy, waiting):
+        deliveries = [r for r in handle.requests if r.route == FOLLOWUP and r.files and r.ok]
+        assert len(deliveries) == 1
+    posted = [m for m in standin.channel_messages("general") if m.interaction_token is None]
+    assert not [m for m in posted if "interrupted at work" in json.dumps(m.embeds)]
