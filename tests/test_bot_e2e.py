@@ -152,6 +152,27 @@ async def delivered(handle: object, timeout: float = 120) -> RecordedRequest:
     return hits[0]
 
 
+FIRST_PROMPT = "@everyone <@&1300000000000000111> a **lighthouse** at dusk"
+
+
+async def result(world: World, name: str) -> str:
+    """A result the tests share, painted on first use (so any test also runs on its own)."""
+    if name not in world.results:
+        if name == "first":
+            world.results[name] = (await paint(world, FIRST_PROMPT, seed=7))[2]
+        elif name == "second":
+            world.results[name] = (await paint(world, "a quiet harbour", seed=11))[2]
+        elif name == "transition":
+            first, second = await result(world, "first"), await result(world, "second")
+            handle = await world.standin.send_slash(
+                "transition", {"from": first, "to": second, "effect": "fade"}
+            )
+            world.results[name] = result_id((await delivered(handle)).content)
+        else:
+            raise KeyError(name)
+    return world.results[name]
+
+
 def result_id(text: str) -> str:
     found = RESULT_ID.search(text)
     assert found, f"no result id in {text!r}"
@@ -180,8 +201,7 @@ async def refused(handle: object) -> str:
 
 async def test_paint_delivers_mp4_final_image_and_heatmap_pinging_only_the_requester(world: World) -> None:
     standin = world.standin
-    prompt = "@everyone <@&1300000000000000111> a **lighthouse** at dusk"
-    handle, followup, rid = await paint(world, prompt, seed=7)
+    handle, followup, rid = await paint(world, FIRST_PROMPT, seed=7)
     world.results["first"] = rid
 
     # Progress was shown in the deferred reply before the delivery: queue position, then steps/frames.
@@ -234,11 +254,12 @@ async def test_history_lists_the_result(world: World) -> None:
     assert answer.callback_type == 4 and answer.ephemeral
     embed = answer.embeds[0]
     assert embed["title"] == "Your paintings"
-    assert any(f["name"] == f"`{world.results['first']}`" for f in embed["fields"])
+    first = await result(world, "first")
+    assert any(f["name"] == f"`{first}`" for f in embed["fields"])
     assert "seed 7" in embed["fields"][0]["value"]
     # Another member's history does not show it.
     other = await world.standin.send_slash("history", {}, user=BOB_ID)
-    assert world.results["first"] not in json.dumps((await other.response(timeout=5)).embeds)
+    assert first not in json.dumps((await other.response(timeout=5)).embeds)
 
 
 async def test_gateway_stays_responsive_while_a_job_runs(world: World) -> None:
@@ -261,7 +282,7 @@ async def test_gateway_stays_responsive_while_a_job_runs(world: World) -> None:
     followup = await delivered(handle)
     assert still_running, "the job ended before the check; it proves nothing"
     assert standin.gateway.heartbeats > beats  # heartbeats kept flowing (every 0.5 s here)
-    world.results["big"] = result_id(followup.content)
+    assert result_id(followup.content)
 
 
 # -- transitions ----------------------------------------------------------------------------
@@ -269,13 +290,13 @@ async def test_gateway_stays_responsive_while_a_job_runs(world: World) -> None:
 
 async def test_transition_between_two_results_delivers(world: World) -> None:
     standin = world.standin
+    first = await result(world, "first")
     _, _, second = await paint(world, "a quiet harbour", seed=11)
     world.results["second"] = second
-    first = world.results["first"]
 
     choices = await (await standin.send_autocomplete("transition", {"from": ""}, focused="from")).choices()
     values = [c["value"] for c in choices]
-    assert values[:2] == [second, world.results["big"]] and first in values  # newest first
+    assert values[0] == second and first in values  # newest first
     assert all(len(c["name"]) <= 100 for c in choices)
     narrowed = await (
         await standin.send_autocomplete("transition", {"from": "harbour"}, focused="from")
@@ -295,12 +316,40 @@ async def test_transition_between_two_results_delivers(world: World) -> None:
     world.results["transition"] = tid
 
 
+async def test_transition_from_the_result_button_asks_for_the_destination(world: World) -> None:
+    standin = world.standin
+    first, second = await result(world, "first"), await result(world, "second")
+    message = next(m for m in standin.messages.all() if f"lp:transition:{second}" in custom_ids(m))
+    click = await standin.send_component(f"lp:transition:{second}", message=message)
+    modal = await click.response(timeout=5)
+    assert modal.callback_type == 9
+    submitted = await click.submit_modal({"destination": first})
+    assert (await submitted.response(timeout=5)).callback_type == 5
+    followup = await delivered(submitted)
+    assert followup.embeds[0]["title"] == f"Transition {second} → {first}"
+
+
+async def test_files_are_fitted_to_the_interactions_upload_limit(world: World) -> None:
+    limit = 24_000
+    handle = await world.standin.send_slash(
+        "paint", {"prompt": "a busy market", "size": "128x128"}, attachment_size_limit=limit
+    )
+    followup = await delivered(handle)
+    assert followup.status == 200
+    sizes = {f.filename: len(f.data) for f in followup.files}
+    assert all(size <= limit for size in sizes.values()), sizes
+    video = next(name for name in sizes if name.endswith(".mp4"))
+    path = Path(world.settings.data_dir) / "fitted.mp4"
+    path.write_bytes(followup.file(video).data)
+    assert read_frames(path)[1]  # still a playable video
+
+
 # -- bad input ------------------------------------------------------------------------------
 
 
 async def test_every_bad_input_is_answered_ephemerally(world: World) -> None:
     standin, bot = world.standin, world.bot
-    first, transition = world.results["first"], world.results["transition"]
+    first, transition = await result(world, "first"), await result(world, "transition")
     jobs_before = len(await bot.queue.list_jobs(limit=1000))
 
     assert "empty" in await refused(await standin.send_slash("paint", {"prompt": "   "}))
@@ -385,7 +434,7 @@ async def test_queue_cap_is_answered_ephemerally(world: World) -> None:
         assert (await first.response(timeout=5)).callback_type == 5
         text = await refused(await standin.send_slash("paint", {"prompt": "and another"}, user=BOB_ID))
         assert "the limit is 1" in text
-        world.results["bob"] = result_id((await delivered(first)).content)
+        assert result_id((await delivered(first)).content)
     finally:
         await (await standin.send_slash("settings", {"reset": "queue cap"}, user=MOD_ID)).response(timeout=5)
 
@@ -395,7 +444,7 @@ async def test_queue_cap_is_answered_ephemerally(world: World) -> None:
 
 async def test_gallery_submit_vote_and_show(world: World) -> None:
     standin = world.standin
-    first, second = world.results["first"], world.results["second"]
+    first, second = await result(world, "first"), await result(world, "second")
     submitted = await standin.send_slash("gallery submit", {"result": first})
     post = await submitted.followup(timeout=10)
     assert post.embeds[0]["title"] == first and post.file_names == [f"{first}.png"]
@@ -471,7 +520,7 @@ async def test_job_outliving_its_token_is_delivered_as_a_channel_message(world: 
 
 async def test_buttons_keep_working_after_a_restart(world: World) -> None:
     standin = world.standin
-    first = world.results["first"]
+    first = await result(world, "first")
     await world.restart()
 
     message = next(m for m in standin.messages.all() if f"lp:repaint:{first}" in custom_ids(m))
@@ -483,14 +532,21 @@ async def test_buttons_keep_working_after_a_restart(world: World) -> None:
     assert fields["Effect"] == "glow" and fields["Seed"] == "7" and fields["Steps"] == "4"
     assert result_id(followup.content) != first
 
-    post = next(
+    posts = [
         m
         for m in standin.messages.all()
         if m.embeds and m.embeds[0].get("title") == first and custom_ids(m)[0].startswith("lp:vote:")
-    )
+    ]
+    if not posts:  # this test running on its own: put the result in the gallery first
+        submitted = await standin.send_slash("gallery submit", {"result": first})
+        await submitted.followup(timeout=10)
+        await world.restart()
+        posts = submitted.messages
+    post = posts[-1]
+    before = int(post.components[0]["components"][0]["label"].split()[1])
     vote = await standin.send_component(custom_ids(post)[0], message=post, user="owner")
     assert (await vote.response(timeout=5)).callback_type == 7
-    assert "has 3 now" in (await vote.followup(timeout=5)).content
+    assert f"has {before + 1} now" in (await vote.followup(timeout=5)).content
 
 
 async def _job_ids(url: str, prompts: list[str]) -> dict[str, tuple[int, str, int]]:
