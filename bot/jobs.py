@@ -154,7 +154,7 @@ def _transition(ctx: JobContext, settings: Settings) -> JobOutput:
     from bot.cli_transition import run_transition
 
     params = ctx.params
-    keys = params.get("trail_keys") or [params.get("from_trail"), params.get("to_trail")]
+    keys = [params.get("from_trail"), params.get("to_trail")]
     if not all(keys):
         raise PermanentJobError("a transition job needs the trail artifacts of both results")
     trails = [_read_artifact(settings, key, ctx.workdir / f"hop{i}.trail") for i, key in enumerate(keys)]
