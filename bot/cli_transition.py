@@ -69,13 +69,15 @@ def run_transition(
     """
     from bot.paint_job import (
         ModelCache,
+        all_or_nothing,
         animation_spec,
         check_writable,
         decoder_for_trails,
         output_paths,
         png_text,
+        write_pictures,
     )
-    from painter.animate import animate, decode_image, save_png
+    from painter.animate import animate, decode_image
     from painter.trail import Trail
     from painter.transition import chain_plans, validate_options
 
@@ -90,8 +92,7 @@ def run_transition(
     effect = settings.painter.effect
     # Open on the source picture for half a second before the first stroke lands.
     spec = replace(animation_spec(settings, effect, analytic=meta.space == "pixel"), lead_in=0.5)
-    written: list[Path] = []
-    try:
+    with all_or_nothing() as written:
         animation = animate(
             plan.plan.to(decoder.device),
             decoder,
@@ -102,14 +103,8 @@ def run_transition(
             on_frame=on_frame,
         )
         written.append(video_path)
-        save_png(decode_image(decoder, plan.plan[-1]), image_path, png_text(loaded[-1], effect))
-        written.append(image_path)
-        save_png(animation.heatmap, heatmap_path, {"Description": f"update heatmap ({effect}, transition)"})
-        written.append(heatmap_path)
-    except BaseException:
-        for path in written:
-            path.unlink(missing_ok=True)
-        raise
+        final = decode_image(decoder, plan.plan[-1])
+        write_pictures(written, final, image_path, png_text(loaded[-1], effect), animation, heatmap_path)
     return TransitionOutputs(video_path, image_path, heatmap_path, plan, animation)
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 import secrets
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -205,8 +206,7 @@ def run_paint(
             raise CaptureError(f"steps {p.steps} must be between 1 and {p.max_steps}")
     else:
         validate_generation(gen, max_side=p.max_side, max_steps=p.max_steps)
-    written: list[Path] = []
-    try:
+    with all_or_nothing() as written:
         start: torch.Tensor | None = None
         backdrop: torch.Tensor | None = None
         if analytic:
@@ -249,20 +249,41 @@ def run_paint(
         written.append(video_path)
         final = decode_image(decoder, trail.final)
         verdict = watcher.verdict(np.asarray(final))
-        save_png(final, image_path, png_text(trail, p.effect))
-        written.append(image_path)
-        save_png(animation.heatmap, heatmap_path, {"Description": f"stroke heatmap ({p.effect})"})
-        written.append(heatmap_path)
+        write_pictures(written, final, image_path, png_text(trail, p.effect), animation, heatmap_path)
         saved_trail = None
         if request.save_trail:
             trail.save(trail_path)
             written.append(trail_path)
             saved_trail = trail_path
+    return PaintOutputs(video_path, image_path, heatmap_path, saved_trail, trail, animation, verdict)
+
+
+@contextmanager
+def all_or_nothing() -> Iterator[list[Path]]:
+    """Collects the paths a job writes; if the job fails, every one of them is removed."""
+    written: list[Path] = []
+    try:
+        yield written
     except BaseException:
         for path in written:
             path.unlink(missing_ok=True)
         raise
-    return PaintOutputs(video_path, image_path, heatmap_path, saved_trail, trail, animation, verdict)
+
+
+def write_pictures(
+    written: list[Path],
+    final: Any,
+    image_path: Path,
+    text: dict[str, Any],
+    animation: Animation,
+    heatmap_path: Path,
+) -> None:
+    """Write the final picture (with its parameters as PNG text) and the heatmap beside the video."""
+    save_png(final, image_path, text)
+    written.append(image_path)
+    kind = "stroke" if animation.effect == "strokes" else "update"
+    save_png(animation.heatmap, heatmap_path, {"Description": f"{kind} heatmap ({animation.effect})"})
+    written.append(heatmap_path)
 
 
 class SafetySampler:
@@ -341,20 +362,13 @@ def repaint(
         from painter.analytic import paper_canvas
 
         start = paper_canvas(meta.height, meta.width, parse_colour(settings.render.paper_color))
-    written: list[Path] = []
-    try:
+    with all_or_nothing() as written:
         spec = animation_spec(settings, effect, analytic=analytic)
         plan = trail.latents.to(decoder.device)
         animation = animate_to(plan, decoder, spec, video_path, start=start, trail=trail, on_frame=on_frame)
         written.append(video_path)
-        save_png(decode_image(decoder, trail.final), image_path, png_text(trail, effect))
-        written.append(image_path)
-        save_png(animation.heatmap, heatmap_path, {"Description": f"stroke heatmap ({effect})"})
-        written.append(heatmap_path)
-    except BaseException:
-        for path in written:
-            path.unlink(missing_ok=True)
-        raise
+        final = decode_image(decoder, trail.final)
+        write_pictures(written, final, image_path, png_text(trail, effect), animation, heatmap_path)
     return PaintOutputs(video_path, image_path, heatmap_path, None, trail, animation)
 
 

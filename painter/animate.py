@@ -81,6 +81,7 @@ class Animation:
     heatmap: Image.Image
     last_frame: np.ndarray
     frames_painted: int
+    effect: str = "strokes"
 
 
 def _batched(frames: Iterator[Frame], size: int) -> Iterator[list[Frame]]:
@@ -181,7 +182,9 @@ def animate(
         out.unlink(missing_ok=True)
         raise
     heatmap = heat.image((last.shape[1], last.shape[0]), space=space)
-    return Animation(video=video, heatmap=heatmap, last_frame=last, frames_painted=painted_frames)
+    return Animation(
+        video=video, heatmap=heatmap, last_frame=last, frames_painted=painted_frames, effect=spec.effect
+    )
 
 
 def decode_image(decoder: Decoder, latent: torch.Tensor) -> Image.Image:
