@@ -163,7 +163,11 @@ def fitted_files(store: Any, result: Result, limit: int) -> list[Attachment]:
         if len(data) > limit:
             log.info("result %s: video of %d bytes re-fitted to %d", pid, len(data), limit)
             data = refit_video(data, fmt, result, limit)
-        files.append(Attachment(f"painting-{pid}.{fmt}", data))
+        if len(data) <= limit:
+            files.append(Attachment(f"painting-{pid}.{fmt}", data))
+        else:
+            # The encoder's floor (5 fps at its smallest size) is still too big for this limit.
+            log.warning("result %s: video does not fit in %d bytes even re-encoded; left out", pid, limit)
     for role, key in (("final", result.image_key), ("heatmap", result.heatmap_key)):
         if not key or (data := read(key)) is None:
             continue
@@ -284,10 +288,14 @@ class Deliverer:
         from bot.views import result_view
 
         what = "transition" if result.kind == "transition" else "painting"
+        notes = []
+        if spoiler:
+            notes.append("It was flagged by the safety checker, so it is shown as spoilers.")
+        if result.video_key and not any(f.filename.startswith("painting-") for f in files):
+            notes.append("The animation is too large to attach here.")
         return Outcome(
             status=f"Done: `{result.public_id}` is below.",
-            content=f"{mention} your {what} `{result.public_id}` is ready"
-            + (" (flagged by the safety checker; shown as spoilers)." if spoiler else "."),
+            content=" ".join([f"{mention} your {what} `{result.public_id}` is ready.", *notes]),
             embed=result_embed(result, None if spoiler else image_name),
             files=tuple(files),
             spoiler=spoiler,

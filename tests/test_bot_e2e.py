@@ -29,6 +29,7 @@ from PIL import Image
 
 from bot.config import Settings, load_settings
 from bot.discord_bot import LatentPainterBot, create_bot
+from bot.worker import Runner
 from painter.video import read_frames
 from tests.discord_standin import DiscordStandIn, RecordedRequest, StandInAttachment, StoredMessage
 from tests.discord_standin.world import ALICE_ID, BOB_ID, GALLERY_ID, GENERAL_ID, GUILD_ID, MOD_ID
@@ -77,9 +78,10 @@ def new_data_dir(root: Path, models_from: Path) -> Path:
 class World:
     """The module's Discord stand-in and the bot currently connected to it."""
 
-    def __init__(self, standin: DiscordStandIn, settings: Settings) -> None:
+    def __init__(self, standin: DiscordStandIn, settings: Settings, runner: Runner | None = None) -> None:
         self.standin = standin
         self.settings = settings
+        self.runner = runner  # None: the real runner (bot.jobs.run_job)
         self.results: dict[str, str] = {}  # name -> public id, shared by the tests in order
         self._bot: LatentPainterBot | None = None
         self._task: asyncio.Task[None] | None = None
@@ -92,7 +94,7 @@ class World:
     async def start(self) -> LatentPainterBot:
         """Start a bot the way ``latent-painter bot`` does, and wait until its commands are synced."""
         mark = self.standin.mark()
-        self._bot = await create_bot(self.settings, guild_ready_timeout=0.05)
+        self._bot = await create_bot(self.settings, runner=self.runner, guild_ready_timeout=0.05)
         self._task = asyncio.create_task(self._bot.start(TOKEN))
         await self.standin.wait_until_ready(timeout=60)
         await self.standin.wait_for(

@@ -1,0 +1,301 @@
+"""Delivery and progress: previews, flagged results, failures, separate workers, fitting, the ledger.
+
+The bot sessions here run a scripted job runner (real files, no model) so failures,
+safety flags and previews can be asked for through the prompt; the painting itself is
+covered by ``test_bot_e2e.py``. The rest are plain unit tests of ``bot.delivery`` and
+``bot.text``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytest_asyncio
+from PIL import Image
+
+from bot.config import load_settings
+from bot.delivery import DeliveryLedger, failure_text, fitted_files, safety_action, shrink_picture
+from bot.text import quote
+from bot.worker import JobContext, JobOutput, PermanentJobError, run_worker
+from db.models import Job, Result
+from painter.video import FrameEncoder, read_frames
+from tests.discord_standin import DiscordStandIn
+from tests.discord_standin.world import ALICE_ID
+from tests.test_bot_e2e import FOLLOWUP, TOKEN, World, bot_env, custom_ids, delivered, new_data_dir
+
+# The bot tests share one event loop (and one bot) per module; the unit tests below need none.
+on_world = pytest.mark.asyncio(loop_scope="module")
+
+
+def _png(value: int, size: int = 64) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (size, size), (value, 255 - value, 128)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def scripted_runner(ctx: JobContext) -> JobOutput:
+    """Paints nothing: the prompt's words ask for a crash, a refusal, a flag, or a slow job."""
+    words = str(ctx.params.get("prompt", "")).split()
+    if "crash" in words:
+        raise RuntimeError("the GPU caught fire")
+    if "bad-picture" in words:
+        raise PermanentJobError("the attached picture is not an image")
+    frames = 6
+    pause = 0.5 if "slow" in words else 0.0
+    for frame in range(1, frames + 1):
+        ctx.raise_if_cancelled()
+        image = np.full((64, 64, 3), frame * 40, np.uint8)
+        preview = getattr(ctx, "preview", None)
+        if preview is not None:
+            preview(image)
+        ctx.progress(0, frame, frames)
+        time.sleep(pause)
+    files = {}
+    for role, name, data in (
+        ("video", "painting.mp4", b"\x00\x00\x00\x18ftypmp42" + bytes(2000)),
+        ("image", "painting.png", _png(10)),
+        ("heatmap", "painting.heatmap.png", _png(200)),
+    ):
+        path = ctx.workdir / name
+        path.write_bytes(data)
+        files[role] = path
+    result = {
+        "prompt": ctx.params["prompt"],
+        "seed": 1,
+        "steps": 4,
+        "width": 64,
+        "height": 64,
+        "model_id": "scripted",
+        "vae_id": "none",
+        "effect": "strokes",
+        "format": "mp4",
+        "flagged": "flagged" in words,
+    }
+    return JobOutput(files=files, result=result)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def world(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> AsyncIterator[World]:
+    import discord.gateway
+    import discord.http
+
+    saved = discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
+    data = new_data_dir(tmp_path_factory.mktemp("bot-delivery"), data_dir)
+    async with DiscordStandIn(token=TOKEN) as standin:
+        env = bot_env(
+            data,
+            standin,
+            LATENT_PAINTER_DISCORD_PREVIEW_SECONDS="1",
+            LATENT_PAINTER_QUEUE_MAX_ATTEMPTS="2",
+            LATENT_PAINTER_QUEUE_BACKOFF_SECONDS="3",
+        )
+        world = World(standin, load_settings(env=env), runner=scripted_runner)
+        await world.start()
+        try:
+            yield world
+        finally:
+            await world.stop()
+            discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = saved
+        standin.assert_clean()
+
+
+@on_world
+async def test_progress_shows_a_small_preview_of_the_canvas(world: World) -> None:
+    handle = await world.standin.send_slash("paint", {"prompt": "slow sunrise"})
+    followup = await delivered(handle, timeout=60)
+    edits = [r for r in handle.requests if r.method == "PATCH" and r.ok and r.files]
+    assert edits, "no progress edit carried a preview"
+    preview = edits[0].file("preview.png")
+    picture = Image.open(io.BytesIO(preview.data))
+    assert max(picture.size) <= 160
+    assert edits[0].embeds[0]["image"]["url"] == "attachment://preview.png"
+    assert any("Painting frame" in r.content for r in handle.requests if r.method == "PATCH")
+    # Previews come no faster than [discord] preview_seconds.
+    times = [r.at for r in edits]
+    assert all(b - a >= 0.9 for a, b in zip(times, times[1:], strict=False))
+    # The finished reply drops the preview.
+    assert handle.original is not None and not handle.original.attachments
+    assert followup.files_ending(".mp4")
+
+
+@on_world
+async def test_a_flagged_result_is_withheld_by_default(world: World) -> None:
+    handle = await world.standin.send_slash("paint", {"prompt": "flagged picture"})
+    answer = await handle.followup(timeout=30)
+    assert "flagged by the safety checker" in answer.content and not answer.files
+    assert answer.content.startswith(f"<@{ALICE_ID}>")
+    assert not any(m.attachments for m in handle.messages)
+
+
+@on_world
+async def test_the_requester_is_told_when_a_job_fails(world: World) -> None:
+    standin = world.standin
+    crash = await standin.send_slash("paint", {"prompt": "crash now"})
+    told = await crash.wait_for(lambda r: r.route == FOLLOWUP, timeout=30)
+    assert "failed on our side after 2 attempts and will not be retried" in told[0].content
+    edits = [r.content for r in crash.requests if r.method == "PATCH"]
+    assert any("Attempt 1 of 2 failed on our side; it will be retried" in text for text in edits), edits
+    assert "GPU" not in told[0].content  # our internals stay in the log
+
+    refused = await standin.send_slash("paint", {"prompt": "bad-picture please"})
+    told = await refused.wait_for(lambda r: r.route == FOLLOWUP, timeout=30)
+    assert (
+        "could not be painted: the attached picture is not an image. It will not be retried."
+        in told[0].content
+    )
+
+
+@on_world
+async def test_a_separate_worker_paints_and_the_bot_delivers(world: World) -> None:
+    """``[discord] run_worker = false``: the bot queues and delivers, a `latent-painter worker` paints."""
+    from dataclasses import replace
+
+    settings = world.settings
+    await world.stop()
+    world.settings = replace(settings, discord=replace(settings.discord, run_worker=False))
+    try:
+        bot = await world.start()
+        assert bot.worker is None
+        handle = await world.standin.send_slash("paint", {"prompt": "painted elsewhere"})
+        assert (await handle.response(timeout=5)).callback_type == 5
+        await asyncio.sleep(1.5)
+        assert not [r for r in handle.requests if r.route == FOLLOWUP]  # nobody painted it yet
+        handled = await run_worker(
+            settings, runner=scripted_runner, exit_when_idle=True, handle_signals=False
+        )
+        assert handled == 1
+        followup = await delivered(handle, timeout=30)
+        assert followup.files_ending(".mp4")
+        assert custom_ids(handle.messages[-1])[0].startswith("lp:repaint:")
+    finally:
+        await world.stop()
+        world.settings = settings
+        await world.start()
+
+
+# -- units ----------------------------------------------------------------------------------
+
+
+def test_ledger_remembers_deliveries_across_restarts(tmp_path: Path) -> None:
+    path = tmp_path / "bot" / "delivered.txt"
+    ledger = DeliveryLedger(path)
+    since = ledger.since
+    assert 5 not in ledger
+    ledger.record(5)
+    ledger.record(5)
+    again = DeliveryLedger(path)
+    assert 5 in again and 6 not in again and again.since == since
+    assert path.read_text().splitlines()[1:] == ["5"]
+
+
+@pytest.mark.parametrize(
+    ("flagged", "policy", "age_restricted", "action"),
+    [
+        (False, "refuse", False, "deliver"),
+        (False, "spoiler", True, "deliver"),
+        (True, "refuse", True, "refuse"),
+        (True, "spoiler", False, "refuse"),
+        (True, "spoiler", True, "spoiler"),
+    ],
+)
+def test_safety_policy(flagged: bool, policy: str, age_restricted: bool, action: str) -> None:
+    assert safety_action(flagged, policy, age_restricted) == action
+
+
+def test_failure_text_shows_member_errors_and_hides_ours() -> None:
+    ours = Job(id=3, status="failed", attempts=3, error="RuntimeError: CUDA out of memory at 0x7f")
+    theirs = Job(id=4, status="failed", attempts=1, error="PermanentJobError: the picture is **huge**")
+    assert "CUDA" not in failure_text(ours) and "will not be retried" in failure_text(ours)
+    assert "the picture is \\*\\*huge\\*\\*" in failure_text(theirs)
+    assert failure_text(Job(id=5, status="cancelled", attempts=0, error=None)) == "Job 5 was cancelled."
+
+
+def test_quote_makes_member_text_inert_and_short() -> None:
+    text = quote("# Title\n> @everyone **bold** <@&123> `code`", 1000)
+    assert "@\u200beveryone" in text and "\\*\\*bold\\*\\*" in text and "\\`code\\`" in text
+    assert text.startswith("\\# Title") and "\n\\> " in text
+    long = quote("*" * 50, 20)
+    assert len(long) <= 20 and long.endswith("…") and not long[:-1].endswith("\\")
+
+
+def _video(path: Path, frames: np.ndarray) -> Path:
+    with FrameEncoder(path, size=(frames.shape[2], frames.shape[1]), fps=12, crf=10) as encoder:
+        for frame in frames:
+            encoder.write(frame)
+    return path
+
+
+def _result(store: object, tmp_path: Path, video: Path, picture: bytes) -> Result:
+    store.put_file("jobs/1/1/video.mp4", video)  # type: ignore[attr-defined]
+    store.put_bytes("jobs/1/1/image.png", picture)  # type: ignore[attr-defined]
+    store.put_bytes("jobs/1/1/heatmap.png", _png(3))  # type: ignore[attr-defined]
+    return Result(
+        public_id="K3F97QXM",
+        video_key="jobs/1/1/video.mp4",
+        image_key="jobs/1/1/image.png",
+        heatmap_key="jobs/1/1/heatmap.png",
+        width=128,
+        height=128,
+        format="mp4",
+    )
+
+
+def test_files_over_the_limit_are_re_encoded_to_fit(tmp_path: Path) -> None:
+    from bot.artifacts import LocalArtifactStore
+
+    rng = np.random.default_rng(1)
+    base = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    moving = np.stack([np.kron(np.roll(base, i, axis=0), np.ones((2, 2, 1), np.uint8)) for i in range(36)])
+    video = _video(tmp_path / "moving.mp4", moving)
+    picture = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (128, 128, 3), dtype=np.uint8)).save(picture, "PNG")
+    limit = 20_000
+    assert video.stat().st_size > limit and len(picture.getvalue()) > limit
+    store = LocalArtifactStore(tmp_path / "artifacts")
+    files = fitted_files(store, _result(store, tmp_path, video, picture.getvalue()), limit)
+    assert [f.filename for f in files] == [
+        "painting-K3F97QXM.mp4",
+        "final-K3F97QXM.jpg",
+        "heatmap-K3F97QXM.png",
+    ]
+    assert all(len(f.data) <= limit for f in files), [(f.filename, len(f.data)) for f in files]
+    fitted = tmp_path / "fitted.mp4"
+    fitted.write_bytes(files[0].data)
+    _, frames = read_frames(fitted)
+    assert len(frames) >= 3 and frames[0].shape[2] == 3
+    assert Image.open(io.BytesIO(files[1].data)).format == "JPEG"
+
+
+def test_a_video_that_cannot_fit_is_left_out(tmp_path: Path) -> None:
+    from bot.artifacts import LocalArtifactStore
+
+    noise = np.random.default_rng(3).integers(0, 255, (24, 128, 128, 3), dtype=np.uint8)
+    video = _video(tmp_path / "noise.mp4", noise)
+    store = LocalArtifactStore(tmp_path / "artifacts")
+    files = fitted_files(store, _result(store, tmp_path, video, _png(9)), 10_000)
+    assert [f.filename for f in files] == ["final-K3F97QXM.png", "heatmap-K3F97QXM.png"]
+
+
+def test_a_missing_artifact_is_left_out_not_fatal(tmp_path: Path) -> None:
+    from bot.artifacts import LocalArtifactStore
+
+    store = LocalArtifactStore(tmp_path)
+    store.put_bytes("jobs/2/1/image.png", _png(1))
+    result = Result(public_id="K3F97QXM", video_key="jobs/2/1/video.mp4", image_key="jobs/2/1/image.png")
+    files = fitted_files(store, result, 10_000)
+    assert [f.filename for f in files] == ["final-K3F97QXM.png"]
+
+
+def test_shrink_picture_fits_tiny_limits() -> None:
+    noisy = io.BytesIO()
+    Image.fromarray(np.random.default_rng(2).integers(0, 255, (256, 256, 3), dtype=np.uint8)).save(
+        noisy, "PNG"
+    )
+    data, suffix = shrink_picture(noisy.getvalue(), 5_000)
+    assert suffix == ".jpg" and len(data) <= 5_000
