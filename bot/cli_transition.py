@@ -9,6 +9,7 @@ trails share, loaded through the model recorded in them.
 from __future__ import annotations
 
 import argparse
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -108,6 +109,58 @@ def run_transition(
     return TransitionOutputs(video_path, image_path, heatmap_path, plan, animation)
 
 
+def resolve_trails(settings: Settings, given: Sequence[Path]) -> list[Path]:
+    """Trail files as given, with result ids (``K3F97QXM``) replaced by their stored trails.
+
+    A name that is an existing file is a file; otherwise, if it reads as a result id,
+    the result's trail is taken from the queue's database and artifact store.
+    """
+    from db.results import normalize_public_id
+
+    ids: dict[int, str] = {}
+    for index, item in enumerate(given):
+        if item.exists():
+            continue
+        try:
+            ids[index] = normalize_public_id(str(item))
+        except ValueError:
+            continue  # not an id either: Trail.load names the missing file
+    if not ids:
+        return list(given)
+    resolved = list(given)
+    for index, path in asyncio.run(_stored_trails(settings, ids)).items():
+        resolved[index] = path
+    return resolved
+
+
+async def _stored_trails(settings: Settings, ids: dict[int, str]) -> dict[int, Path]:
+    from bot.artifacts import LocalArtifactStore
+    from db.engine import Database, sqlite_path
+    from db.migrate import ensure_schema_current
+    from db.results import ResultNotFound, get_result
+
+    url = settings.database_url
+    path = sqlite_path(url)
+    if path is not None and not path.exists():
+        raise UsageError(f"no result with id {next(iter(ids.values()))}: the queue's database is empty")
+    await ensure_schema_current(url, upgrade_if_old=path is not None)
+    db = Database.from_url(url)
+    store = LocalArtifactStore(settings.data_dir / "artifacts")
+    try:
+        found: dict[int, Path] = {}
+        for index, public_id in ids.items():
+            try:
+                result = await get_result(db, public_id)
+            except ResultNotFound as exc:
+                raise UsageError(str(exc)) from None
+            if not result.trail_key or not store.exists(result.trail_key):
+                raise UsageError(f"result {public_id} has no stored trail (transitions keep none)")
+            found[index] = store.path(result.trail_key)
+        return found
+    finally:
+        await db.dispose()
+
+
 def cmd_transition(args: argparse.Namespace) -> int:
     """Run ``latent-painter transition`` from parsed arguments."""
     from painter.transition import validate_options
@@ -116,7 +169,7 @@ def cmd_transition(args: argparse.Namespace) -> int:
     validate_options(args.depth, args.transition_guidance)
     settings = settings_from_args(args)
     out = args.out or Path(f"transition.{settings.render.format}")
-    paths = [args.source, args.dest, *args.more]
+    paths = resolve_trails(settings, [args.source, args.dest, *args.more])
     if len(set(paths)) < 2:
         raise UsageError("SOURCE and DEST are the same trail: give two different results")
     progress = Progress()
@@ -152,11 +205,16 @@ def add_subcommands(subparsers: Any) -> None:
         help="animate one saved result into another (or through several, in order)",
         description=(
             "Paint SOURCE's final image into DEST's (and on through MORE), from trail files written by "
-            "`paint --save-trail`: the source's trail backwards, then the destination's forwards."
+            "`paint --save-trail` or result ids from the queue (`latent-painter results`): the "
+            "source's trail backwards, then the destination's forwards."
         ),
     )
-    parser.add_argument("source", type=Path, metavar="SOURCE", help="trail file of the first result")
-    parser.add_argument("dest", type=Path, metavar="DEST", help="trail file of the next result")
+    parser.add_argument(
+        "source", type=Path, metavar="SOURCE", help="trail file, or result id, of the first result"
+    )
+    parser.add_argument(
+        "dest", type=Path, metavar="DEST", help="trail file, or result id, of the next result"
+    )
     parser.add_argument("more", type=Path, nargs="*", metavar="MORE", help="further results, in order")
     add_render_options(parser)
     parser.add_argument(

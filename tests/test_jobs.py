@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from bot.artifacts import LocalArtifactStore
 from bot.config import load_settings
@@ -22,12 +23,17 @@ SMALL = {"width": 64, "height": 64, "steps": 4, "fps": 8, "duration": 1.0, "sche
 
 
 @pytest.fixture
-async def setup(tmp_path: Path, data_dir: Path):
+async def setup(tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch):
     url = await db_fixtures.fresh_url("sqlite", tmp_path)
     db = Database.from_url(url)
-    settings = load_settings(env={"LATENT_PAINTER_STORAGE_DATA_DIR": str(data_dir)})
-    store = LocalArtifactStore(tmp_path / "artifacts")
-    # The runner reads stored inputs from the data directory's store: share one root.
+    # A data directory of this test's own (its artifacts), sharing the session's tiny model.
+    own = tmp_path / "data"
+    (own / "models").mkdir(parents=True)
+    (own / "models" / "tiny").symlink_to(data_dir / "models" / "tiny")
+    monkeypatch.setenv("LATENT_PAINTER_STORAGE_DATA_DIR", str(own))
+    monkeypatch.setenv("LATENT_PAINTER_DATABASE_URL", url)
+    settings = load_settings()
+    # The runner reads stored inputs from the data directory's store, as the worker writes them.
     settings_store = LocalArtifactStore(settings.data_dir / "artifacts")
     queue = JobQueue(db, QueuePolicy(lease_seconds=60, max_attempts=2, backoff_seconds=0, per_user_cap=20))
     worker = Worker(
@@ -42,7 +48,6 @@ async def setup(tmp_path: Path, data_dir: Path):
     try:
         yield db, queue, worker, settings_store
     finally:
-        del store
         await db.dispose()
 
 
@@ -148,3 +153,37 @@ def test_safety_sampler_checks_final_and_sampled_frames(tmp_path):
     assert sampler.verdict(np.zeros((64, 64, 3), np.uint8)) is False
     assert SafetySampler(loud.pipeline, 10, None).verdict(np.zeros((64, 64, 3), np.uint8)) is True
     assert SafetySampler(None, 10, None).verdict(np.zeros((64, 64, 3), np.uint8)) is None
+
+
+async def test_cli_transition_takes_result_ids(setup, tmp_path, capsys):
+    import asyncio
+
+    from bot.cli import main
+
+    db, queue, worker, store = setup
+    _, first = await run_one(db, queue, worker, "paint", {"prompt": "a red boat", "seed": 1, **SMALL})
+    _, second = await run_one(db, queue, worker, "paint", {"prompt": "a blue boat", "seed": 2, **SMALL})
+    out = tmp_path / "ids.mp4"
+    args = [
+        "transition",
+        first.public_id.lower(),
+        second.public_id,
+        "--fps",
+        "8",
+        "--duration",
+        "1",
+        "--out",
+        str(out),
+    ]
+    assert await asyncio.to_thread(main, args) == 0
+    assert len(read_frames(out)[1]) == 8
+    assert np.array_equal(
+        np.asarray(Image.open(tmp_path / "ids.png").convert("RGB")), pixels(store, second.image_key)
+    )
+    capsys.readouterr()
+    code = await asyncio.to_thread(
+        main, ["transition", first.public_id, "ZZZZZZZZ", "--out", str(tmp_path / "x.mp4")]
+    )
+    assert code == 2
+    assert "no result with id ZZZZZZZZ" in capsys.readouterr().err
+    assert not (tmp_path / "x.mp4").exists()
