@@ -1,0 +1,256 @@
+"""The cogs one interaction at a time, the way discord.py tests its own commands.
+
+Each test builds a :class:`discord.Interaction` from a raw payload (as the gateway would
+deliver it) and hands it to ``bot.tree._call``. The bot is logged in to the Discord
+stand-in's REST API only — no gateway, no worker, no model — so these run in
+milliseconds. The stand-in never sent these interactions, so it answers their callbacks
+with 404 Unknown interaction; the tests read what the bot *sent*, and the 404 doubles as
+a check that a failing interaction never takes the bot down.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import discord
+import discord.gateway
+import discord.http
+import pytest
+import pytest_asyncio
+
+from bot.cogs.paint import PaintCog
+from bot.config import load_settings
+from bot.discord_bot import LatentPainterBot, create_bot
+from db.gallery import update_settings
+from db.results import NewResult
+from tests.discord_standin import DiscordStandIn, RecordedRequest
+from tests.discord_standin.world import (
+    ALICE_ID,
+    BOT_ID,
+    GALLERY_ID,
+    GENERAL_ID,
+    GUILD_ID,
+    MOD_ID,
+    Permission,
+    default_guilds,
+)
+from tests.test_bot_e2e import TOKEN, bot_env, new_data_dir
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+_ids = itertools.count(1_400_000_000_000_000_000)
+
+
+class Harness:
+    def __init__(self, standin: DiscordStandIn, bot: LatentPainterBot) -> None:
+        self.standin = standin
+        self.bot = bot
+        self.guild = default_guilds()[0]
+
+    def payload(
+        self,
+        kind: int,
+        data: dict[str, Any],
+        *,
+        user_id: int = ALICE_ID,
+        channel_id: int = GENERAL_ID,
+        resolved: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """An INTERACTION_CREATE payload in the default stand-in guild."""
+        interaction_id = next(_ids)
+        member = self.guild.member(user_id)
+        channel = self.guild.channel(channel_id)
+        assert member is not None and channel is not None
+        permissions = self.guild.permissions_of(member)
+        if resolved:
+            data = {**data, "resolved": resolved}
+        return {
+            "id": str(interaction_id),
+            "application_id": str(BOT_ID),
+            "type": kind,
+            "token": f"unit-token-{interaction_id}",
+            "version": 1,
+            "locale": "en-US",
+            "guild_locale": "en-US",
+            "guild_id": str(GUILD_ID),
+            "guild": {"id": str(GUILD_ID), "locale": "en-US", "features": []},
+            "channel_id": str(channel_id),
+            "channel": channel.payload(GUILD_ID) | {"permissions": str(permissions)},
+            "member": member.payload(permissions=permissions),
+            "app_permissions": str(Permission.BOT),
+            "attachment_size_limit": 10 * 1024 * 1024,
+            "entitlements": [],
+            "authorizing_integration_owners": {"0": str(GUILD_ID)},
+            "context": 0,
+            "data": data,
+        }
+
+    async def call(self, payload: dict[str, Any]) -> list[RecordedRequest]:
+        """Run the interaction through the command tree; returns the requests made with its token."""
+        mark = self.standin.mark()
+        interaction = discord.Interaction(data=payload, state=self.bot._connection)  # type: ignore[arg-type]
+        await self.bot.tree._call(interaction)
+        token = payload["token"]
+        return self.standin.recorder.matching(
+            lambda r: r.token == token, since=mark, include_rate_limited=True
+        )
+
+    async def slash(
+        self, name: str, options: dict[str, Any] | None = None, **envelope: Any
+    ) -> RecordedRequest:
+        """A slash command; returns the bot's first answer (its interaction callback)."""
+        typed = {str: 3, int: 4, bool: 5, float: 10}
+        data = {
+            "id": "1",
+            "name": name,
+            "type": 1,
+            "options": [{"name": k, "type": typed[type(v)], "value": v} for k, v in (options or {}).items()],
+        }
+        sent = await self.call(self.payload(2, data, **envelope))
+        assert sent, f"/{name}: the bot answered nothing"
+        return sent[0]
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def harness(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> AsyncIterator[Harness]:
+    saved = discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
+    data = new_data_dir(tmp_path_factory.mktemp("cogs-unit"), data_dir)
+    async with DiscordStandIn(token=TOKEN) as standin:
+        settings = load_settings(env=bot_env(data, standin, LATENT_PAINTER_DISCORD_RUN_WORKER="false"))
+        bot = await create_bot(settings)
+        try:
+            await bot.login(TOKEN)  # REST only: runs setup_hook (cogs, sync), no gateway
+            yield Harness(standin, bot)
+        finally:
+            await bot.close()
+            discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = saved
+
+
+def ephemeral_text(answer: RecordedRequest) -> str:
+    assert answer.route == "POST /interactions/{interaction_id}/{token}/callback"
+    assert answer.callback_type == 4 and answer.ephemeral, answer.json
+    return answer.content
+
+
+async def test_paint_refuses_an_empty_prompt(harness: Harness) -> None:
+    assert "prompt is empty" in ephemeral_text(await harness.slash("paint", {"prompt": "  \n "}))
+
+
+async def test_paint_applies_the_servers_step_limit(harness: Harness) -> None:
+    await update_settings(harness.bot.db, GUILD_ID, MOD_ID, max_steps=3)
+    try:
+        text = ephemeral_text(await harness.slash("paint", {"prompt": "a cat", "steps": 5}))
+        assert "Steps must be from 1 to 3 here" in text
+    finally:
+        await update_settings(harness.bot.db, GUILD_ID, MOD_ID, max_steps=None)
+
+
+async def test_paint_is_refused_outside_the_allowed_channels(harness: Harness) -> None:
+    await update_settings(harness.bot.db, GUILD_ID, MOD_ID, allowed_channel_ids=[GALLERY_ID])
+    try:
+        text = ephemeral_text(await harness.slash("paint", {"prompt": "a cat"}))
+        assert f"not allowed in this channel. Use <#{GALLERY_ID}>" in text
+    finally:
+        await update_settings(harness.bot.db, GUILD_ID, MOD_ID, allowed_channel_ids=[])
+
+
+async def test_an_oversized_picture_is_refused_without_downloading_it(harness: Harness) -> None:
+    attachment = {
+        "id": "77",
+        "filename": "huge.png",
+        "size": 50_000_000,
+        "content_type": "image/png",
+        # Nothing listens here: a download would fail, not refuse.
+        "url": "http://127.0.0.1:9/attachments/huge.png",
+        "proxy_url": "http://127.0.0.1:9/attachments/huge.png",
+    }
+    data = {
+        "id": "1",
+        "name": "paint",
+        "type": 1,
+        "options": [
+            {"name": "prompt", "type": 3, "value": "a cat"},
+            {"name": "image", "type": 11, "value": "77"},
+        ],
+    }
+    sent = await harness.call(harness.payload(2, data, resolved={"attachments": {"77": attachment}}))
+    assert "The picture is 50.0 MB; the limit is 4 KB" in ephemeral_text(sent[0])
+
+
+async def test_settings_need_manage_server(harness: Harness) -> None:
+    text = ephemeral_text(await harness.slash("settings", {"queue_cap": 2}, user_id=ALICE_ID))
+    assert "Manage Server" in text
+    saved = ephemeral_text(await harness.slash("settings", {"queue_cap": 2}, user_id=MOD_ID))
+    assert saved.startswith("Saved")
+    from db.gallery import get_settings
+
+    assert (await get_settings(harness.bot.db, GUILD_ID)).per_user_cap == 2
+    await update_settings(harness.bot.db, GUILD_ID, MOD_ID, per_user_cap=None)
+
+
+async def test_transition_autocomplete_offers_the_callers_results_newest_first(harness: Harness) -> None:
+    queue = harness.bot.queue
+    made = []
+    for prompt in ("an old mill", "a new bridge"):
+        job = (await queue.enqueue("paint", {"prompt": prompt}, user_id=ALICE_ID, guild_id=GUILD_ID)).job
+        lease = await queue.claim("unit-worker")
+        assert lease is not None and lease.job_id == job.id
+        fields = {"prompt": prompt, "vae_id": "v", "model_id": "tiny"}
+        keys = {"trail": f"jobs/{job.id}/1/trail.safetensors"}
+        made.append((await queue.finish(lease, NewResult(fields=fields, artifact_keys=keys))).public_id)
+    data = {
+        "id": "1",
+        "name": "transition",
+        "type": 1,
+        "options": [{"name": "from", "type": 3, "value": "", "focused": True}],
+    }
+    sent = await harness.call(harness.payload(4, data))
+    assert sent[0].callback_type == 8
+    choices = sent[0].json["data"]["choices"]
+    assert [c["value"] for c in choices][:2] == made[::-1]
+    assert choices[0]["name"] == f"{made[1]} · a new bridge"
+    # Another member sees none of them.
+    other = await harness.call(harness.payload(4, data, user_id=MOD_ID))
+    assert other[0].json["data"]["choices"] == []
+
+
+async def test_paint_options_follow_the_settings(harness: Harness) -> None:
+    settings = harness.bot.settings
+    command = harness.bot.tree.get_command("paint", guild=discord.Object(GUILD_ID))
+    assert command is not None
+    options = {o["name"]: o for o in command.to_dict(harness.bot.tree)["options"]}
+    assert options["steps"]["max_value"] == settings.painter.max_steps
+    assert [c["value"] for c in options["size"]["choices"]] == ["64x64", "128x128"]
+    assert [c["value"] for c in options["effect"]["choices"]] == [
+        "strokes",
+        "glow",
+        "flip",
+        "fade",
+        "dissolve",
+        "sharpen",
+    ]
+    assert "model" not in options  # one checkpoint: no choice to make
+    two = replace(settings, discord=replace(settings.discord, models="tiny, other/checkpoint"))
+    other_bot = LatentPainterBot(two, db=harness.bot.db, store=harness.bot.store, runner=lambda ctx: None)
+    cog_options = {o["name"]: o for o in PaintCog(other_bot).command.to_dict(other_bot.tree)["options"]}
+    assert [c["value"] for c in cog_options["model"]["choices"]] == ["tiny", "other/checkpoint"]
+
+
+async def test_every_command_and_option_is_described_and_names_are_unique(harness: Harness) -> None:
+    commands = harness.bot.tree.get_commands(guild=discord.Object(GUILD_ID))
+    names = [c.name for c in commands]
+    assert sorted(names) == ["gallery", "history", "paint", "settings", "transition"]
+
+    def walk(entries: list[dict[str, Any]], where: str) -> None:
+        for entry in entries:
+            assert entry["description"] and entry["description"] != "…", f"{where} {entry['name']}"
+            walk(entry.get("options", []), f"{where} {entry['name']}")
+
+    for command in commands:
+        walk([command.to_dict(harness.bot.tree)], "/")
+    settings = harness.bot.tree.get_command("settings", guild=discord.Object(GUILD_ID))
+    assert settings is not None and settings.default_permissions == discord.Permissions(manage_guild=True)
