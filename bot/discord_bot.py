@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import threading
 from typing import Any
 
 import discord
@@ -235,7 +236,9 @@ async def run_bot(settings: Settings, token: str, *, handle_signals: bool = True
     """``latent-painter bot``: run until SIGTERM/SIGINT, then shut down cleanly."""
     bot = await create_bot(settings)
     loop = asyncio.get_running_loop()
-    signals = (signal.SIGTERM, signal.SIGINT) if handle_signals else ()
+    # Signal handlers can only be installed from the main thread.
+    on_main = threading.current_thread() is threading.main_thread()
+    signals = (signal.SIGTERM, signal.SIGINT) if handle_signals and on_main else ()
     closing: list[asyncio.Task[None]] = []
     for sig in signals:
         loop.add_signal_handler(sig, lambda: closing.append(asyncio.create_task(bot.close())))

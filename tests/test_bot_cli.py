@@ -1,0 +1,70 @@
+"""`latent-painter bot` and `latent-painter health` on the command line: errors and the container check."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+import discord.gateway
+import discord.http
+import pytest
+
+from bot.cli import main
+from tests.discord_standin import DiscordStandIn
+
+TOKEN = "cli-test-token.not-a-real-one"
+
+
+@pytest.fixture
+def data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("LATENT_PAINTER_STORAGE_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("LATENT_PAINTER_DATABASE_URL", raising=False)
+    return tmp_path
+
+
+def test_bot_without_a_token_says_so(data: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.delenv("DISCORD_TOKEN", raising=False)
+    assert main(["bot"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "latent-painter: error: DISCORD_TOKEN is not set: export the bot token in the environment"
+    )
+
+
+async def test_bot_with_a_refused_token_says_so_without_printing_it(
+    data: Path, monkeypatch: pytest.MonkeyPatch, capsys, caplog
+) -> None:
+    saved = discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
+    async with DiscordStandIn(token="the-right-token") as standin:
+        for name, value in standin.env().items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setenv("DISCORD_TOKEN", TOKEN)
+        try:
+            code = await asyncio.to_thread(main, ["bot"])
+        finally:
+            discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = saved
+        assert [r.route for r in standin.requests] == ["GET /users/@me"]
+    err = capsys.readouterr().err
+    assert code == 2 and "Discord refused the bot token in DISCORD_TOKEN" in err
+    assert TOKEN not in err and TOKEN not in caplog.text
+
+
+def test_health_needs_a_fresh_heartbeat(data: Path, capsys) -> None:
+    assert main(["health"]) == 1
+    assert "no heartbeat yet" in capsys.readouterr().out
+    heartbeat = data / "bot.heartbeat"
+    heartbeat.write_text("1\n")
+    assert main(["health"]) == 0
+    assert capsys.readouterr().out.strip() == "healthy"
+    old = time.time() - 600
+    os.utime(heartbeat, (old, old))
+    assert main(["health", "--max-age", "120"]) == 1
+    assert "more than 120 s" in capsys.readouterr().out
+
+
+def test_health_reports_an_unreachable_database(data: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    (data / "bot.heartbeat").write_text("1\n")
+    monkeypatch.setenv("LATENT_PAINTER_DATABASE_URL", "postgresql+asyncpg://nobody@127.0.0.1:9/none")
+    assert main(["health"]) == 1
+    assert capsys.readouterr().out.startswith("unhealthy: database unreachable")
