@@ -103,9 +103,10 @@ class ModelCache:
 
 
 def effect_params(settings: Settings, effect: str, *, analytic: bool = False) -> dict[str, Any]:
-    """The effect's parameters from ``[painter]``; the closed-form model paints with a round brush."""
-    if effect != "strokes":
-        return {}
+    """The effect's parameters from ``[painter]`` (those it takes); the closed-form model
+    paints with its own brush and release, tuned for pixel space."""
+    from painter.effects import default_params
+
     p = settings.painter
     params: dict[str, Any] = {
         "theta": p.theta,
@@ -117,7 +118,8 @@ def effect_params(settings: Settings, effect: str, *, analytic: bool = False) ->
         from painter.analytic import ANALYTIC_PAINT_DEFAULTS
 
         params.update(ANALYTIC_PAINT_DEFAULTS)
-    return params
+    accepted = default_params(effect)
+    return {name: value for name, value in params.items() if name in accepted}
 
 
 def animation_spec(settings: Settings, effect: str, *, analytic: bool = False) -> AnimationSpec:
