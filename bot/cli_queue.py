@@ -11,7 +11,9 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -235,7 +237,17 @@ def _worker(args: argparse.Namespace) -> int:
             exit_when_idle=args.exit_when_idle,
         )
     )
-    logging.getLogger("latent_painter.worker").info("handled %d job(s)", handled)
+    log = logging.getLogger("latent_painter.worker")
+    log.info("handled %d job(s)", handled)
+    if any(t.daemon and t.is_alive() and t.name.startswith("job-") for t in threading.enumerate()):
+        # A runner still inside native code (a model load, a decode) past the grace period:
+        # its job is already back in the queue. Ending the interpreter under it would abort
+        # in C++, so leave at once, as cleanly as the job was released.
+        log.info("a runner thread was still busy; exiting without waiting for it")
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_OK)
     return EXIT_OK
 
 
