@@ -8,11 +8,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
+import os
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from bot.config import ConfigError, discord_token, load_settings
+
+log = logging.getLogger("latent_painter.bot")
 
 EXIT_OK = 0
 EXIT_UNHEALTHY = 1
@@ -34,6 +40,16 @@ def cmd_bot(args: argparse.Namespace) -> int:
         ) from None
     except discord.PrivilegedIntentsRequired:  # pragma: no cover - the bot asks for none
         raise ConfigError("Discord refused the gateway intents") from None
+    busy = [t.name for t in threading.enumerate() if t.name.startswith("job-") and t.is_alive()]
+    if busy:
+        # A runner that cannot stop mid-call (loading a model) holds a thread inside torch;
+        # finalising the interpreter under it aborts the process. Its job is already back
+        # in the queue, so leave without waiting for it.
+        log.warning("leaving %s still busy; its job was handed back to the queue", ", ".join(busy))
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_OK)
     return EXIT_OK
 
 

@@ -495,8 +495,6 @@ class JobWatcher:
     async def tick(self) -> None:
         """Edit progress of live jobs and deliver finished ones."""
         for job_id, tracked in list(self.tracked.items()):
-            if self._stopping and job_id not in self.tracked:
-                continue
             try:
                 job = await self.bot.queue.get(job_id)
             except LookupError:
@@ -528,3 +526,13 @@ class JobWatcher:
             self.ledger.record(job.id)
             self.tracked.pop(job.id, None)
             self.previews.drop(job.id)
+            await self._forget_upload(job)
+
+    async def _forget_upload(self, job: Job) -> None:
+        # A picture uploaded for /paint is only needed until its job has ended for good.
+        key = job.params.get("image_key")
+        if isinstance(key, str) and key.startswith("uploads/"):
+            try:
+                await asyncio.to_thread(self.bot.store.delete, key)
+            except (OSError, ValueError) as exc:
+                log.warning("job %s: could not delete upload %s: %s", job.id, key, exc)

@@ -89,12 +89,15 @@ class WatcherListener(WorkerListener):
         self.watcher.wake()
 
     async def job_finished(self, job_id: int, result: Any) -> None:
+        self.watcher.previews.drop(job_id)
         self.watcher.wake()
 
     async def job_failed(self, job: Any) -> None:
+        self.watcher.previews.drop(job.id)
         self.watcher.wake()
 
     async def job_cancelled(self, job: Any) -> None:
+        self.watcher.previews.drop(job.id)
         self.watcher.wake()
 
 

@@ -332,15 +332,20 @@ async def test_transition_from_the_result_button_asks_for_the_destination(world:
 
 
 async def test_files_are_fitted_to_the_interactions_upload_limit(world: World) -> None:
-    limit = 24_000
+    limit = 30_000
     handle = await world.standin.send_slash(
-        "paint", {"prompt": "a busy market", "size": "128x128"}, attachment_size_limit=limit
+        "paint", {"prompt": "a busy market", "size": "128x128", "seed": 5}, attachment_size_limit=limit
     )
     followup = await delivered(handle)
     assert followup.status == 200
     sizes = {f.filename: len(f.data) for f in followup.files}
     assert all(size <= limit for size in sizes.values()), sizes
-    video = next(name for name in sizes if name.endswith(".mp4"))
+    # The job was rendered for this limit, and the picture too big for it was re-encoded.
+    job = (await world.bot.queue.list_jobs(limit=1))[0]
+    assert job.params["max_bytes"] == limit
+    rid = result_id(followup.content)
+    assert sorted(sizes) == sorted([f"painting-{rid}.mp4", f"final-{rid}.jpg", f"heatmap-{rid}.png"]), sizes
+    video = f"painting-{rid}.mp4"
     path = Path(world.settings.data_dir) / "fitted.mp4"
     path.write_bytes(followup.file(video).data)
     assert read_frames(path)[1]  # still a playable video
@@ -515,6 +520,24 @@ async def test_job_outliving_its_token_is_delivered_as_a_channel_message(world: 
     message = standin.channel_messages("general")[-1]
     assert message.mentions.users == (ALICE_ID,) and not message.mentions.everyone
     assert not [r for r in handle.requests if r.route == FOLLOWUP and r.ok]
+
+
+async def test_history_pages_with_buttons(world: World) -> None:
+    from db.results import history
+
+    standin = world.standin
+    while (await history(world.bot.db, ALICE_ID, per_page=5)).total <= 5:
+        await paint(world, "one more for the history")
+    handle = await standin.send_slash("history", {})
+    await handle.response(timeout=5)
+    page_one = handle.original
+    assert page_one is not None and page_one.ephemeral
+    assert custom_ids(page_one) == ["lp:history:0", "lp:history:2"]
+    assert page_one.components[0]["components"][0]["disabled"] is True  # no newer page
+    click = await standin.send_component("lp:history:2", message=page_one)
+    answer = await click.response(timeout=5)
+    assert answer.callback_type == 7
+    assert answer.embeds[0]["footer"]["text"].startswith("Page 2 of ")
 
 
 # -- restarts -------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ Not an extension (it has no ``setup``): the cogs import it.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable
@@ -27,6 +28,8 @@ log = logging.getLogger("latent_painter.bot")
 
 # Discord keeps an interaction token usable for 15 minutes; stop trusting it a little early.
 TOKEN_LIFETIME = timedelta(minutes=15) - timedelta(seconds=30)
+# Answer with a deferral if queueing a job takes longer than this (Discord allows 3 s).
+DEFER_AFTER_SECONDS = 1.5
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -52,12 +55,19 @@ async def answer(
     ephemeral: bool = True,
     **kwargs: Any,
 ) -> None:
-    """Reply to an interaction whether or not it was answered yet (ephemeral by default)."""
+    """Reply to an interaction whether or not it was answered yet (ephemeral by default).
+
+    After a deferral Discord's first follow-up replaces the "thinking…" message and keeps
+    the deferral's visibility, so there the thinking message itself becomes the answer.
+    """
     kwargs.setdefault("allowed_mentions", discord.AllowedMentions.none())
-    if interaction.response.is_done():
-        await interaction.followup.send(content or discord.utils.MISSING, ephemeral=ephemeral, **kwargs)
+    response = interaction.response
+    if not response.is_done():
+        await response.send_message(content, ephemeral=ephemeral, **kwargs)
+    elif response.type == discord.InteractionResponseType.deferred_channel_message:
+        await interaction.edit_original_response(content=content, **kwargs)
     else:
-        await interaction.response.send_message(content, ephemeral=ephemeral, **kwargs)
+        await interaction.followup.send(content or discord.utils.MISSING, ephemeral=ephemeral, **kwargs)
 
 
 async def report_error(interaction: discord.Interaction, error: BaseException) -> None:
@@ -179,8 +189,8 @@ async def start_job(
     bot = painter_bot(interaction)
     params = dict(params)
     params["max_bytes"] = min(bot.settings.render.max_bytes, upload_limit(bot, interaction))
-    try:
-        enqueued = await bot.queue.enqueue(
+    enqueue = asyncio.ensure_future(
+        bot.queue.enqueue(
             kind,
             params,
             user_id=interaction.user.id,
@@ -190,15 +200,29 @@ async def start_job(
             token_expires_at=interaction.created_at + TOKEN_LIFETIME,
             per_user_cap=rules.per_user_cap,
         )
+    )
+    # Discord wants an answer within 3 s. Queueing takes milliseconds, so a refusal can
+    # still be ephemeral; if the database is slow (another writer holds SQLite's lock),
+    # defer first and let a refusal replace the thinking message.
+    if not already_deferred:
+        await asyncio.wait({enqueue}, timeout=DEFER_AFTER_SECONDS)
+        if not enqueue.done():
+            await interaction.response.defer(thinking=True)
+            already_deferred = True
+    try:
+        enqueued = await enqueue
     except QueueFull:
         raise
     except ValueError as exc:
         raise UserError(f"That request cannot be painted: {exc}.") from None
     job = enqueued.job
-    if not already_deferred:
-        await interaction.response.defer(thinking=True)
-    bot.watcher.track(job.id)
-    bot.wake_worker()
+    try:
+        if not already_deferred:
+            await interaction.response.defer(thinking=True)
+    finally:
+        # Followed even if the deferral failed: the result then goes to the channel.
+        bot.watcher.track(job.id)
+        bot.wake_worker()
     log.info(
         "job %s (%s) queued for user %s in guild %s", job.id, kind, interaction.user.id, interaction.guild_id
     )
