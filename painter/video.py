@@ -20,6 +20,10 @@ import imageio_ffmpeg
 import numpy as np
 
 FORMATS = ("mp4", "gif", "webp")
+# How far the size budget may push an animation down before it is accepted as it is.
+MIN_BITRATE = 8_000
+MIN_SIDE = 32
+MIN_FPS = 5
 _STOP = object()
 
 
@@ -174,33 +178,36 @@ def fit_to_budget(
     cur_fps, cur_w, cur_h = float(fps), width, height
     # Leave room for the container and rate-control overshoot.
     bitrate = int(max_bytes * 8 * 0.85 / duration)
-    tries = 0
+    bitrate_tries = 0
     try:
         while True:
-            tries += 1
             transcode(master, attempt, fmt, fps=cur_fps, width=cur_w, height=cur_h, bitrate=bitrate)
             size = attempt.stat().st_size
-            smallest = cur_w <= 64 or cur_h <= 64
-            if size <= max_bytes or (smallest and cur_fps <= 5):
+            floor = (cur_w <= MIN_SIDE or cur_h <= MIN_SIDE) and cur_fps <= MIN_FPS
+            if size <= max_bytes or (floor and (fmt == "gif" or bitrate <= MIN_BITRATE)):
+                # Within budget, or as small as an animation can usefully get.
                 os.replace(attempt, out)
                 shown = max(1, round(frames * cur_fps / fps))
                 return VideoInfo(out, fmt, shown, cur_fps, cur_w, cur_h, size)
-            if fmt != "gif" and bitrate > 150_000 and tries < 4:
+            if fmt != "gif" and bitrate > MIN_BITRATE and bitrate_tries < 3:
                 # GIF has no rate control; the others shrink in proportion to the overshoot.
-                bitrate = max(150_000, int(bitrate * 0.9 * max_bytes / size))
+                bitrate = max(MIN_BITRATE, int(bitrate * 0.9 * max_bytes / size))
+                bitrate_tries += 1
             elif cur_fps > 10:
                 cur_fps = max(10.0, cur_fps / 2)
-            elif not smallest:
+            elif cur_w > MIN_SIDE and cur_h > MIN_SIDE:
                 cur_w, cur_h = _even(cur_w * 0.7), _even(cur_h * 0.7)
+            elif cur_fps > MIN_FPS:
+                cur_fps = float(MIN_FPS)
             else:
-                cur_fps = 5.0
+                bitrate = MIN_BITRATE
     finally:
         attempt.unlink(missing_ok=True)
         master.unlink(missing_ok=True)
 
 
 def _even(value: float) -> int:
-    return max(32, int(value) // 2 * 2)
+    return max(MIN_SIDE, int(value) // 2 * 2)
 
 
 def probe_frames(path: str | Path) -> tuple[int, float]:
