@@ -32,7 +32,7 @@ from bot.discord_bot import LatentPainterBot, create_bot
 from bot.worker import Runner
 from painter.video import read_frames
 from tests.discord_standin import DiscordStandIn, RecordedRequest, StandInAttachment, StoredMessage
-from tests.discord_standin.world import ALICE_ID, BOB_ID, GALLERY_ID, GENERAL_ID, GUILD_ID, MOD_ID
+from tests.discord_standin.world import ALICE_ID, BOB_ID, GALLERY_ID, GENERAL_ID, GUILD_ID, HALL_ID, MOD_ID
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -460,10 +460,23 @@ async def test_gallery_submit_vote_and_show(world: World) -> None:
     assert re.fullmatch(r"lp:vote:\d+", vote_id)
     assert "already in" in await refused(await standin.send_slash("gallery submit", {"result": first}))
 
-    # The result button adds the second result too.
-    result_message = next(m for m in standin.messages.all() if f"lp:submit:{second}" in custom_ids(m))
-    clicked = await standin.send_component(f"lp:submit:{second}", message=result_message)
-    await clicked.followup(timeout=10)
+    # With a gallery channel and a hall of fame set, the result button posts there.
+    for options in ({"gallery_channel": GALLERY_ID}, {"hall_of_fame_channel": HALL_ID}):
+        await (await standin.send_slash("settings", options, user=MOD_ID)).response(timeout=5)
+    try:
+        result_message = next(m for m in standin.messages.all() if f"lp:submit:{second}" in custom_ids(m))
+        clicked = await standin.send_component(f"lp:submit:{second}", message=result_message)
+        note = await clicked.followup(timeout=10)
+        assert note.ephemeral and f"<#{GALLERY_ID}>" in note.content
+        for channel in ("gallery", "hall-of-fame"):
+            posts = [
+                m for m in standin.channel_messages(channel) if m.embeds and m.embeds[0]["title"] == second
+            ]
+            assert len(posts) == 1 and posts[0].attachments[0].filename == f"{second}.png", channel
+            assert custom_ids(posts[0])[0].startswith("lp:vote:")
+    finally:
+        for setting in ("gallery channel", "hall of fame channel"):
+            await (await standin.send_slash("settings", {"reset": setting}, user=MOD_ID)).response(timeout=5)
 
     # One vote per member; a second click takes it back.
     for user, expected in ((BOB_ID, "1"), (BOB_ID, "0"), (BOB_ID, "1"), (MOD_ID, "2")):

@@ -40,7 +40,8 @@ from tests.discord_standin.world import (
 )
 from tests.test_bot_e2e import TOKEN, bot_env, new_data_dir
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+# The interaction tests share one logged-in bot (one event loop) per module.
+on_bot = pytest.mark.asyncio(loop_scope="module")
 
 _ids = itertools.count(1_400_000_000_000_000_000)
 
@@ -136,10 +137,12 @@ def ephemeral_text(answer: RecordedRequest) -> str:
     return answer.content
 
 
+@on_bot
 async def test_paint_refuses_an_empty_prompt(harness: Harness) -> None:
     assert "prompt is empty" in ephemeral_text(await harness.slash("paint", {"prompt": "  \n "}))
 
 
+@on_bot
 async def test_paint_applies_the_servers_step_limit(harness: Harness) -> None:
     await update_settings(harness.bot.db, GUILD_ID, MOD_ID, max_steps=3)
     try:
@@ -149,6 +152,7 @@ async def test_paint_applies_the_servers_step_limit(harness: Harness) -> None:
         await update_settings(harness.bot.db, GUILD_ID, MOD_ID, max_steps=None)
 
 
+@on_bot
 async def test_paint_is_refused_outside_the_allowed_channels(harness: Harness) -> None:
     await update_settings(harness.bot.db, GUILD_ID, MOD_ID, allowed_channel_ids=[GALLERY_ID])
     try:
@@ -158,6 +162,7 @@ async def test_paint_is_refused_outside_the_allowed_channels(harness: Harness) -
         await update_settings(harness.bot.db, GUILD_ID, MOD_ID, allowed_channel_ids=[])
 
 
+@on_bot
 async def test_an_oversized_picture_is_refused_without_downloading_it(harness: Harness) -> None:
     attachment = {
         "id": "77",
@@ -181,6 +186,7 @@ async def test_an_oversized_picture_is_refused_without_downloading_it(harness: H
     assert "The picture is 50.0 MB; the limit is 4 KB" in ephemeral_text(sent[0])
 
 
+@on_bot
 async def test_settings_need_manage_server(harness: Harness) -> None:
     text = ephemeral_text(await harness.slash("settings", {"queue_cap": 2}, user_id=ALICE_ID))
     assert "Manage Server" in text
@@ -192,6 +198,7 @@ async def test_settings_need_manage_server(harness: Harness) -> None:
     await update_settings(harness.bot.db, GUILD_ID, MOD_ID, per_user_cap=None)
 
 
+@on_bot
 async def test_transition_autocomplete_offers_the_callers_results_newest_first(harness: Harness) -> None:
     queue = harness.bot.queue
     made = []
@@ -218,6 +225,7 @@ async def test_transition_autocomplete_offers_the_callers_results_newest_first(h
     assert other[0].json["data"]["choices"] == []
 
 
+@on_bot
 async def test_paint_options_follow_the_settings(harness: Harness) -> None:
     settings = harness.bot.settings
     command = harness.bot.tree.get_command("paint", guild=discord.Object(GUILD_ID))
@@ -240,6 +248,7 @@ async def test_paint_options_follow_the_settings(harness: Harness) -> None:
     assert [c["value"] for c in cog_options["model"]["choices"]] == ["tiny", "other/checkpoint"]
 
 
+@on_bot
 async def test_every_command_and_option_is_described_and_names_are_unique(harness: Harness) -> None:
     commands = harness.bot.tree.get_commands(guild=discord.Object(GUILD_ID))
     names = [c.name for c in commands]
@@ -254,3 +263,19 @@ async def test_every_command_and_option_is_described_and_names_are_unique(harnes
         walk([command.to_dict(harness.bot.tree)], "/")
     settings = harness.bot.tree.get_command("settings", guild=discord.Object(GUILD_ID))
     assert settings is not None and settings.default_permissions == discord.Permissions(manage_guild=True)
+
+
+def test_transition_pairs_need_trails_and_a_shared_vae() -> None:
+    from bot.cogs.common import UserError
+    from bot.cogs.transition import check_pair
+    from db.models import Result
+
+    def made(rid: int, public_id: str, model: str, vae: str, trail: str | None = "t") -> Result:
+        return Result(id=rid, public_id=public_id, model_id=model, vae_id=vae, trail_key=trail)
+
+    check_pair(made(1, "AAAAAAAA", "sd15", "vae-1"), made(2, "BBBBBBBB", "sd15-finetune", "vae-1"))
+    with pytest.raises(UserError, match="VAEs differ") as refused:
+        check_pair(made(1, "AAAAAAAA", "sd15", "vae-1"), made(2, "BBBBBBBB", "sdxl", "vae-2"))
+    assert "AAAAAAAA (sd15)" in str(refused.value) and "BBBBBBBB (sdxl)" in str(refused.value)
+    with pytest.raises(UserError, match="keeps no trail"):
+        check_pair(made(1, "AAAAAAAA", "sd15", "vae-1"), made(2, "BBBBBBBB", "sd15", "vae-1", trail=None))

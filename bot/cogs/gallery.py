@@ -112,19 +112,22 @@ class GalleryCog(commands.Cog, name="Gallery"):
         except ResultNotFound:
             raise UserError(f"Only the member who made {canonical} can add it to the gallery.") from None
         result = await get_result(self.bot.db, canonical)
+        featured = rules.hall_of_fame_channel_id is not None and rules.hall_of_fame_votes is None
         target = rules.gallery_channel_id
         if target is None or target == interaction.channel_id:
             await interaction.response.defer(thinking=True)
             await self._post(interaction.followup, result, entry)
+            if featured:
+                await self.feature(rules, result, entry)
         else:
             await interaction.response.defer(thinking=True, ephemeral=True)
             channel = self.bot.get_partial_messageable(target, guild_id=interaction.guild_id)
             await self._post(channel, result, entry)
+            if featured:
+                await self.feature(rules, result, entry)
             await interaction.followup.send(
                 f"{canonical} is in the gallery now: <#{target}>.", ephemeral=True
             )
-        if rules.hall_of_fame_channel_id and rules.hall_of_fame_votes is None:
-            await self.feature(rules, result, entry)
 
     async def _post(
         self, where: discord.abc.Messageable | discord.Webhook, result: Result, entry: GalleryEntry
