@@ -278,7 +278,7 @@ def test_a_video_that_cannot_fit_is_left_out(tmp_path: Path) -> None:
     noise = np.random.default_rng(3).integers(0, 255, (24, 128, 128, 3), dtype=np.uint8)
     video = _video(tmp_path / "noise.mp4", noise)
     store = LocalArtifactStore(tmp_path / "artifacts")
-    files = fitted_files(store, _result(store, tmp_path, video, _png(9)), 10_000)
+    files = fitted_files(store, _result(store, tmp_path, video, _png(9)), 3_000)
     assert [f.filename for f in files] == ["final-K3F97QXM.png", "heatmap-K3F97QXM.png"]
 
 
