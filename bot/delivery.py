@@ -107,7 +107,7 @@ class Attachment:
         return discord.File(io.BytesIO(self.data), filename=self.filename, spoiler=spoiler)
 
 
-def refit_video(data: bytes, fmt: str, result: Result, limit: int) -> bytes:
+def refit_video(data: bytes, fmt: str, limit: int) -> bytes:
     """Re-encode a video that is over ``limit`` bytes to fit it (bitrate, then fps, then size)."""
     import imageio_ffmpeg
 
@@ -162,7 +162,10 @@ def fitted_files(store: Any, result: Result, limit: int) -> list[Attachment]:
         fmt = Path(result.video_key).suffix.lstrip(".").lower() or (result.format or "mp4")
         if len(data) > limit:
             log.info("result %s: video of %d bytes re-fitted to %d", pid, len(data), limit)
-            data = refit_video(data, fmt, result, limit)
+            try:
+                data = refit_video(data, fmt, limit)
+            except Exception:
+                log.exception("result %s: re-encoding the video failed", pid)
         if len(data) <= limit:
             files.append(Attachment(f"painting-{pid}.{fmt}", data))
         else:
@@ -514,13 +517,20 @@ class JobWatcher:
             return
         try:
             delivered = await self.deliverer.deliver(job, tracked)
-        except (discord.HTTPException, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 - a delivery never takes the watcher down
             # A Discord hiccup or a network error: try again on the next ticks, a few times.
             tracked.failures += 1
+            ours = not isinstance(exc, discord.HTTPException | OSError)  # a bug: keep its traceback
             if tracked.failures < MAX_DELIVERY_ATTEMPTS:
-                log.warning("job %s: delivery failed (%s); will retry", job.id, exc)
+                log.warning("job %s: delivery failed (%s); will retry", job.id, exc, exc_info=ours)
                 return
-            log.error("job %s: delivery failed %d times (%s); giving up", job.id, tracked.failures, exc)
+            log.error(
+                "job %s: delivery failed %d times (%s); giving up",
+                job.id,
+                tracked.failures,
+                exc,
+                exc_info=ours,
+            )
             delivered = True
         if delivered:
             self.ledger.record(job.id)
