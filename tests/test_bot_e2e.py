@@ -351,6 +351,22 @@ async def test_files_are_fitted_to_the_interactions_upload_limit(world: World) -
     assert read_frames(path)[1]  # still a playable video
 
 
+async def test_paint_from_an_attached_picture(world: World) -> None:
+    picture = io.BytesIO()
+    Image.new("RGB", (96, 80), (30, 90, 200)).save(picture, "PNG")
+    attachment = StandInAttachment("sky.png", picture.getvalue())
+    handle = await world.standin.send_slash(
+        "paint", {"prompt": "a stormy sky", "image": attachment, "strength": 0.5}
+    )
+    assert (await handle.response(timeout=5)).callback_type == 5
+    followup = await delivered(handle)
+    assert followup.files_ending(".mp4") and followup.embeds[0]["fields"]
+    job = (await world.bot.queue.list_jobs(limit=1))[0]
+    assert job.params["strength"] == 0.5 and job.params["image_key"].startswith("uploads/")
+    await asyncio.sleep(0.5)
+    assert not world.bot.store.exists(job.params["image_key"])  # the upload went with its job
+
+
 # -- bad input ------------------------------------------------------------------------------
 
 

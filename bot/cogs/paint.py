@@ -199,17 +199,11 @@ class PaintCog(commands.Cog, name="Paint"):
             return
         self.check_attachment(image)
         await check_cap(self.bot, interaction.user.id, rules)
-        # Downloading may take longer than the 3 s Discord gives the first answer.
+        # Downloading may take longer than the 3 s Discord gives the first answer. A problem
+        # found after this replaces the "thinking…" message (see common.answer).
         await interaction.response.defer(thinking=True)
-        try:
-            params["image_key"] = await self.store_attachment(interaction, image)
-            await start_job(interaction, "paint", params, rules, already_deferred=True)
-        except Exception as exc:
-            # The deferral is public; say what happened there and take it away.
-            reason = str(exc) if isinstance(exc, UserError) else "the picture could not be read"
-            await interaction.edit_original_response(content=f"Not painted: {quote(reason, 1500)}")
-            if not isinstance(exc, UserError):
-                raise
+        params["image_key"] = await self.store_attachment(interaction, image)
+        await start_job(interaction, "paint", params, rules, already_deferred=True)
 
     def paint_params(
         self,
