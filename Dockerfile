@@ -11,6 +11,7 @@ FROM nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cu126
 
+# Everything the bot keeps (database, artifacts, downloaded models) lives on the /data volume.
 ENV DEBIAN_FRONTEND=noninteractive \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -18,7 +19,6 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     VIRTUAL_ENV=/opt/latent-painter \
     PATH=/opt/latent-painter/bin:$PATH \
-    # Everything the bot keeps (database, artifacts, downloaded models) lives on the volume.
     LATENT_PAINTER_STORAGE_DATA_DIR=/data \
     HF_HOME=/data/huggingface \
     HF_HUB_DISABLE_PROGRESS_BARS=1
@@ -37,7 +37,7 @@ COPY painter ./painter
 COPY bot ./bot
 COPY db ./db
 COPY migrations ./migrations
-RUN pip install . && pip check
+RUN pip install .
 
 # A user of its own; it owns only the data directory.
 RUN useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin painter \
