@@ -215,9 +215,7 @@ def _apply(settings: Settings, updates: Mapping[str, Mapping[str, Any]], origin:
         changed = {}
         for key, value in values.items():
             if key not in types:
-                raise ConfigError(
-                    f"{origin}: unknown key [{section}] {key}; keys are {', '.join(types)}"
-                )
+                raise ConfigError(f"{origin}: unknown key [{section}] {key}; keys are {', '.join(types)}")
             coerced = _coerce(section, key, types[key], value)
             _check(section, key, coerced)
             changed[key] = coerced

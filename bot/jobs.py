@@ -83,9 +83,13 @@ class _Reporter:
         self.steps = done
         self.ctx.progress(done, 0, 0)
 
-    def frame(self, done: int, total: int, _image: Any = None) -> None:
+    def frame(self, done: int, total: int, image: Any = None) -> None:
         self.ctx.raise_if_cancelled()
         self.ctx.progress(self.steps, done, total)
+        # The bot's in-process worker offers the newest frame as a live preview.
+        preview = getattr(self.ctx, "preview", None)
+        if preview is not None and image is not None:
+            preview(image)
 
 
 def _store(settings: Settings):
