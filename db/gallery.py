@@ -158,7 +158,11 @@ async def get_settings(db: Database, guild_id: int) -> GuildSettings:
     """The guild's settings; a guild that never changed any gets the defaults (not stored)."""
     async with db.read() as session:
         settings = await session.get(GuildSettings, guild_id)
-    return settings or GuildSettings(guild_id=guild_id, allowed_channel_ids=[])
+    return settings or GuildSettings(guild_id=guild_id, allowed_channel_ids=[], flagged_results="refuse")
+
+
+# What the bot does with a result the safety checker flagged.
+FLAGGED_POLICIES = ("refuse", "spoiler")
 
 
 async def update_settings(db: Database, guild_id: int, updated_by: int, **changes: Any) -> GuildSettings:
@@ -178,6 +182,11 @@ async def update_settings(db: Database, guild_id: int, updated_by: int, **change
             low, high = _SETTING_RANGES.get(name, (1, 2**63 - 1))
             if not low <= value <= high:
                 raise GalleryError(f"{name} must be from {low} to {high}, got {value}")
+        elif name == "flagged_results":
+            if value not in FLAGGED_POLICIES:
+                raise GalleryError(
+                    f"flagged_results must be one of {', '.join(FLAGGED_POLICIES)}, got {value!r}"
+                )
         else:
             raise GalleryError(f"unknown guild setting {name!r}")
     async with db.write() as session:

@@ -274,5 +274,10 @@ class GuildSettings(Base):
     per_user_cap: Mapped[int | None] = mapped_column(Integer)
     max_steps: Mapped[int | None] = mapped_column(Integer)
     max_side: Mapped[int | None] = mapped_column(Integer)
+    # What the bot does with a result the safety checker flagged: "refuse" it, or show it
+    # as spoilers in age-restricted channels only.
+    flagged_results: Mapped[str] = mapped_column(String(16), default="refuse", server_default="refuse")
     updated_by: Mapped[int | None] = mapped_column(BigInteger)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+    __table_args__ = (CheckConstraint("flagged_results IN ('refuse', 'spoiler')", name="flagged_results"),)

@@ -123,3 +123,14 @@ async def test_guild_settings(database: Database) -> None:
         await gallery.update_settings(database, 10, updated_by=1, max_steps=9000)
     with pytest.raises(GalleryError, match="unknown guild setting 'colour'"):
         await gallery.update_settings(database, 10, updated_by=1, colour="red")
+
+
+async def test_flagged_results_policy(database: Database) -> None:
+    saved = await gallery.update_settings(database, 11, updated_by=1, max_steps=30)
+    assert (await gallery.get_settings(database, 11)).flagged_results == "refuse"
+    assert saved.max_steps == 30
+    await gallery.update_settings(database, 11, updated_by=1, flagged_results="spoiler")
+    assert (await gallery.get_settings(database, 11)).flagged_results == "spoiler"
+    with pytest.raises(GalleryError, match="flagged_results must be one of refuse, spoiler"):
+        await gallery.update_settings(database, 11, updated_by=1, flagged_results="show")
+    assert (await gallery.get_settings(database, 11)).flagged_results == "spoiler"
