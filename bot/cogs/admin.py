@@ -36,11 +36,6 @@ RESETTABLE = {
 }
 
 
-def stores_flagged_policy() -> bool:
-    """Whether the guild settings table has the flagged-results column (a newer schema)."""
-    return hasattr(GuildSettings, "flagged_results")
-
-
 def settings_embed(row: GuildSettings, bot: LatentPainterBot, flagged: str) -> discord.Embed:
     """The server's settings as members with Manage Server see them."""
     s = bot.settings
@@ -135,11 +130,6 @@ class AdminCog(commands.Cog, name="Admin"):
         if flagged is not None:
             if flagged not in FLAGGED_POLICIES:
                 raise UserError(f"Flagged must be one of {', '.join(FLAGGED_POLICIES)}.")
-            if not stores_flagged_policy():
-                raise UserError(
-                    "This bot's database cannot store the flagged-results setting yet; "
-                    "flagged results are refused everywhere until it can."
-                )
             changes["flagged_results"] = flagged
         if reset is not None:
             if reset not in RESETTABLE:

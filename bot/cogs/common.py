@@ -153,7 +153,7 @@ async def guild_rules(bot: LatentPainterBot, guild_id: int | None) -> GuildRules
         hall_of_fame_channel_id=row.hall_of_fame_channel_id,
         hall_of_fame_votes=row.hall_of_fame_votes,
         # Stored once the guild settings table has the column (see admin cog).
-        flagged_results=getattr(row, "flagged_results", None) or "refuse",
+        flagged_results=row.flagged_results or "refuse",
     )
 
 
