@@ -9,9 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
-import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +26,7 @@ def cmd_bot(args: argparse.Namespace) -> int:
     import discord
 
     from bot.discord_bot import run_bot
+    from bot.worker import exit_past_busy_runners
 
     settings = load_settings(args.config)
     token = discord_token()
@@ -40,16 +38,7 @@ def cmd_bot(args: argparse.Namespace) -> int:
         ) from None
     except discord.PrivilegedIntentsRequired:  # pragma: no cover - the bot asks for none
         raise ConfigError("Discord refused the gateway intents") from None
-    busy = [t.name for t in threading.enumerate() if t.name.startswith("job-") and t.is_alive()]
-    if busy:
-        # A runner that cannot stop mid-call (loading a model) holds a thread inside torch;
-        # finalising the interpreter under it aborts the process. Its job is already back
-        # in the queue, so leave without waiting for it.
-        log.warning("leaving %s still busy; its job was handed back to the queue", ", ".join(busy))
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(EXIT_OK)
+    exit_past_busy_runners(EXIT_OK)
     return EXIT_OK
 
 

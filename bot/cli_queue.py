@@ -11,9 +11,7 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import sys
-import threading
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -222,7 +220,7 @@ def _db(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from bot.worker import load_runner, run_worker
+    from bot.worker import exit_past_busy_runners, load_runner, run_worker
 
     settings = _settings(args)
     # Imported before the database is touched, so a wrong --runner fails fast.
@@ -237,17 +235,8 @@ def _worker(args: argparse.Namespace) -> int:
             exit_when_idle=args.exit_when_idle,
         )
     )
-    log = logging.getLogger("latent_painter.worker")
-    log.info("handled %d job(s)", handled)
-    if any(t.daemon and t.is_alive() and t.name.startswith("job-") for t in threading.enumerate()):
-        # A runner still inside native code (a model load, a decode) past the grace period:
-        # its job is already back in the queue. Ending the interpreter under it would abort
-        # in C++, so leave at once, as cleanly as the job was released.
-        log.info("a runner thread was still busy; exiting without waiting for it")
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(EXIT_OK)
+    logging.getLogger("latent_painter.worker").info("handled %d job(s)", handled)
+    exit_past_busy_runners(EXIT_OK)
     return EXIT_OK
 
 

@@ -30,6 +30,7 @@ import secrets
 import shutil
 import signal
 import socket
+import sys
 import threading
 import time
 import traceback
@@ -572,3 +573,21 @@ async def run_worker(
             loop.remove_signal_handler(sig)
         await db.dispose()
         log.info("worker %s: stopped", worker.worker_id)
+
+
+def exit_past_busy_runners(code: int) -> None:
+    """Leave the process at once if a runner thread is still inside native code.
+
+    A runner that cannot stop mid-call (loading a model, one big decode) holds a thread
+    inside torch past the shutdown grace; finalising the interpreter under it aborts the
+    process in C++. Its job is already back in the queue, so exit without waiting for it.
+    Returns normally when no runner is busy.
+    """
+    busy = [t.name for t in threading.enumerate() if t.name.startswith("job-") and t.is_alive()]
+    if not busy:
+        return
+    log.warning("leaving %s still busy; its job was handed back to the queue", ", ".join(busy))
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
