@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, exists, func, or_, select
+from sqlalchemy import and_, delete, exists, func, or_, select
 
 from db.engine import Database
 from db.models import GalleryEntry, Job, Result, Visibility
@@ -207,3 +207,24 @@ async def set_visibility(db: Database, public_id: str, owner_id: int, visibility
             raise ResultNotFound(f"no result with id {canonical}")
         result.visibility = visibility
     return result
+
+
+async def delete_result(db: Database, public_id: str, owner_id: int) -> list[str]:
+    """Delete an owner's result (its gallery entries and votes go with it).
+
+    Returns the artifact keys the result held, for the caller to remove from the store
+    once the row is gone. Raises :class:`ResultNotFound` when there is no such result
+    or it is not ``owner_id``'s, in one statement so nothing is half-deleted.
+    """
+    canonical = normalize_public_id(public_id)
+    async with db.write() as session:
+        row = (
+            await session.execute(
+                delete(Result)
+                .where(Result.public_id == canonical, Result.owner_id == owner_id)
+                .returning(Result.video_key, Result.image_key, Result.heatmap_key, Result.trail_key)
+            )
+        ).first()
+    if row is None:
+        raise ResultNotFound(f"no result with id {canonical} of yours")
+    return [key for key in row if key]

@@ -682,3 +682,26 @@ async def test_real_entry_point_and_jobs_interrupted_by_sigterm_are_delivered_on
         assert len(deliveries) == 1
     posted = [m for m in standin.channel_messages("general") if m.interaction_token is None]
     assert not [m for m in posted if "interrupted at work" in json.dumps(m.embeds)]
+
+
+async def test_owner_deletes_a_result_and_its_files(world: World) -> None:
+    standin = world.standin
+    handle, _, rid = await paint(world, "a result to throw away", seed=3)
+    bot = world.bot
+    stored = await bot_result(bot, rid)
+    keys = [k for k in (stored.video_key, stored.image_key, stored.heatmap_key, stored.trail_key) if k]
+    assert keys and all(bot.store.exists(k) for k in keys)
+    message = next(m for m in standin.messages.all() if f"lp:delete:{rid}" in custom_ids(m))
+    click = await standin.send_component(f"lp:delete:{rid}", message=message)
+    assert (await click.response(timeout=5)).callback_type == 6
+    await click.wait_for(lambda r: r.method == "DELETE", timeout=10)
+    assert not any(bot.store.exists(k) for k in keys)
+    assert "no longer exists" in await refused(
+        await standin.send_slash("transition", {"from": rid, "to": rid})
+    )
+
+
+async def bot_result(bot: LatentPainterBot, rid: str):
+    from db.results import get_result
+
+    return await get_result(bot.db, rid)

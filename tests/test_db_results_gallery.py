@@ -134,3 +134,21 @@ async def test_flagged_results_policy(database: Database) -> None:
     with pytest.raises(GalleryError, match="flagged_results must be one of refuse, spoiler"):
         await gallery.update_settings(database, 11, updated_by=1, flagged_results="show")
     assert (await gallery.get_settings(database, 11)).flagged_results == "spoiler"
+
+
+async def test_owner_deletes_a_result_with_its_gallery_entry(queue: JobQueue, database: Database) -> None:
+    from db.results import delete_result
+
+    mine = await make_result(queue, user_id=1, prompt="mine")
+    entry = await gallery.submit(database, 10, mine.public_id, 1)
+    await gallery.toggle_vote(database, 10, entry.id, 7)
+    with pytest.raises(ResultNotFound, match="of yours"):
+        await delete_result(database, mine.public_id, 2)
+    assert (await get_result(database, mine.public_id)).id == mine.id
+    keys = await delete_result(database, mine.public_id.lower(), 1)
+    assert sorted(keys) == ["jobs/1/1/image.png", "jobs/1/1/video.mp4"]
+    with pytest.raises(ResultNotFound):
+        await get_result(database, mine.public_id)
+    assert list(await gallery.browse(database, 10)) == []
+    with pytest.raises(ResultNotFound):
+        await delete_result(database, mine.public_id, 1)

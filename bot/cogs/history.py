@@ -13,7 +13,7 @@ from bot.cogs.common import UserError, painter_bot
 from bot.text import quote, timestamp
 from bot.views import history_view
 from db.models import Result
-from db.results import Page, ResultNotFound, get_result, history
+from db.results import Page, ResultNotFound, delete_result, get_result, history
 
 if TYPE_CHECKING:
     from bot.discord_bot import LatentPainterBot
@@ -89,17 +89,24 @@ class HistoryCog(commands.Cog, name="History"):
         await interaction.response.edit_message(embed=embed, view=view)
 
     async def delete_result_message(self, interaction: discord.Interaction, public_id: str) -> None:
-        """The "Delete" button: the result's owner takes the message with it down."""
+        """The "Delete" button: the owner deletes the result, its files, gallery entries and message."""
         try:
             result = await get_result(self.bot.db, public_id)
         except (ValueError, ResultNotFound):
             raise UserError(f"Result {public_id} no longer exists.") from None
         if result.owner_id != interaction.user.id:
             raise UserError("Only the member who made it can delete it.")
+        try:
+            keys = await delete_result(self.bot.db, result.public_id, interaction.user.id)
+        except ResultNotFound:
+            raise UserError(f"Result {public_id} no longer exists.") from None
+        # The row is gone first, so no other command can hand out files being removed.
+        for key in keys:
+            self.bot.store.delete(key)
         # For a button, the original response is the message the button is on.
         await interaction.response.defer()
         await interaction.delete_original_response()
-        log.info("result %s: message deleted by its owner %s", result.public_id, interaction.user.id)
+        log.info("result %s deleted by its owner %s", result.public_id, interaction.user.id)
 
 
 async def setup(bot: LatentPainterBot) -> None:
