@@ -696,7 +696,7 @@ async def test_owner_deletes_a_result_and_its_files(world: World) -> None:
     assert (await click.response(timeout=5)).callback_type == 6
     await click.wait_for(lambda r: r.method == "DELETE", timeout=10)
     assert not any(bot.store.exists(k) for k in keys)
-    assert "no longer exists" in await refused(
+    assert "no result you can use" in await refused(
         await standin.send_slash("transition", {"from": rid, "to": rid})
     )
 
