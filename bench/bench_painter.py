@@ -31,7 +31,7 @@ from common import (
     resolve_args,
     sync,
     table,
-    tiny_trail_latents,
+    tiny_trail,
     upsample_plan,
 )
 
@@ -39,17 +39,6 @@ from painter.effects import paint, plan_strokes  # noqa: E402
 from tests.reference_strokes import converging_plan, reference_strokes  # noqa: E402
 
 FRAMES = 300  # a 10 s animation at 30 fps
-
-
-def cached_tiny_trail(data_dir, size: int = 512) -> torch.Tensor:
-    """The tiny model's trail, captured once and kept beside its model (a capture takes ~20 s here)."""
-    path = data_dir / "bench" / f"tiny-trail-{size}.pt"
-    if path.is_file():
-        return torch.load(path)
-    latents = tiny_trail_latents(data_dir, size=size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(latents, path)
-    return latents
 
 
 def matched(plan: torch.Tensor, steps: int, budget: int) -> tuple[int, float, float, bool]:
@@ -86,7 +75,7 @@ def main() -> None:
     args = parser.parse_args()
     device = resolve_args(args)
     print(machine_line(device))
-    trail = cached_tiny_trail(args.data_dir)
+    trail = tiny_trail(args.data_dir)
     rows, paint_rows = [], []
     for size in (64, 128):
         plans = {

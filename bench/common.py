@@ -219,16 +219,33 @@ def build_sd15_pipeline(path: Path) -> Path:
     return path
 
 
-def tiny_trail_latents(data_dir: Path, *, size: int = 512, steps: int = 30, seed: int = 1) -> torch.Tensor:
-    """A real x0-hat trail ``[T, 4, size/8, size/8]`` captured from the tiny offline model."""
+def tiny_trail(data_dir: Path, *, size: int = 512, steps: int = 30, seed: int = 1) -> torch.Tensor:
+    """A real x0-hat trail ``[T, 4, size/8, size/8]`` captured from the tiny offline model.
+
+    Captured once per size and kept under ``data_dir/bench`` (a capture takes ~20 s on a
+    small CPU); the tiny model itself is built there on first use, as the CLI does.
+    """
     from painter.capture import Generation, capture
     from painter.models import load_pipeline
 
+    path = Path(data_dir) / "bench" / f"tiny-trail-{size}-{steps}-{seed}.pt"
+    if path.is_file():
+        return torch.load(path)
     model = load_pipeline("tiny", data_dir=data_dir, device="cpu")
-    _, trail = capture(
-        model, Generation("a lighthouse at sunset", seed=seed, steps=steps, width=size, height=size)
-    )
-    return trail.latents
+    gen = Generation("a lighthouse at sunset", seed=seed, steps=steps, width=size, height=size)
+    latents = capture(model, gen)[1].latents
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(latents, path)
+    return latents
+
+
+def tiny_vae(data_dir: Path) -> Any:
+    """The tiny offline model's VAE (random weights, SD's 8x geometry), built on first use."""
+    from diffusers import AutoencoderKL
+
+    from painter.models import tiny_model_dir
+
+    return AutoencoderKL.from_pretrained(tiny_model_dir(data_dir) / "vae").eval()
 
 
 def upsample_plan(plan: torch.Tensor, size: int) -> torch.Tensor:
