@@ -80,7 +80,8 @@ class Decoder:
 
 def to_uint8(rgb: torch.Tensor) -> np.ndarray:
     """``[B, 3, H, W]`` floats in [0, 1] to ``[B, H, W, 3]`` uint8."""
-    return (rgb * 255).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    # Contiguous here, in one batched copy, so the encoder need not copy each frame.
+    return (rgb * 255).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().cpu().numpy()
 
 
 def lay_on_paper(

@@ -27,7 +27,7 @@ class HeatmapAccumulator:
 
     def add(self, mask: torch.Tensor) -> None:
         """Add one frame's change mask ``[C, H, W]``."""
-        self.counts += mask.to(self.counts.device, torch.float32)
+        self.counts.add_(mask.to(self.counts.device))  # bool adds as 0/1 without a float copy
 
     def image(self, size: tuple[int, int], *, space: str = "latent") -> Image.Image:
         """The heatmap as an RGB picture of ``size`` (width, height) on a dark ground.
