@@ -205,14 +205,14 @@ def demo_wall_time(workdir: Path) -> float:
 
 def draw_chart(jobs: dict[str, dict[str, float]], plain: float, title: str, path: Path) -> None:
     """A horizontal stacked bar per paint job, one for the plain generation, on one time axis."""
-    width, left, right, bar, gap = 1000, 230, 40, 46, 26
+    width, left, right, bar, gap = 1000, 230, 90, 46, 26
     bars = [*jobs.items(), ("plain generation", {"generation": plain, "total": plain})]
     height = 90 + len(bars) * (bar + gap) + 70
     image = Image.new("RGB", (width, height), (252, 250, 246))
     draw = ImageDraw.Draw(image)
     font = ImageFont.load_default(size=15)
     small = ImageFont.load_default(size=12)
-    draw.text((left, 18), title, fill=(20, 20, 20), font=font)
+    draw.text((12, 18), title, fill=(20, 20, 20), font=font)
     longest = max(stages["total"] for _, stages in bars)
     scale = (width - left - right) / longest
     y = 60
@@ -348,7 +348,7 @@ def main() -> None:
     print("Goals on a GPU: <= 1.5x with TAESD, <= 3x with the full VAE; painting < 10% of the job.")
     chart = args.chart or ROOT / "bench" / ("paint_job_stages_cuda.png" if cuda else "paint_job_stages.png")
     title = (
-        f"Where one /paint job's time goes — {what}, {size}x{size}, {args.steps} steps, 300 frames, {device}"
+        f"Where one /paint job's time goes: {what}, {size}x{size}, {args.steps} steps, 300 frames, {device}"
     )
     draw_chart({k: v for k, v in jobs.items() if not k.startswith("demo")}, plain, title, chart)
     print(f"chart: {chart}")

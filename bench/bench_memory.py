@@ -5,10 +5,10 @@ paint job through ``bot.paint_job.run_paint`` and reports its peak resident set 
 (``resource.getrusage``; psutil for the RSS before the job). Frames are decoded,
 encoded and dropped batch by batch, so ten times the frames must cost almost no more
 memory: the goal is a difference under 200 MB. Holding the frames would cost
-H·W·3 bytes each as uint8 (3,000 × 256² ≈ 590 MB; at 512² ≈ 2.4 GB), far more.
+H·W·3 bytes each as uint8 (3,000 × 512² ≈ 2.4 GB), far more.
 
-On the CPU the job is the closed-form model at 256² (``--full``: 512²), as
-``latent-painter demo`` paints, so 3,000 frames take a minute or two. With
+On the CPU the job is the closed-form model at 512², as ``latent-painter demo``
+paints, so 3,000 frames take a minute or two. With
 ``--device cuda`` it is SD 1.5's architecture with random weights at 512², and the
 child also reports peak CUDA memory of the plain generation and of the paint job
 (goal: at most 1.5 GiB more).
@@ -118,7 +118,7 @@ def measure(frames: int, size: int, device: torch.device, data_dir: Path) -> dic
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_device_args(parser)
-    parser.add_argument("--size", type=int, help="picture side (default 512 with --full or CUDA, else 256)")
+    parser.add_argument("--size", type=int, default=None, help="picture side (default 512)")
     parser.add_argument("--data-dir", type=Path, default=default_data_dir())
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--frames", type=int, help=argparse.SUPPRESS)
@@ -128,7 +128,7 @@ def main() -> None:
         return
     device = resolve_args(args)
     print(machine_line(device))
-    size = args.size or (512 if args.full else 256)
+    size = args.size or 512
     if device.type == "cuda":
         build_sd15_pipeline(args.data_dir / "models" / "sd15-random")  # once, outside the children
     runs = {frames: measure(frames, size, device, args.data_dir) for frames in (300, 3000)}
