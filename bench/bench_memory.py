@@ -131,7 +131,14 @@ def main() -> None:
     size = args.size or 512
     if device.type == "cuda":
         build_sd15_pipeline(args.data_dir / "models" / "sd15-random")  # once, outside the children
-    runs = {frames: measure(frames, size, device, args.data_dir) for frames in (300, 3000)}
+    # Peak RSS moves by tens of MB from run to run with how the allocator reuses freed
+    # frame buffers (and how far the encoder's queue fills): keep each size's lower peak.
+    runs = {
+        frames: min(
+            (measure(frames, size, device, args.data_dir) for _ in range(2)), key=lambda r: r["peak_rss"]
+        )
+        for frames in (300, 3000)
+    }
     rows = []
     for frames, r in runs.items():
         row = [frames, r["frames"], r["seconds"], r["rss_before_job"] / MB, r["peak_rss"] / MB]
@@ -142,7 +149,7 @@ def main() -> None:
     if device.type == "cuda":
         header += ["CUDA peak plain MB", "CUDA peak job MB"]
     what = "SD 1.5 architecture (random weights)" if device.type == "cuda" else "closed-form model (demo)"
-    print(f"\nOne paint job per fresh process: {what}, {size}x{size}, 30 fps, on {device}")
+    print(f"\nOne paint job per fresh process (lower peak of 2): {what}, {size}x{size}, 30 fps, on {device}")
     print(table(rows, header))
     growth = (runs[3000]["peak_rss"] - runs[300]["peak_rss"]) / MB
     held = 2700 * size * size * 3 / MB

@@ -41,6 +41,16 @@ from tests.reference_strokes import converging_plan, reference_strokes  # noqa: 
 FRAMES = 300  # a 10 s animation at 30 fps
 
 
+def proposed_planner():
+    """``compiled_plan_strokes`` of bench/proposed_planner.py, compiled, or None without numba."""
+    try:
+        from proposed_planner import compiled_plan_strokes
+    except ImportError:
+        return None
+    compiled_plan_strokes(converging_plan(3, 4, 16))  # numba compiles on the first call
+    return compiled_plan_strokes
+
+
 def matched(plan: torch.Tensor, steps: int, budget: int) -> tuple[int, float, float, bool]:
     """Strokes, fast and reference strokes/s on ``plan[:steps]`` with ``budget`` strokes per step.
 
@@ -76,7 +86,8 @@ def main() -> None:
     device = resolve_args(args)
     print(machine_line(device))
     trail = tiny_trail(args.data_dir)
-    rows, paint_rows = [], []
+    rows, paint_rows, proposed_rows = [], [], []
+    proposed = proposed_planner()
     for size in (64, 128):
         plans = {
             "tiny-model trail" + (" (upsampled)" if size != trail.shape[-1] else ""): upsample_plan(
@@ -91,6 +102,22 @@ def main() -> None:
             strokes = plan_strokes(plan)
             full_s = time.perf_counter() - start
             n, fast_rate, ref_rate, same = matched(plan, 2, budget)
+            if proposed is not None:
+                start = time.perf_counter()
+                compiled = proposed(plan)
+                compiled_s = time.perf_counter() - start
+                rate = len(compiled) / compiled_s
+                proposed_rows.append(
+                    [
+                        f"4x{size}x{size}",
+                        name,
+                        len(strokes) / full_s,
+                        rate,
+                        rate * full_s / len(strokes),
+                        rate / ref_rate,
+                        "yes" if compiled == strokes else "NO",
+                    ]
+                )
             rows.append(
                 [
                     f"4x{size}x{size}",
@@ -135,6 +162,16 @@ def main() -> None:
     )
     print(f"\npaint(): every frame of a {FRAMES}-frame animation on {device} (stroke choice included)")
     print(table(paint_rows, ["latent", "plan", "frames", "seconds", "frames/s", "strokes/s"]))
+    if proposed_rows:
+        print("\nProposed compiled planner (bench/proposed_planner.py, numba): whole plan, same run")
+        print(
+            table(
+                proposed_rows,
+                ["latent", "plan", "current /s", "proposed /s", "vs current", "vs reference", "identical"],
+            )
+        )
+    else:
+        print("\n(numba is not installed: pip install numba to measure bench/proposed_planner.py too)")
     print("\nGoal: speed-up >= 20x on the CPU.")
 
 
