@@ -2,7 +2,7 @@
 
 Each measurement runs in a fresh subprocess (peak RSS is per process), which runs one
 paint job through ``bot.paint_job.run_paint`` and reports its peak resident set size
-(``resource.getrusage``; psutil for the RSS before the job). Frames are decoded,
+(``resource.getrusage``; the RSS before the job from psutil where installed). Frames are decoded,
 encoded and dropped batch by batch, so ten times the frames must cost almost no more
 memory: the goal is a difference under 200 MB. Holding the frames would cost
 H·W·3 bytes each as uint8 (3,000 × 512² ≈ 2.4 GB), far more.
@@ -30,7 +30,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psutil
 import torch
 from common import (
     ROOT,
@@ -43,6 +42,16 @@ from common import (
 )
 
 MB = 1024 * 1024
+
+
+def current_rss() -> int:
+    """This process's resident set size in bytes: psutil where installed, else /proc (Linux)."""
+    try:
+        import psutil
+    except ImportError:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * resource.getpagesize()
+    return psutil.Process().memory_info().rss
 
 
 def child(args: argparse.Namespace) -> None:
@@ -91,7 +100,7 @@ def child(args: argparse.Namespace) -> None:
             )
         result["cuda_plain_peak"] = torch.cuda.max_memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
-    before = psutil.Process().memory_info().rss
+    before = current_rss()
     request = PaintRequest(prompt="a lighthouse at sunset", seed=7, image=image, save_trail=False)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
