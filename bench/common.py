@@ -160,12 +160,12 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def sd15_vae(device: torch.device, dtype: torch.dtype = torch.float32) -> Any:
-    """SD 1.5's VAE architecture (83M parameters) with random weights."""
+def sd15_vae(device: torch.device, dtype: torch.dtype = torch.float32, **config: Any) -> Any:
+    """SD 1.5's VAE architecture (83M parameters) with random weights; ``config`` overrides."""
     from diffusers import AutoencoderKL
 
     torch.manual_seed(0)
-    return AutoencoderKL(**SD15_VAE_CONFIG).to(device, dtype).eval()
+    return AutoencoderKL(**{**SD15_VAE_CONFIG, **config}).to(device, dtype).eval()
 
 
 def taesd(device: torch.device, dtype: torch.dtype = torch.float32) -> Any:
