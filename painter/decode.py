@@ -47,8 +47,7 @@ class Decoder:
         self.scaling_factor = 1.0 if self.tiny else scaling_factor
         self.shift_factor = 0.0 if self.tiny else shift_factor
         self.dtype = dtype
-        if vae is not None and dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False)):
-            # SDXL's VAE overflows in fp16; diffusers upcasts it the same way.
+        if vae is not None and dtype == torch.float16 and _asks_for_upcast(vae):
             self.dtype = torch.float32
         if vae is not None:
             if vae.device != self.device or vae.dtype != self.dtype:
@@ -76,6 +75,18 @@ class Decoder:
         """RGB uint8 ``[B, H, W, 3]`` on the CPU."""
         rgb = self.decode_float(canvases)
         return to_uint8(rgb)
+
+
+def _asks_for_upcast(vae: Any) -> bool:
+    """Whether the VAE's own config says it overflows in fp16 (SDXL's does).
+
+    diffusers defaults ``force_upcast`` to True for configs that never mention it (SD
+    1.5's), and SD 1.5's pipeline decodes in fp16 regardless: only an explicit setting
+    counts, so SD 1.5 keeps its fast fp16 decode.
+    """
+    config = vae.config
+    defaulted = set(config.get("_use_default_values", []) or [])
+    return bool(config.get("force_upcast", False)) and "force_upcast" not in defaulted
 
 
 def to_uint8(rgb: torch.Tensor) -> np.ndarray:
