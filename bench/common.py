@@ -13,7 +13,6 @@ import argparse
 import os
 import platform
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -183,40 +182,20 @@ def build_sd15_pipeline(path: Path) -> Path:
     The tokenizer is the tiny model's byte-level one: the prompt's token count, not
     its vocabulary, sets the text encoder's cost.
     """
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
 
-    from painter.models import _tiny_tokenizer_files
+    from painter.models import save_sd_pipeline
 
     if (path / "model_index.json").is_file():
         return path
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(**SD15_UNET_CONFIG)
-    text_encoder = CLIPTextModel(CLIPTextConfig(**SD15_TEXT_CONFIG))
-    vae = AutoencoderKL(**SD15_VAE_CONFIG)
-    with tempfile.TemporaryDirectory() as tok_dir:
-        _tiny_tokenizer_files(Path(tok_dir))
-        tokenizer = CLIPTokenizer.from_pretrained(tok_dir, model_max_length=77)
-    scheduler = PNDMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        num_train_timesteps=1000,
-        skip_prk_steps=True,
-        steps_offset=1,
+    return save_sd_pipeline(
+        path,
+        unet=UNet2DConditionModel(**SD15_UNET_CONFIG),
+        vae=AutoencoderKL(**SD15_VAE_CONFIG),
+        text_encoder=CLIPTextModel(CLIPTextConfig(**SD15_TEXT_CONFIG)),
     )
-    pipe = StableDiffusionPipeline(
-        unet=unet,
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.save_pretrained(path)
-    return path
 
 
 def tiny_trail(data_dir: Path, *, size: int = 512, steps: int = 30, seed: int = 1) -> torch.Tensor:

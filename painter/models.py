@@ -118,9 +118,8 @@ def build_tiny_pipeline(
     ``safety`` adds a tiny safety checker that flags every picture (``"flag-all"``) or
     none (``"flag-none"``), so the checking path runs for real in tests.
     """
-    import diffusers
-    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
 
     path = Path(path)
     torch.manual_seed(seed)
@@ -163,6 +162,38 @@ def build_tiny_pipeline(
         norm_num_groups=8,
         sample_size=64,
     )
+    return save_sd_pipeline(
+        path,
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        scheduler=scheduler,
+        prediction_type=prediction_type,
+        safety=safety,
+    )
+
+
+def save_sd_pipeline(
+    path: str | Path,
+    *,
+    unet: Any,
+    vae: Any,
+    text_encoder: Any,
+    scheduler: str = "pndm",
+    prediction_type: str = "epsilon",
+    safety: str | None = None,
+) -> Path:
+    """Assemble a StableDiffusionPipeline around these models and save it to ``path``.
+
+    The tokenizer is the byte-level one (the prompt's token count, not its vocabulary,
+    sets the text encoder's cost), the scheduler SD's scaled-linear one. Used for the
+    tiny model and for the benchmarks' full-size random-weight SD 1.5.
+    """
+    import diffusers
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPTokenizer
+
+    path = Path(path)
     with tempfile.TemporaryDirectory() as tok_dir:
         _tiny_tokenizer_files(Path(tok_dir))
         tokenizer = CLIPTokenizer.from_pretrained(tok_dir, model_max_length=77)
