@@ -303,11 +303,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USER_ERROR
     try:
         return int(func(args) or 0)
-    except user_errors() as exc:
-        print(f"latent-painter: error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except ValueError as exc:
-        # Effects and plans raise ValueError for bad parameters given on the command line.
+    except (*user_errors(), ValueError) as exc:
+        # Effects and plans raise plain ValueError for bad parameters given on the command line.
         print(f"latent-painter: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
