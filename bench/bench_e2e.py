@@ -299,7 +299,15 @@ def main() -> None:
                 plain_generation(model, size, 2, seed, device)  # first-call costs, untimed
                 plain = min(plain_generation(model, size, args.steps, seed, device) for _ in range(2))
             label = "paint job, " + ("full VAE" if decoder == "vae" else "TAESD")
-            jobs[label] = paint_job_stages(settings, models, workdir / f"job-{decoder}.mp4", seed, device)
+            # On a GPU the first job also pays one-off costs (cuDNN picking kernels for the decode
+            # batch, the encoder's start): the faster of two runs is the steady state users see.
+            jobs[label] = min(
+                (
+                    paint_job_stages(settings, models, workdir / f"job-{decoder}-{n}.mp4", seed, device)
+                    for n in range(2 if cuda else 1)
+                ),
+                key=lambda stages: stages["total"],
+            )
             summary = ", ".join(f"{k} {v:.2f}" for k, v in jobs[label].items())
             print(f"  done {label}: {summary}", flush=True)
         demo = None
