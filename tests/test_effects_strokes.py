@@ -3,13 +3,28 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from painter.effects import paint, plan_strokes
-from painter.effects.strokes import Stroke
+from painter.effects.params import check_inputs, resolve
+from painter.effects.strokes import PARAMS, PLANNER_ENV, Stroke, _Planner, compiled_loop
 from tests.reference_strokes import converging_plan, reference_frames, reference_strokes
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(params=["compiled", "numpy"])
+def planner(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs the test with the square brush's loop compiled (numba) and with the NumPy loop."""
+    monkeypatch.setenv(PLANNER_ENV, request.param)
+    assert (compiled_loop() is None) == (request.param == "numpy")
+    return request.param
 
 
 def random_plan(steps: int = 5, channels: int = 3, h: int = 16, w: int = 14, seed: int = 0) -> torch.Tensor:
@@ -62,7 +77,7 @@ def _frames_equal(got, want) -> None:
     "params", PARAM_SETS, ids=lambda p: ",".join(f"{k}={v}" for k, v in p.items()) or "defaults"
 )
 @pytest.mark.parametrize("plan_name", list(PLANS))
-def test_fast_painter_matches_reference(plan_name: str, params: dict) -> None:
+def test_fast_painter_matches_reference(plan_name: str, params: dict, planner: str) -> None:
     plan = PLANS[plan_name]()
     want_strokes, want_frames = reference_frames(plan, **params)
     assert want_strokes, "the plan should give the painter something to paint"
@@ -70,13 +85,76 @@ def test_fast_painter_matches_reference(plan_name: str, params: dict) -> None:
     _frames_equal(list(paint(plan, "strokes", **params)), want_frames)
 
 
-def test_fast_painter_matches_reference_from_a_start_canvas() -> None:
+def test_fast_painter_matches_reference_from_a_start_canvas(planner: str) -> None:
     plan = random_plan(seed=3)
     start = torch.randn(plan.shape[1:], generator=torch.Generator().manual_seed(9))
     want_strokes, want_frames = reference_frames(plan, start, step_budget=15)
     assert reference_strokes(plan, start, step_budget=15) == want_strokes
     assert plan_strokes(plan, start, step_budget=15) == want_strokes
     _frames_equal(list(paint(plan, start=start, step_budget=15)), want_frames)
+
+
+def far_blobs_plan() -> torch.Tensor:
+    """Small flat blobs far apart on a 64×64 grid: once the brush finishes one, nothing is
+    left near it, so the compiled loop's windows cannot decide and it searches the whole grid."""
+    plan = torch.zeros(2, 2, 64, 64)
+    centres = [(2, 3), (60, 58), (5, 55), (58, 6), (31, 30), (33, 62)]
+    for t in range(2):
+        for i, (y, x) in enumerate(centres):
+            plan[t, :, max(0, y - 2) : y + 3, max(0, x - 2) : x + 3] = (1.0 + 0.25 * (i % 3)) * (1 + t)
+    return plan
+
+
+FAR_PLANS = {
+    "far blobs": (far_blobs_plan, {}),
+    # σ = 1000: the move cost hardly prefers near cells, so a window's best rarely rules out the rest.
+    "flat move cost": (
+        lambda: random_plan(steps=2, channels=1, h=64, w=64, seed=5),
+        {"move_sigma": 1000.0, "step_budget": 60},
+    ),
+}
+
+
+@pytest.mark.parametrize("plan_name", list(FAR_PLANS))
+def test_compiled_planner_is_exact_when_its_windows_fall_back_to_the_whole_grid(
+    plan_name: str, planner: str
+) -> None:
+    make, params = FAR_PLANS[plan_name]
+    plan = make()
+    want_strokes, want_frames = reference_frames(plan, **params)
+    run = _Planner(plan, check_inputs(plan, None), resolve("strokes", PARAMS, params))
+    assert run.run() == want_strokes
+    if planner == "compiled":
+        # Both ways of choosing were taken: inside a window, and on the whole grid after them.
+        assert run.decided_by[:-1].sum() > 0
+        assert run.decided_by[-1] > 0
+    _frames_equal(list(paint(plan, "strokes", **params)), want_frames)
+
+
+def test_an_unknown_planner_choice_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(PLANNER_ENV, "fast")
+    with pytest.raises(
+        ValueError, match="LATENT_PAINTER_PLANNER='fast': choose one of auto, numpy, compiled"
+    ):
+        plan_strokes(converging_plan(steps=2, channels=1, size=8))
+
+
+def test_compiled_planner_works_where_no_cache_directory_is_writable() -> None:
+    # A locator list that fits no ordinary file is what numba sees when neither __pycache__
+    # nor a user cache directory can be written (read-only install, no home): the kernels
+    # must then compile uncached instead of failing at import.
+    code = (
+        "from painter.effects.strokes import plan_strokes; "
+        "import painter.effects.strokes_compiled as c; "
+        "from tests.reference_strokes import converging_plan; "
+        "print(type(c._layer._cache).__name__, len(plan_strokes(converging_plan(3, 2, 16))))"
+    )
+    env = {**os.environ, "NUMBA_CACHE_LOCATOR_CLASSES": "IPythonCacheLocator", PLANNER_ENV: "compiled"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["NullCache", str(len(plan_strokes(converging_plan(3, 2, 16))))]
 
 
 def _footprint(s: Stroke, k: int, shape: tuple[int, int, int]) -> torch.Tensor:
@@ -189,7 +267,7 @@ def test_joint_strokes_paint_all_channels_on_a_cell_grid() -> None:
     assert torch.equal(frames[-1].canvas, plan[-1])
 
 
-def test_cell_grid_handles_sizes_that_are_not_multiples_of_the_cell() -> None:
+def test_cell_grid_handles_sizes_that_are_not_multiples_of_the_cell(planner: str) -> None:
     plan = random_plan(steps=3, channels=2, h=13, w=10)
     want_strokes, want_frames = reference_frames(plan, cell=4, theta=0.05)
     assert plan_strokes(plan, cell=4, theta=0.05) == want_strokes

@@ -42,17 +42,27 @@ so neighbouring strokes overlap and leave no gaps; the k×k cells it claims leav
 as usual, and the frame mask marks where w > 0.
 
 Speed: the stroke choice is a long chain of small dependent argmax decisions, so it
-runs on the CPU in NumPy whatever the plan's device (one copy of the plan, no
-per-stroke device syncs); each stroke then updates only its own cells, and the move
-cost is a shifted view into one precomputed Gaussian table. The frames are painted
-on the plan's device by replaying the strokes.
+runs on the CPU whatever the plan's device (one copy of the plan, no per-stroke device
+syncs). For the square brush each channel's loop runs compiled with numba
+(:mod:`painter.effects.strokes_compiled`: stroke by stroke in a window around the last
+stroke, provably the same choice as the whole grid); the round brush, and any plan when
+numba cannot be imported, use the NumPy loop here, where each stroke updates only its
+own cells and the move cost is a shifted view into one precomputed Gaussian table. Both
+choose identical strokes. The environment variable ``LATENT_PAINTER_PLANNER`` picks
+the loop for each plan: ``auto`` (the default: compiled when numba imports),
+``numpy`` (always the NumPy loop) or ``compiled`` (an error when numba is missing). The
+frames are painted on the plan's device by replaying the strokes.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cache
+from types import ModuleType
 
 import numpy as np
 import torch
@@ -63,6 +73,10 @@ from painter.frame import Frame
 
 MOVE_COST_FLOOR = 0.1
 TIE_RTOL = 1e-9
+PLANNER_ENV = "LATENT_PAINTER_PLANNER"
+PLANNERS = ("auto", "numpy", "compiled")
+
+log = logging.getLogger(__name__)
 
 PARAMS: dict[str, Param] = {
     "theta": Param(0.08, "float", low=0.0),
@@ -163,6 +177,33 @@ def _numpy_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype if dtype in (torch.float16, torch.float32, torch.float64) else torch.float32
 
 
+@cache
+def _import_compiled() -> ModuleType | ImportError:
+    """The compiled loop's module, or why it cannot be imported (asked once per process)."""
+    try:
+        from painter.effects import strokes_compiled
+    except ImportError as exc:  # numba missing, or built for another NumPy
+        log.warning("strokes: numba unavailable (%s); the square brush uses the slower NumPy loop", exc)
+        return exc
+    return strokes_compiled
+
+
+def compiled_loop() -> ModuleType | None:
+    """:mod:`~painter.effects.strokes_compiled` when the square brush's loop is to run
+    compiled (see ``LATENT_PAINTER_PLANNER`` in the module docstring), else None."""
+    choice = os.environ.get(PLANNER_ENV, "").strip().lower() or "auto"
+    if choice not in PLANNERS:
+        raise ValueError(f"{PLANNER_ENV}={choice!r}: choose one of {', '.join(PLANNERS)}")
+    if choice == "numpy":
+        return None
+    module = _import_compiled()
+    if isinstance(module, ImportError):
+        if choice == "compiled":
+            raise ImportError(f"{PLANNER_ENV}=compiled needs numba ({module}); pip install numba") from module
+        return None
+    return module
+
+
 class _Planner:
     """Runs Alg. 1 on a CPU copy of the canvas and returns the strokes in order."""
 
@@ -182,6 +223,9 @@ class _Planner:
         h = self.geo.half
         self.padded_shape = (gh + 2 * h, gw + 2 * h)
         self.move_table = self._move_table() if p["move_sigma"] > 0 else None
+        self.compiled = compiled_loop() if self.geo.window is None else None
+        # Strokes the compiled loop decided in each of its windows, then on the whole grid.
+        self.decided_by = np.zeros(0 if self.compiled is None else len(self.compiled.WINDOWS) + 1, np.int64)
 
     def _move_table(self) -> np.ndarray:
         """M for every offset a stroke can have from any padded cell; M around a stroke is a view."""
@@ -231,12 +275,14 @@ class _Planner:
         # need no clipping, and border cells count as zero gain.
         restricted = np.zeros(self.padded_shape)
         restricted[h : h + gh, h : h + gw][region] = gain[region]
+        chans = slice(None) if channel < 0 else slice(channel, channel + 1)
+        if self.compiled is not None:
+            return self._paint_layer_compiled(t, channel, chans, restricted, budget, out)
         motivation = np.empty(self.padded_shape)
         rows = np.empty((ph, gw))
         sums = np.empty((gh, gw))
         flat = sums.reshape(-1)
         table = self.move_table
-        chans = slice(None) if channel < 0 else slice(channel, channel + 1)
         square = geo.window is None
         count = 0
         move: np.ndarray | None = None
@@ -269,6 +315,37 @@ class _Planner:
             if table is not None:
                 move = table[ph - 1 - y - h : 2 * ph - 1 - y - h, pw - 1 - x - h : 2 * pw - 1 - x - h]
         return count
+
+    def _paint_layer_compiled(
+        self,
+        t: int,
+        channel: int,
+        chans: slice,
+        restricted: np.ndarray,
+        budget: int | None,
+        out: list[Stroke],
+    ) -> int:
+        """The square brush's loop, compiled: the same strokes as the NumPy loop."""
+        geo = self.geo
+        picks, painted = self.compiled.square_layer(
+            restricted,
+            self.move_table,
+            self.p["move_sigma"],
+            MOVE_COST_FLOOR,
+            geo.k,
+            geo.grid,
+            budget,
+            TIE_RTOL,
+            self.decided_by,
+        )
+        out.extend(Stroke(t, channel, y, x) for y, x in picks.tolist())
+        if len(picks):
+            # Every square stroke of the layer copies D_t, so painting their union at once
+            # leaves the canvas the strokes one by one would.
+            s = geo.cell
+            pixels = painted.repeat(s, axis=0).repeat(s, axis=1)[: geo.height, : geo.width]
+            np.copyto(self.canvas[chans], self.plan[t, chans], where=pixels)
+        return len(picks)
 
     def _apply(self, t: int, chans: slice, y: int, x: int) -> None:
         y0, y1, x0, x1, win = self.geo.footprint(y, x)
