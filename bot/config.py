@@ -61,6 +61,7 @@ class RenderSettings:
     paper_color: str = "#f5f0e6"
     crf: int = 20
     batch_size: int = 8
+    compile: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,7 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("model", "decoder"): ("vae", "taesd"),
     ("painter", "effect"): EFFECTS,
     ("render", "format"): FORMATS,
+    ("render", "compile"): ("auto", "always", "never"),
 }
 
 # (section, key) -> (low, high), inclusive; None for an open end.

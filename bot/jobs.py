@@ -18,7 +18,7 @@ from bot.worker import JobContext, JobOutput, PermanentJobError
 log = logging.getLogger(__name__)
 
 # One per worker process: pipelines stay loaded between jobs.
-MODELS = ModelCache()
+MODELS = ModelCache(long_running=True)
 
 # Job parameter → (settings section, key).
 SETTING_PARAMS = {

@@ -62,9 +62,14 @@ class PaintOutputs:
 
 
 class ModelCache:
-    """Keeps loaded pipelines between jobs: loading is slow, painting with one is not."""
+    """Keeps loaded pipelines between jobs: loading is slow, painting with one is not.
 
-    def __init__(self) -> None:
+    ``long_running``: the cache serves many jobs (the worker, the bot), so a compiled
+    decoder's one-off compile pays for itself (``[render] compile = "auto"``).
+    """
+
+    def __init__(self, *, long_running: bool = False) -> None:
+        self.long_running = long_running
         self._models: dict[tuple[str, str, str], tuple[LoadedModel, Any]] = {}
         self._taesd: dict[str, Any] = {}
         self._lock = threading.Lock()
@@ -99,7 +104,15 @@ class ModelCache:
             device=model.device,
             dtype=model.dtype,
             batch_size=settings.render.batch_size,
+            compile=self.compiles(settings, model),
         )
+
+    def compiles(self, settings: Settings, model: LoadedModel) -> bool:
+        """Whether this cache's decoders for ``model`` decode through ``torch.compile``."""
+        mode = settings.render.compile
+        if mode == "auto":
+            return self.long_running and model.device.type == "cuda"
+        return mode == "always"
 
 
 def effect_params(settings: Settings, effect: str, *, analytic: bool = False) -> dict[str, Any]:

@@ -22,3 +22,51 @@ def test_upcast_only_when_the_config_says_so(tiny_model, tmp_path):
             config["force_upcast"] = value  # SDXL's says True
         config_path.write_text(json.dumps(config))
         assert _asks_for_upcast(AutoencoderKL.from_pretrained(vae_dir)) is expected, value
+
+
+def test_compiled_decoder_matches_eager_and_is_compiled_once(tiny_model):
+    """[render] compile: the compiled decode gives the eager pictures, pads a short last
+    batch instead of recompiling, and is shared by every Decoder of the same VAE."""
+    import threading
+
+    import torch
+
+    from painter.decode import Decoder, compiled_decode
+
+    vae = AutoencoderKL.from_pretrained(tiny_model / "vae").eval()
+    scale = float(vae.config.scaling_factor)
+    canvases = torch.randn(5, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    eager = Decoder(vae, scaling_factor=scale, batch_size=4).decode_float(canvases)
+    result: dict[str, torch.Tensor] = {}
+
+    def decode_in_worker_thread() -> None:  # as the queue's runner thread does
+        compiled = Decoder(vae, scaling_factor=scale, batch_size=4, compile="eager")
+        assert compiled.compiled
+        result["rgb"] = compiled.decode_float(canvases)
+
+    thread = threading.Thread(target=decode_in_worker_thread)
+    thread.start()
+    thread.join()
+    assert result["rgb"].shape == eager.shape == (5, 3, 64, 64)  # 4 + 1 padded to 4, padding dropped
+    assert torch.allclose(result["rgb"], eager, atol=1e-4)
+    assert compiled_decode(vae, "eager").func is compiled_decode(vae, "eager").func
+    assert Decoder(None, compile=True).compiled is False  # pixel-space canvases need no VAE
+
+
+def test_model_cache_compiles_only_where_it_pays(tiny_model, data_dir):
+    """auto: only a long-running cache (worker, bot) on a GPU compiles; always/never override."""
+    from bot.config import load_settings
+    from bot.paint_job import ModelCache
+
+    def settings(mode: str):
+        return load_settings(
+            env={}, overrides={"render": {"compile": mode}, "storage": {"data_dir": str(data_dir)}}
+        )
+
+    cache = ModelCache(long_running=True)
+    model = cache.model(settings("auto"))  # the tiny model, on this machine's CPU
+    assert model.device.type == "cpu"
+    assert cache.compiles(settings("auto"), model) is False  # no GPU: eager
+    assert ModelCache(long_running=True).compiles(settings("always"), model) is True
+    assert cache.compiles(settings("never"), model) is False
+    assert cache.decoder(settings("never"), model).compiled is False
