@@ -160,7 +160,7 @@ def block_mean(absdiff: np.ndarray, cell: int) -> np.ndarray:
     """Mean of ``absdiff [..., h, w]`` over cell×cell blocks, float64; partial blocks at the
     bottom and right edges average only their own pixels."""
     if cell == 1:
-        return absdiff.astype(np.float64)
+        return absdiff.astype(np.float64, copy=False)
     h, w = absdiff.shape[-2:]
     gh, gw = -(-h // cell), -(-w // cell)
     padded = np.zeros((*absdiff.shape[:-2], gh * cell, gw * cell), dtype=np.float64)
@@ -209,12 +209,9 @@ class _Planner:
 
     def __init__(self, plan: torch.Tensor, start: torch.Tensor, p: dict) -> None:
         dtype = _numpy_dtype(plan.dtype)
-        # torch views of the NumPy arrays: step totals use torch's reductions, the same
-        # ones the reference uses, so both see identical totals (identical channel order).
-        self.plan_t = plan.detach().to("cpu", dtype).contiguous()
-        self.canvas_t = start.detach().to("cpu", dtype).clone().contiguous()
-        self.plan = self.plan_t.numpy()
-        self.canvas = self.canvas_t.numpy()
+        self.plan = plan.detach().to("cpu", dtype).contiguous().numpy()
+        # A NumPy copy, not torch's clone: one parallel torch op fewer (see run()).
+        self.canvas = start.detach().to("cpu", dtype).contiguous().numpy().copy()
         self.p = p
         self.geo = Geometry(
             tuple(plan.shape[1:]), p["cell"], p["neighbourhood"], p["brush"], p["brush_scale"]
@@ -241,16 +238,19 @@ class _Planner:
         policy = ReleasePolicy(p["release"])
         strokes: list[Stroke] = []
         for t in range(self.plan.shape[0]):
-            target_t = self.plan_t[t]
-            absdiff_t = (self.canvas_t - target_t).abs()
-            channel_totals = absdiff_t.double().sum(dim=(1, 2))
+            # All in NumPy, no torch op per step: on a busy machine each of torch's parallel
+            # ops can wait a whole scheduler slice, which costs more than a small plan's strokes.
+            # Totals summed in another order than the reference's differ only in the last bits,
+            # and equal channels still tie exactly (a stable sort keeps the lower one first).
+            absdiff = np.abs(self.canvas - self.plan[t]).astype(np.float64)
+            channel_totals = absdiff.sum(axis=(1, 2))
             if not policy.admit(float(channel_totals.sum())):
                 continue
-            gains = block_mean(absdiff_t.numpy(), p["cell"])
+            gains = block_mean(absdiff, p["cell"])
             if p["channels"] == "joint":
                 layers = [(-1, gains.sum(axis=0))]
             else:
-                order = torch.sort(channel_totals, descending=True, stable=True).indices.tolist()
+                order = np.argsort(-channel_totals, kind="stable").tolist()
                 layers = [(c, gains[c]) for c in order]
             budget = p["step_budget"]
             for channel, gain in layers:
