@@ -315,7 +315,10 @@ def main() -> None:
             first_runs[label] = runs[0]["total"]
             jobs[label] = min(runs, key=lambda stages: stages["total"])
             summary = ", ".join(f"{k} {v:.2f}" for k, v in jobs[label].items())
-            print(f"  done {label}: {summary} (first run {runs[0]['total']:.2f} s)", flush=True)
+            latent = torch.zeros(8, 4, size // 8, size // 8, device=device)
+            batch = models.decoder(settings, model).chunk_size(latent)
+            first = runs[0]["total"]
+            print(f"  done {label}: {summary} (first run {first:.2f} s; decode batch {batch})", flush=True)
         demo = None
         if not (args.no_demo or cuda):
             # The demo's job in-process, stage by stage, then the demo itself as a user runs it.

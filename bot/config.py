@@ -62,6 +62,7 @@ class RenderSettings:
     crf: int = 20
     batch_size: int = 8
     compile: str = "auto"
+    decode_memory_mb: int = 2048
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,7 @@ RANGES: dict[tuple[str, str], tuple[float | None, float | None]] = {
     ("render", "max_bytes"): (10_000, None),
     ("render", "crf"): (0, 51),
     ("render", "batch_size"): (1, 256),
+    ("render", "decode_memory_mb"): (0, None),
     ("queue", "lease_seconds"): (1.0, None),
     ("queue", "heartbeat_seconds"): (0.1, None),
     ("queue", "max_attempts"): (1, 100),

@@ -105,6 +105,7 @@ class ModelCache:
             dtype=model.dtype,
             batch_size=settings.render.batch_size,
             compile=self.compiles(settings, model),
+            memory_mb=settings.render.decode_memory_mb,
         )
 
     def compiles(self, settings: Settings, model: LoadedModel) -> bool:

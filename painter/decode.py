@@ -39,6 +39,13 @@ class Decoder:
     size, so it pays in a long-running worker, not in a one-shot command. The compiled
     decode is kept per VAE for the process, and every call gets a full batch (the last
     one padded) so one compilation serves every job of that size.
+
+    ``memory_mb`` bounds the decoder's activations on a GPU: one frame is decoded
+    first to measure what a frame takes, and the batch shrinks below ``batch_size``
+    to fit (SD 1.5's VAE takes about 1 GB a frame at 512² in fp16, so a batch of 8
+    would add ~8 GB over the generation; TAESD takes a fraction). 0: no bound. A batch
+    that still runs out of GPU memory is halved and retried, never failing a job that
+    one frame at a time can finish.
     """
 
     def __init__(
@@ -51,6 +58,7 @@ class Decoder:
         dtype: torch.dtype = torch.float32,
         batch_size: int = 8,
         compile: bool | str = False,
+        memory_mb: int = 0,
     ) -> None:
         self.vae = vae
         self.device = torch.device(device)
@@ -67,6 +75,7 @@ class Decoder:
                 self.vae = vae.to(self.device, self.dtype)
             self.vae.eval()
         self.scale = 1 if vae is None else 2 ** (len(vae.config.block_out_channels) - 1)
+        self.memory_bytes = memory_mb * 2**20
         self.compiled = bool(compile) and self.vae is not None
         self._decode: Callable[[torch.Tensor], Any] | None = None
         if self.vae is not None:
@@ -77,22 +86,65 @@ class Decoder:
     def decode_float(self, canvases: torch.Tensor) -> torch.Tensor:
         """RGB in [0, 1], ``[B, 3, H, W]`` on the decoder's device, float32."""
         out = []
-        # On the CPU one canvas per VAE call is fastest: a batch's activations spill out of
-        # the caches (bench/bench_decode.py: batch 8 decoded 1.4-1.8x slower than one by one).
-        one_by_one = self.device.type == "cpu" and self.vae is not None and not self.compiled
-        size = 1 if one_by_one else self.batch_size
-        for chunk in canvases.split(size):
-            chunk = chunk.to(self.device, self.dtype)
+        size = self.chunk_size(canvases)
+        done = 0
+        while done < canvases.shape[0]:
+            chunk = canvases[done : done + size].to(self.device, self.dtype)
             if self._decode is None:
                 rgb = chunk
             else:
-                count = chunk.shape[0]
-                if self.compiled and count < size:
-                    # A compiled decode is specialised to its batch size: pad rather than recompile.
-                    chunk = torch.cat([chunk, chunk.new_zeros(size - count, *chunk.shape[1:])])
-                rgb = self._decode(chunk / self.scaling_factor + self.shift_factor).sample[:count]
+                try:
+                    rgb = self._vae_decode(chunk, size)
+                except torch.cuda.OutOfMemoryError:
+                    if size == 1:
+                        raise
+                    # Another process took the memory, or the estimate was off: halve and go on.
+                    size = self.batch_size = max(1, size // 2)
+                    torch.cuda.empty_cache()
+                    continue
             out.append(((rgb.float() + 1) / 2).clamp_(0, 1))
+            done += chunk.shape[0]
         return torch.cat(out)
+
+    def _vae_decode(self, chunk: torch.Tensor, size: int) -> torch.Tensor:
+        assert self._decode is not None
+        count = chunk.shape[0]
+        if self.compiled and count < size:
+            # A compiled decode is specialised to its batch size: pad rather than recompile.
+            chunk = torch.cat([chunk, chunk.new_zeros(size - count, *chunk.shape[1:])])
+        return self._decode(chunk / self.scaling_factor + self.shift_factor).sample[:count]
+
+    def chunk_size(self, canvases: torch.Tensor) -> int:
+        """Canvases per VAE call for ``canvases`` ``[B, C, h, w]``."""
+        if self.vae is None:
+            return self.batch_size
+        if self.device.type == "cpu" and not self.compiled:
+            # On the CPU one canvas per VAE call is fastest: a batch's activations spill out of
+            # the caches (bench/bench_decode.py: batch 8 decoded 1.4-1.8x slower than one by one).
+            return 1
+        if self.device.type != "cuda" or not self.memory_bytes or canvases.shape[0] == 0:
+            return self.batch_size
+        return max(1, min(self.batch_size, self.memory_bytes // self._frame_bytes(canvases[:1])))
+
+    def _frame_bytes(self, one: torch.Tensor) -> int:
+        """GPU memory one frame's decode takes, measured (once per VAE, size and dtype when exact)."""
+        key = (tuple(one.shape[1:]), self.dtype)
+        known = _FRAME_BYTES.setdefault(self.vae, {})
+        if key in known:
+            return known[key]
+        torch.cuda.synchronize(self.device)
+        before = torch.cuda.memory_allocated(self.device)
+        peak_before = torch.cuda.max_memory_allocated(self.device)
+        with torch.inference_mode():
+            self.vae.decode(one.to(self.device, self.dtype) / self.scaling_factor + self.shift_factor)
+        torch.cuda.synchronize(self.device)
+        peak = torch.cuda.max_memory_allocated(self.device)
+        used = max(peak - before, 1)
+        if peak > peak_before:
+            known[key] = used  # this decode set the peak: its measure is exact
+        # Otherwise an earlier peak (the generation's) stood higher and ``used`` over-estimates:
+        # a smaller batch this time, never a larger one; measured again next time.
+        return used
 
     def decode(self, canvases: torch.Tensor) -> np.ndarray:
         """RGB uint8 ``[B, H, W, 3]`` on the CPU."""
@@ -102,6 +154,8 @@ class Decoder:
 
 _COMPILED: weakref.WeakKeyDictionary[Any, dict[str, Callable[..., Any]]] = weakref.WeakKeyDictionary()
 _COMPILE_LOCK = threading.Lock()
+# VAE -> {(latent shape, dtype): bytes of GPU memory one frame's decode takes}
+_FRAME_BYTES: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], int]] = weakref.WeakKeyDictionary()
 
 
 def compiled_decode(vae: Any, backend: str = "inductor") -> Callable[[torch.Tensor], Any]:
