@@ -150,6 +150,18 @@ class StageClock:
                 setattr(owner, name, value)
 
 
+def reset_peak(device: torch.device) -> None:
+    """Start counting peak CUDA memory afresh (nothing on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory(device: torch.device) -> int:
+    """Peak CUDA memory allocated since the last ``reset_peak``, bytes (0 on the CPU)."""
+    return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
+
+
 def plain_generation(model: Any, size: int, steps: int, seed: int, device: torch.device) -> float:
     """Seconds for the same generation without painting: 30 steps and one decode to a PIL image."""
     pipe = model.pipeline
@@ -281,6 +293,8 @@ def main() -> None:
         models = paint_job.ModelCache(long_running=True)  # as the worker's
         jobs: dict[str, dict[str, float]] = {}
         first_runs: dict[str, float] = {}
+        job_peaks: dict[str, int] = {}
+        plain_peak = 0
         plain = float("inf")
         for decoder, taesd_id, compile_mode in variants:
             settings = load_settings(
@@ -301,17 +315,21 @@ def main() -> None:
             model = models.model(settings)
             if not jobs:
                 plain_generation(model, size, 2, seed, device)  # first-call costs, untimed
+                reset_peak(device)
                 plain = min(plain_generation(model, size, args.steps, seed, device) for _ in range(2))
+                plain_peak = peak_memory(device)
             label = "paint job, " + ("full VAE" if decoder == "vae" else "TAESD")
             if cuda:
                 label += ", compiled" if models.compiles(settings, model) else ", eager"
             # On a GPU the first job also pays one-off costs (cuDNN picking kernels for the decode
             # batch, torch.compile, the encoder's start): the faster of two runs is the steady
             # state users of a running worker see; the first run's total is printed too.
+            reset_peak(device)
             runs = [
                 paint_job_stages(settings, models, workdir / f"{decoder}-{compile_mode}{n}.mp4", seed, device)
                 for n in range(2 if cuda else 1)
             ]
+            job_peaks[label] = peak_memory(device)
             first_runs[label] = runs[0]["total"]
             jobs[label] = min(runs, key=lambda stages: stages["total"])
             summary = ", ".join(f"{k} {v:.2f}" for k, v in jobs[label].items())
@@ -358,6 +376,10 @@ def main() -> None:
             f"{label}: {stages['total'] / plain:.2f}x the plain generation "
             f"({int(stages['frames'])} frames; {share}); its first run {first_runs[label]:.1f} s"
         )
+        if cuda:
+            extra = (job_peaks[label] - plain_peak) / 2**20
+            peak = job_peaks[label] / 2**20
+            print(f"  peak CUDA memory {peak:,.0f} MB: {extra:+,.0f} MB over the plain generation's")
     if demo is not None:
         print(
             f"latent-painter demo (fresh process, analytic model, 512x512, 15 s at 30 fps): {demo:.1f} s wall"

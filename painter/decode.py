@@ -40,12 +40,11 @@ class Decoder:
     decode is kept per VAE for the process, and every call gets a full batch (the last
     one padded) so one compilation serves every job of that size.
 
-    ``memory_mb`` bounds the decoder's activations on a GPU: one frame is decoded
-    first to measure what a frame takes, and the batch shrinks below ``batch_size``
-    to fit (SD 1.5's VAE takes about 1 GB a frame at 512² in fp16, so a batch of 8
-    would add ~8 GB over the generation; TAESD takes a fraction). 0: no bound. A batch
-    that still runs out of GPU memory is halved and retried, never failing a job that
-    one frame at a time can finish.
+    ``memory_mb`` bounds what decoding may add to the GPU's peak memory: the batch
+    shrinks below ``batch_size`` to fit, measured on the GPU (SD 1.5's VAE at 512² in
+    fp16 with batches of 8 added ~7.7 GB over the plain generation on an H100; one
+    frame at a time ~0.8 GB). 0: no bound. A batch that still runs out of GPU memory
+    is halved and retried, never failing a job that one frame at a time can finish.
     """
 
     def __init__(
@@ -124,38 +123,50 @@ class Decoder:
             return 1
         if self.device.type != "cuda" or not self.memory_bytes or canvases.shape[0] == 0:
             return self.batch_size
-        return max(1, min(self.batch_size, self.memory_bytes // self._frame_bytes(canvases[:1])))
+        return self._fitted_batch(canvases[:1])
 
-    def _frame_bytes(self, one: torch.Tensor) -> int:
-        """GPU memory one frame's decode takes, measured (once per VAE, size and dtype when exact)."""
-        key = (tuple(one.shape[1:]), self.dtype)
-        known = _FRAME_BYTES.setdefault(self.vae, {})
+    def _fitted_batch(self, one: torch.Tensor) -> int:
+        """The largest batch (up to ``batch_size``) whose decode stays within the memory bound.
+
+        Measured once per VAE, canvas shape and dtype by decoding growing batches (1, 2,
+        4, ... of the first canvas) and reading the GPU's peak: a batch may raise the peak
+        by at most ``memory_mb`` over what is allocated, and whatever fits under a peak
+        that already stood (the generation's) costs nothing and is always allowed. The next
+        size is tried only when the last one's growth predicts it fits.
+        """
+        key = (tuple(one.shape[1:]), self.dtype, self.batch_size, self.memory_bytes)
+        known = _FITTED.setdefault(self.vae, {})
         if key in known:
             return known[key]
+        sizes = [b for b in (1, 2, 4, 8, 16, 32, 64, 128, 256) if b < self.batch_size] + [self.batch_size]
+        z = one.to(self.device, self.dtype) / self.scaling_factor + self.shift_factor
         torch.cuda.synchronize(self.device)
         before = torch.cuda.memory_allocated(self.device)
-        peak_before = torch.cuda.max_memory_allocated(self.device)
-        with torch.inference_mode():
-            self.vae.decode(one.to(self.device, self.dtype) / self.scaling_factor + self.shift_factor)
-        torch.cuda.synchronize(self.device)
-        peak = torch.cuda.max_memory_allocated(self.device)
-        used = max(peak - before, 1)
-        if peak > peak_before:
-            known[key] = used  # this decode set the peak: its measure is exact
-        # Otherwise an earlier peak (the generation's) stood higher and ``used`` over-estimates:
-        # a smaller batch this time, never a larger one; measured again next time.
-        return used
-
-    def decode(self, canvases: torch.Tensor) -> np.ndarray:
-        """RGB uint8 ``[B, H, W, 3]`` on the CPU."""
-        rgb = self.decode_float(canvases)
-        return to_uint8(rgb)
+        allowed = max(self.memory_bytes, torch.cuda.max_memory_allocated(self.device) - before)
+        fitted = 1
+        for size in sizes:
+            peak_before = torch.cuda.max_memory_allocated(self.device)
+            try:
+                with torch.inference_mode():
+                    self.vae.decode(z.expand(size, *z.shape[1:]).contiguous())
+                torch.cuda.synchronize(self.device)
+            except torch.cuda.OutOfMemoryError:
+                torch.cuda.empty_cache()
+                break
+            peak = torch.cuda.max_memory_allocated(self.device)
+            if peak - before > allowed and size > 1:
+                break
+            fitted = size
+            if peak > peak_before and 2 * (peak - before) > allowed:
+                break  # this batch set the peak: twice the batch would pass the bound
+        known[key] = fitted
+        return fitted
 
 
 _COMPILED: weakref.WeakKeyDictionary[Any, dict[str, Callable[..., Any]]] = weakref.WeakKeyDictionary()
 _COMPILE_LOCK = threading.Lock()
-# VAE -> {(latent shape, dtype): bytes of GPU memory one frame's decode takes}
-_FRAME_BYTES: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], int]] = weakref.WeakKeyDictionary()
+# VAE -> {(latent shape, dtype, batch_size, bound): the batch fitted to the GPU memory bound}
+_FITTED: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], int]] = weakref.WeakKeyDictionary()
 
 
 def compiled_decode(vae: Any, backend: str = "inductor") -> Callable[[torch.Tensor], Any]:
