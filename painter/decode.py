@@ -162,6 +162,10 @@ class Decoder:
         known[key] = fitted
         return fitted
 
+    def decode(self, canvases: torch.Tensor) -> np.ndarray:
+        """RGB uint8 ``[B, H, W, 3]`` on the CPU."""
+        return to_uint8(self.decode_float(canvases))
+
 
 _COMPILED: weakref.WeakKeyDictionary[Any, dict[str, Callable[..., Any]]] = weakref.WeakKeyDictionary()
 _COMPILE_LOCK = threading.Lock()
