@@ -104,7 +104,10 @@ def run_transition(
             on_frame=on_frame,
         )
         written.append(video_path)
-        final = decode_image(decoder, plan.plan[-1])
+        image_decoder = decoder_for_trails(
+            settings, meta.model_ids, meta.vae_id, meta.space, models, image=True
+        )
+        final = decode_image(image_decoder, plan.plan[-1])
         write_pictures(written, final, image_path, png_text(loaded[-1], effect), animation, heatmap_path)
     return TransitionOutputs(video_path, image_path, heatmap_path, plan, animation)
 

@@ -108,6 +108,24 @@ class ModelCache:
             memory_mb=settings.render.decode_memory_mb,
         )
 
+    def image_decoder(self, settings: Settings, model: LoadedModel) -> Decoder:
+        """The decoder of the delivered picture: always the pipeline's own VAE.
+
+        TAESD, when ``[model] decoder`` paints the animation with it, approximates the
+        VAE for speed; the finished image people keep is decoded by the VAE itself, one
+        frame, eager (compiling for a single decode would not pay).
+        """
+        if settings.model.decoder == "vae":
+            return self.decoder(settings, model)
+        from dataclasses import replace
+
+        own = replace(
+            settings,
+            model=replace(settings.model, decoder="vae"),
+            render=replace(settings.render, compile="never"),
+        )
+        return self.decoder(own, model)
+
     def compiles(self, settings: Settings, model: LoadedModel) -> bool:
         """Whether this cache's decoders for ``model`` decode through ``torch.compile``."""
         mode = settings.render.compile
@@ -263,7 +281,7 @@ def run_paint(
             on_frame=watcher.on_frame,
         )
         written.append(video_path)
-        final = decode_image(decoder, trail.final)
+        final = decode_image(decoder if analytic else models.image_decoder(settings, model), trail.final)
         verdict = watcher.verdict(np.asarray(final))
         write_pictures(written, final, image_path, png_text(trail, p.effect), animation, heatmap_path)
         saved_trail = None
@@ -329,12 +347,20 @@ class SafetySampler:
 
 
 def decoder_for_trails(
-    settings: Settings, model_ids: list[str], vae_id: str, space: str, models: ModelCache
+    settings: Settings,
+    model_ids: list[str],
+    vae_id: str,
+    space: str,
+    models: ModelCache,
+    *,
+    image: bool = False,
 ) -> Decoder:
     """The decoder for stored trails: the VAE they were made with, loaded through their model.
 
     Any of the models will do when they share the VAE; each is checked against the
     recorded VAE fingerprint, so a model that changed since is never used to decode.
+    ``image``: the decoder of the delivered picture (``ModelCache.image_decoder``), not
+    the animation's.
     """
     from dataclasses import replace
 
@@ -351,7 +377,7 @@ def decoder_for_trails(
         if model.vae_id != vae_id:
             problems.append(f"model {model_id!r} now has VAE {model.vae_id!r}")
             continue
-        return models.decoder(model_settings, model)
+        return models.image_decoder(model_settings, model) if image else models.decoder(model_settings, model)
     raise ModelError(
         f"cannot decode: no model named in the trails loads with their VAE {vae_id!r} ({'; '.join(problems)})"
     )
@@ -383,7 +409,9 @@ def repaint(
         plan = trail.latents.to(decoder.device)
         animation = animate_to(plan, decoder, spec, video_path, start=start, trail=trail, on_frame=on_frame)
         written.append(video_path)
-        final = decode_image(decoder, trail.final)
+        ids = [meta.model_id]
+        image_decoder = decoder_for_trails(settings, ids, meta.vae_id, meta.space, models, image=True)
+        final = decode_image(image_decoder, trail.final)
         write_pictures(written, final, image_path, png_text(trail, effect), animation, heatmap_path)
     return PaintOutputs(video_path, image_path, heatmap_path, None, trail, animation)
 

@@ -305,3 +305,39 @@ def test_bad_pictures_are_refused(env_for, tmp_path, monkeypatch, capsys, kind):
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "bad.png" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.png"]
+
+
+def test_taesd_paints_the_animation_and_the_vae_the_picture(env_for, tmp_path, monkeypatch):
+    """[model] decoder = taesd: the animation is decoded by TAESD (fast), the delivered
+    picture by the pipeline's own VAE (TAESD only approximates it)."""
+    import torch
+    from diffusers import AutoencoderKL, AutoencoderTiny
+
+    from painter.decode import Decoder
+
+    taesd_dir = tmp_path / "taesd"
+    torch.manual_seed(0)
+    AutoencoderTiny(
+        encoder_block_out_channels=(8, 8, 8, 8),
+        decoder_block_out_channels=(8, 8, 8, 8),
+        num_encoder_blocks=(1, 1, 1, 1),
+        num_decoder_blocks=(1, 1, 1, 1),
+    ).save_pretrained(taesd_dir)
+    monkeypatch.setenv("LATENT_PAINTER_MODEL_DECODER", "taesd")
+    monkeypatch.setenv("LATENT_PAINTER_MODEL_TAESD_ID", str(taesd_dir))
+    out = tmp_path / "t.mp4"
+    trail_path = tmp_path / "t.safetensors"
+    code = main(
+        ["paint", "a lighthouse", *BASE, "--fps", "8", "--duration", "2", "--out", str(out)]
+        + ["--save-trail", str(trail_path)]
+    )
+    assert code == 0
+    final_latent = Trail.load(trail_path).final[None]
+    vae = AutoencoderKL.from_pretrained(env_for / "models" / "tiny" / "vae")
+    by_vae = Decoder(vae, scaling_factor=float(vae.config.scaling_factor)).decode(final_latent)[0]
+    by_taesd = Decoder(AutoencoderTiny.from_pretrained(taesd_dir)).decode(final_latent)[0]
+    picture = np.asarray(Image.open(tmp_path / "t.png").convert("RGB"))
+    assert np.array_equal(picture, by_vae)
+    assert psnr(picture, by_taesd) < 20  # the two decoders really differ here
+    _, frames = read_frames(out)
+    assert video_psnr(frames[-1], by_taesd) > video_psnr(frames[-1], by_vae) + 5
