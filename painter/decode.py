@@ -123,6 +123,8 @@ class Decoder:
             return 1
         if self.device.type != "cuda" or not self.memory_bytes or canvases.shape[0] == 0:
             return self.batch_size
+        if canvases.shape[0] == 1 and not self.compiled:
+            return 1  # one picture (the delivered image): nothing to fit
         return self._fitted_batch(canvases[:1])
 
     def _fitted_batch(self, one: torch.Tensor) -> int:
