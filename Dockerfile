@@ -11,7 +11,10 @@ FROM nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cu126
 
-# Everything the bot keeps (database, artifacts, downloaded models) lives on the /data volume.
+# Everything the bot keeps (database, artifacts, downloaded models) lives on the /data volume,
+# and so do the compilers' caches (the strokes planner's numba code, the decoder's
+# torch.compile kernels), so a restarted container does not compile them again.
+# gcc and the Python headers: Triton builds its kernel launchers with them at run time.
 ENV DEBIAN_FRONTEND=noninteractive \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -21,10 +24,13 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PATH=/opt/latent-painter/bin:$PATH \
     LATENT_PAINTER_STORAGE_DATA_DIR=/data \
     HF_HOME=/data/huggingface \
-    HF_HUB_DISABLE_PROGRESS_BARS=1
+    HF_HUB_DISABLE_PROGRESS_BARS=1 \
+    NUMBA_CACHE_DIR=/data/cache/numba \
+    TORCHINDUCTOR_CACHE_DIR=/data/cache/inductor \
+    TRITON_CACHE_DIR=/data/cache/triton
 
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates tini \
+    && apt-get install -y --no-install-recommends python3 python3-venv python3-dev gcc libc6-dev ca-certificates tini \
     && rm -rf /var/lib/apt/lists/* \
     && python3 -m venv "$VIRTUAL_ENV"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import weakref
 from collections.abc import Callable
@@ -13,6 +14,8 @@ import torch
 import torch.nn.functional as F
 
 DEFAULT_PAPER = (245, 240, 230)
+
+log = logging.getLogger(__name__)
 
 
 def parse_colour(text: str) -> tuple[int, int, int]:
@@ -34,11 +37,13 @@ class Decoder:
 
     ``compile`` decodes through ``torch.compile`` of the VAE's ``decode`` (True: the
     inductor backend with the VAE in channels_last; a string names another backend).
-    On an H100 that decodes 2.2x (SD VAE) to 2.7x (TAESD) faster than eager fp16
-    (bench/RESULTS.md), for a one-off compile of tens of seconds per VAE and canvas
+    On an H100 a /paint job decoded 1.5-2x (SD VAE) and 2.2x (TAESD) faster than
+    eager fp16 (bench/RESULTS.md), for a one-off compile of ~5-30 s per VAE and canvas
     size, so it pays in a long-running worker, not in a one-shot command. The compiled
     decode is kept per VAE for the process, and every call gets a full batch (the last
-    one padded) so one compilation serves every job of that size.
+    one padded) so one compilation serves every job of that size. Where compiling
+    fails (no C compiler for Triton, an unsupported GPU) the decoder says so in the log
+    and decodes eagerly from then on, for every Decoder of that VAE.
 
     ``memory_mb`` bounds what decoding may add to the GPU's peak memory: the batch
     shrinks below ``batch_size`` to fit, measured on the GPU (SD 1.5's VAE at 512² in
@@ -56,7 +61,7 @@ class Decoder:
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
         batch_size: int = 8,
-        compile: bool | str = False,
+        compile: bool | str | Callable[..., Any] = False,
         memory_mb: int = 0,
     ) -> None:
         self.vae = vae
@@ -75,10 +80,10 @@ class Decoder:
             self.vae.eval()
         self.scale = 1 if vae is None else 2 ** (len(vae.config.block_out_channels) - 1)
         self.memory_bytes = memory_mb * 2**20
-        self.compiled = bool(compile) and self.vae is not None
+        self.compiled = bool(compile) and self.vae is not None and self.vae not in _COMPILE_FAILED
         self._decode: Callable[[torch.Tensor], Any] | None = None
         if self.vae is not None:
-            backend = "inductor" if compile is True else str(compile)
+            backend = "inductor" if compile is True else compile
             self._decode = compiled_decode(self.vae, backend) if self.compiled else self.vae.decode
 
     @torch.inference_mode()
@@ -111,7 +116,19 @@ class Decoder:
         if self.compiled and count < size:
             # A compiled decode is specialised to its batch size: pad rather than recompile.
             chunk = torch.cat([chunk, chunk.new_zeros(size - count, *chunk.shape[1:])])
-        return self._decode(chunk / self.scaling_factor + self.shift_factor).sample[:count]
+        z = chunk / self.scaling_factor + self.shift_factor
+        if not self.compiled:
+            return self._decode(z).sample[:count]
+        try:
+            return self._decode(z).sample[:count]
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any compiler failure: decode eagerly instead
+            log.warning("torch.compile of the decoder failed (%s); decoding without it", _root_cause(exc))
+            _COMPILE_FAILED.add(self.vae)
+            self.compiled = False
+            self._decode = self.vae.decode
+            return self._decode(z).sample[:count]
 
     def chunk_size(self, canvases: torch.Tensor) -> int:
         """Canvases per VAE call for ``canvases`` ``[B, C, h, w]``."""
@@ -169,13 +186,17 @@ class Decoder:
         return to_uint8(self.decode_float(canvases))
 
 
-_COMPILED: weakref.WeakKeyDictionary[Any, dict[str, Callable[..., Any]]] = weakref.WeakKeyDictionary()
+_COMPILED: weakref.WeakKeyDictionary[Any, dict[Any, Callable[..., Any]]] = weakref.WeakKeyDictionary()
 _COMPILE_LOCK = threading.Lock()
 # VAE -> {(latent shape, dtype, batch_size, bound): the batch fitted to the GPU memory bound}
 _FITTED: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], int]] = weakref.WeakKeyDictionary()
+# VAEs whose compiled decode failed once: decoded eagerly from then on.
+_COMPILE_FAILED: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
-def compiled_decode(vae: Any, backend: str = "inductor") -> Callable[[torch.Tensor], Any]:
+def compiled_decode(
+    vae: Any, backend: str | Callable[..., Any] = "inductor"
+) -> Callable[[torch.Tensor], Any]:
     """``torch.compile`` of ``vae.decode``, made once per VAE and backend for the process.
 
     Compilation itself happens on the first call for each batch shape (tens of seconds
@@ -191,6 +212,17 @@ def compiled_decode(vae: Any, backend: str = "inductor") -> Callable[[torch.Tens
             # The unbound method, so the cache holds no reference to the VAE it is keyed by.
             per_backend[backend] = torch.compile(type(vae).decode, backend=backend, dynamic=False)
         return partial(per_backend[backend], vae)
+
+
+def _root_cause(exc: BaseException) -> str:
+    """``Type: first line`` of the innermost cause (dynamo wraps a backend's error)."""
+    while True:
+        inner = getattr(exc, "inner_exception", None) or exc.__cause__
+        if inner is None or inner is exc:
+            break
+        exc = inner
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 def _asks_for_upcast(vae: Any) -> bool:

@@ -70,3 +70,29 @@ def test_model_cache_compiles_only_where_it_pays(tiny_model, data_dir):
     assert ModelCache(long_running=True).compiles(settings("always"), model) is True
     assert cache.compiles(settings("never"), model) is False
     assert cache.decoder(settings("never"), model).compiled is False
+
+
+def test_a_compiler_failure_falls_back_to_eager_decoding(tiny_model, caplog):
+    """A machine without Triton's C compiler must still paint: the decoder logs the failure
+    and decodes eagerly, for this and every later Decoder of the VAE."""
+    import logging
+
+    import torch
+
+    from painter.decode import Decoder
+
+    def broken_backend(graph, example_inputs):
+        raise RuntimeError("Failed to find C compiler. Please specify via CC environment variable.")
+
+    vae = AutoencoderKL.from_pretrained(tiny_model / "vae").eval()
+    scale = float(vae.config.scaling_factor)
+    canvases = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    eager = Decoder(vae, scaling_factor=scale, batch_size=2).decode_float(canvases)
+    decoder = Decoder(vae, scaling_factor=scale, batch_size=2, compile=broken_backend)
+    assert decoder.compiled
+    with caplog.at_level(logging.WARNING, logger="painter.decode"):
+        rgb = decoder.decode_float(canvases)
+    assert torch.allclose(rgb, eager, atol=1e-4)
+    assert not decoder.compiled
+    assert "torch.compile of the decoder failed" in caplog.text and "C compiler" in caplog.text
+    assert Decoder(vae, scaling_factor=scale, compile=broken_backend).compiled is False
