@@ -1,6 +1,6 @@
 """How fast are frames encoded to H.264? Frames per second, alone and fed while decoding goes on.
 
-``painter.video.FrameEncoder`` runs ffmpeg (libx264, CRF 20, preset medium, yuv420p)
+``painter.video.FrameEncoder`` runs ffmpeg (libx264, CRF 20, preset fast, yuv420p)
 from a background thread, so decoding the next batch can go on while the last is
 encoded. For 512² and 1024² this times, in one run:
 
@@ -120,7 +120,7 @@ def main() -> None:
     source = (
         "SD 1.5 VAE fp16, batch 8" if vae is not None else "pixel canvases (the demo's closed-form model)"
     )
-    print(f"\nH.264 (libx264 CRF 20, preset medium) through FrameEncoder; decode = {source}")
+    print(f"\nH.264 (libx264 CRF 20, preset fast) through FrameEncoder; decode = {source}")
     print(
         table(
             rows,

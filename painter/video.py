@@ -42,6 +42,12 @@ class VideoInfo:
     bytes: int
 
 
+# x264's "fast" preset: on painted frames (512², CRF 20) it encoded 1.2-1.5x faster than
+# "medium" with the same quality (34.1 against 34.2 dB) and 5 % smaller files; with TAESD on a
+# GPU the encoder, not the decoder, is what a job waits for at its end (bench/RESULTS.md).
+PRESET = "fast"
+
+
 def ffmpeg_exe() -> str:
     return imageio_ffmpeg.get_ffmpeg_exe()
 
@@ -73,7 +79,7 @@ class FrameEncoder:
             pix_fmt_out="yuv420p",
             quality=None,
             macro_block_size=2,
-            output_params=["-crf", str(self.crf), "-preset", "medium", "-movflags", "+faststart"],
+            output_params=["-crf", str(self.crf), "-preset", PRESET, "-movflags", "+faststart"],
             ffmpeg_log_level="error",
         )
         try:
@@ -140,7 +146,7 @@ def transcode(
             else ["-crf", str(crf)]
         )
         args = ["-i", str(master), "-vf", scale, "-c:v", "libx264", "-pix_fmt", "yuv420p", *rate]
-        args += ["-preset", "medium", "-movflags", "+faststart", "-an", "-f", "mp4", str(out)]
+        args += ["-preset", PRESET, "-movflags", "+faststart", "-an", "-f", "mp4", str(out)]
     elif fmt == "gif":
         # A palette made from the animation itself keeps GIF banding down.
         graph = f"{scale},split[a][b];[a]palettegen=stats_mode=diff[p];[b][p]paletteuse=dither=bayer"
