@@ -61,7 +61,7 @@ SD15_TEXT_CONFIG: dict[str, Any] = {
 
 def quiet() -> None:
     """Silence the libraries' loading bars and notices, as the CLI does."""
-    from bot.cli import quiet_libraries
+    from bot.quiet import quiet_libraries
 
     quiet_libraries()
 

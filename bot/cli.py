@@ -18,6 +18,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 from bot.config import EFFECTS, FORMATS, SCHEDULERS, ConfigError, Settings, load_settings  # noqa: E402
+from bot.quiet import quiet_libraries  # noqa: E402
 
 log = logging.getLogger("latent_painter")
 
@@ -267,25 +268,6 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from painter.trail import TrailError
 
     return (UsageError, ConfigError, CaptureError, ModelError, AnimationError, ImageInputError, TrailError)
-
-
-def quiet_libraries() -> None:
-    """diffusers and transformers log loading bars and deprecation chatter users cannot act on."""
-    import warnings
-
-    for noisy in ("diffusers", "transformers", "PIL"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    try:
-        from diffusers.utils import logging as diffusers_logging
-        from transformers.utils import logging as transformers_logging
-
-        diffusers_logging.set_verbosity_error()
-        diffusers_logging.disable_progress_bar()
-        transformers_logging.set_verbosity_error()
-        transformers_logging.disable_progress_bar()
-    except ImportError:
-        pass
 
 
 def main(argv: Sequence[str] | None = None) -> int:

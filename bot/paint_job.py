@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from bot.config import Settings
+from bot.quiet import quiet_loaded
 from painter.animate import Animation, AnimationSpec, decode_image, save_png
 from painter.capture import CaptureError, Generation, capture, validate_generation
 from painter.decode import Decoder, parse_colour
@@ -80,6 +81,7 @@ class ModelCache:
         key = (m.id, m.device, m.dtype)
         with self._lock:
             if key not in self._models:
+                quiet_loaded()
                 loaded = load_pipeline(m.id, data_dir=settings.data_dir, device=m.device, dtype=m.dtype)
                 self._models[key] = (loaded, loaded.pipeline.scheduler)
             loaded, checkpoint_scheduler = self._models[key]
@@ -94,6 +96,7 @@ class ModelCache:
         if m.decoder == "taesd":
             with self._lock:
                 if m.taesd_id not in self._taesd:
+                    quiet_loaded()
                     self._taesd[m.taesd_id] = load_taesd(m.taesd_id, device=model.device, dtype=model.dtype)
                 vae = self._taesd[m.taesd_id]
         config = model.vae.config
