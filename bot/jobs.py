@@ -104,6 +104,35 @@ def _read_artifact(settings: Settings, key: str, into: Path) -> Path:
     return into
 
 
+def warm_up(settings: Settings | None) -> None:
+    """Before the first claim: load ``[model] id`` and prepare what its first job would.
+
+    Loading a checkpoint, compiling the decoder (``[render] compile``, ~30 s on a GPU),
+    fitting its batch to ``[render] decode_memory_mb`` and loading the strokes planner's
+    compiled loop would otherwise all land on the first person to ``/paint`` after a
+    start. The worker runs this once, in the runner's thread; a failure is logged and the
+    first job tries again.
+    """
+    import numpy as np
+    import torch
+
+    from painter.effects.strokes import plan_strokes
+    from painter.models import ANALYTIC_ID
+
+    settings = settings if settings is not None else load_settings()
+    plan_strokes(torch.from_numpy(np.linspace(0, 1, 2 * 4 * 8 * 8).reshape(2, 4, 8, 8)))
+    if settings.model.id == ANALYTIC_ID:
+        return  # the closed-form model: nothing to load or compile
+    model = MODELS.model(settings)
+    decoder = MODELS.decoder(settings, model)
+    if decoder.device.type == "cpu" and not decoder.compiled:
+        return  # nothing a first decode would prepare
+    p = settings.painter
+    channels = int(model.vae.config.get("latent_channels", 4))
+    canvases = torch.zeros(decoder.batch_size, channels, p.height // decoder.scale, p.width // decoder.scale)
+    decoder.decode_float(canvases.to(decoder.device))
+
+
 def run_job(ctx: JobContext) -> JobOutput:
     """Run one claimed job; user-caused failures are permanent (retrying cannot fix them)."""
     base = ctx.settings if ctx.settings is not None else load_settings()
@@ -213,3 +242,7 @@ def result_fields(meta: Any, animation: Any, settings: Settings) -> dict[str, An
         "vae_id": meta.vae_id,
         **animation_fields(animation, settings),
     }
+
+
+# The Worker calls its runner's ``warm_up`` (when it has one) once before its first claim.
+run_job.warm_up = warm_up  # type: ignore[attr-defined]

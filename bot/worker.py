@@ -238,6 +238,7 @@ class Worker:
         """
         handled = 0
         self.sweep_dead_workdirs()
+        await self.warm_up()
         was_busy = False
         while not self._stopping.is_set():
             try:
@@ -262,6 +263,49 @@ class Worker:
         with contextlib.suppress(OSError):
             (self.workdir_root / self.worker_id).rmdir()  # only if empty: a runner may still be in it
         return handled
+
+    async def warm_up(self) -> None:
+        """Run the runner's ``warm_up(settings)``, if it has one, before the first claim.
+
+        It runs in a daemon thread like a job (loading a model blocks); a stop ends the
+        wait at once, and a failure is only logged: the first job will try again.
+        """
+        hook = getattr(self.runner, "warm_up", None)
+        if hook is None or self._stopping.is_set():
+            return
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def settle(error: BaseException | None) -> None:
+            if not done.done():
+                done.set_result(None)
+            if error is not None:
+                log.warning(
+                    "worker %s: warm-up failed (%s); the first job will load what it needs",
+                    self.worker_id,
+                    error,
+                )
+
+        def target() -> None:
+            start = time.monotonic()
+            try:
+                hook(self.settings)
+                error = None
+            except Exception as exc:  # noqa: BLE001 - logged; jobs still run
+                error = exc
+            else:
+                log.info("worker %s: warmed up in %.1f s", self.worker_id, time.monotonic() - start)
+            try:
+                loop.call_soon_threadsafe(settle, error)
+            except RuntimeError:
+                pass  # the loop is gone: the worker already exited
+
+        threading.Thread(target=target, name="warm-up", daemon=True).start()
+        stop_wait = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({done, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop_wait.cancel()
 
     async def _idle(self, seconds: float) -> None:
         self._wake.clear()

@@ -187,3 +187,22 @@ async def test_cli_transition_takes_result_ids(setup, tmp_path, capsys):
     assert code == 2
     assert "no result with id ZZZZZZZZ" in capsys.readouterr().err
     assert not (tmp_path / "x.mp4").exists()
+
+
+def test_warm_up_loads_the_configured_model_before_any_job(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real runner's warm-up leaves [model] id loaded in the worker's cache, so the
+    first /paint after a start does not wait for it; the closed-form model loads nothing."""
+    from bot import jobs
+    from bot.paint_job import ModelCache
+
+    tiny = load_settings(env={}, overrides={"storage": {"data_dir": str(data_dir)}})
+    analytic = load_settings(env={}, overrides={"model": {"id": "analytic"}})
+    cache = ModelCache(long_running=True)
+    monkeypatch.setattr(jobs, "MODELS", cache)  # a fresh worker process's cache
+    jobs.warm_up(analytic)
+    assert not cache._models
+    jobs.warm_up(tiny)
+    assert any(key[0] == "tiny" for key in cache._models)
+    assert run_job.warm_up is jobs.warm_up

@@ -284,3 +284,42 @@ async def test_heartbeats_keep_a_job_longer_than_its_lease(sqlite_db: Database, 
     await task
     done = await worker.queue.get(job.id)
     assert stolen == [] and (done.status, done.attempts) == ("done", 1)
+
+
+async def test_warm_up_runs_once_before_the_first_claim_and_never_blocks_jobs(
+    sqlite_db: Database, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The runner's warm_up (model load, compile) runs before the first job, in a thread,
+    with the worker's settings; a failing one is logged and jobs still run; a stop during
+    a long one ends the worker at once."""
+    calls: list[tuple[object, str, bool]] = []
+
+    def warming_runner(ctx: JobContext) -> JobOutput:
+        return run_job(ctx)
+
+    def warm_up(settings: object) -> None:
+        calls.append((settings, threading.current_thread().name, bool(worker.current)))
+        raise RuntimeError("no GPU today")
+
+    warming_runner.warm_up = warm_up  # type: ignore[attr-defined]
+    worker = make_worker(sqlite_db, tmp_path, runner=warming_runner, settings="the settings")
+    job = (await worker.queue.enqueue("paint", {"prompt": "harbour frames=2"}, user_id=5)).job
+    assert await asyncio.wait_for(worker.run(max_jobs=1), 30) == 1
+    assert (await worker.queue.get(job.id)).status == "done"
+    assert calls == [("the settings", "warm-up", False)]  # once, off the event loop, before the job
+    assert "warm-up failed (no GPU today)" in caplog.text
+
+    release = threading.Event()
+
+    def slow_runner(ctx: JobContext) -> JobOutput:
+        return run_job(ctx)
+
+    slow_runner.warm_up = lambda settings: release.wait(30)  # type: ignore[attr-defined]
+    slow = make_worker(sqlite_db, tmp_path, runner=slow_runner)
+    task = asyncio.create_task(slow.run())
+    await asyncio.sleep(0.3)
+    slow.stop()
+    started = time.monotonic()
+    assert await asyncio.wait_for(task, 10) == 0
+    assert time.monotonic() - started < 2
+    release.set()
