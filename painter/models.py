@@ -350,6 +350,9 @@ def load_pipeline(
                     "(no model_index.json)"
                 )
             source = local
+            # Recorded absolute (trails, results): a relative path would only load again from
+            # the directory it was typed in, and transitions and repaints run from anywhere.
+            model_id = str(local.resolve())
     dtype_kw = {_dtype_keyword(): torch_dtype}
     try:
         try:

@@ -341,3 +341,21 @@ def test_taesd_paints_the_animation_and_the_vae_the_picture(env_for, tmp_path, m
     assert psnr(picture, by_taesd) < 20  # the two decoders really differ here
     _, frames = read_frames(out)
     assert video_psnr(frames[-1], by_taesd) > video_psnr(frames[-1], by_vae) + 5
+
+
+def test_a_relative_model_path_is_recorded_absolute(env_for, tmp_path, monkeypatch, tiny_model):
+    """--model ./dir: the trail names the model so it loads again from any directory
+    (a transition or a repaint of it runs elsewhere, later)."""
+    from painter.models import load_pipeline
+
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "my-model").symlink_to(tiny_model)
+    monkeypatch.chdir(project)
+    trail_path = tmp_path / "t.safetensors"
+    args = ["paint", "a lighthouse", *BASE, "--fps", "4", "--duration", "1", "--model", "./my-model"]
+    assert main([*args, "--out", str(tmp_path / "t.mp4"), "--save-trail", str(trail_path)]) == 0
+    recorded = Trail.load(trail_path).meta.model_id
+    assert recorded == str((project / "my-model").resolve())
+    monkeypatch.chdir(tmp_path)
+    assert load_pipeline(recorded).model_id == recorded
