@@ -279,3 +279,39 @@ def test_transition_pairs_need_trails_and_a_shared_vae() -> None:
     assert "AAAAAAAA (sd15)" in str(refused.value) and "BBBBBBBB (sdxl)" in str(refused.value)
     with pytest.raises(UserError, match="keeps no trail"):
         check_pair(made(1, "AAAAAAAA", "sd15", "vae-1"), made(2, "BBBBBBBB", "sd15", "vae-1", trail=None))
+
+
+@on_bot
+async def test_transition_takes_depth_and_blend(harness: Harness) -> None:
+    """/transition depth: and blend: reach the queued job (the CLI's --depth and
+    --guidance interpolate); a depth outside its range is refused before anything is queued."""
+    from sqlalchemy import func, select
+
+    from db.models import Job
+
+    queue = harness.bot.queue
+    made = []
+    for prompt in ("a quiet bay", "a stormy bay"):
+        job = (await queue.enqueue("paint", {"prompt": prompt}, user_id=ALICE_ID, guild_id=GUILD_ID)).job
+        lease = await queue.claim("unit-worker")
+        assert lease is not None and lease.job_id == job.id
+        fields = {"prompt": prompt, "vae_id": "v", "model_id": "tiny"}
+        keys = {"trail": f"jobs/{job.id}/1/trail.safetensors"}
+        made.append((await queue.finish(lease, NewResult(fields=fields, artifact_keys=keys))).public_id)
+
+    async def newest_job_id() -> int:
+        async with harness.bot.db.read() as session:
+            return int(await session.scalar(select(func.max(Job.id))) or 0)
+
+    before = await newest_job_id()
+    refused = await harness.slash("transition", {"from": made[0], "to": made[1], "depth": 1.5})
+    assert "Depth must be from 0.05 to 1." in ephemeral_text(refused)
+    assert await newest_job_id() == before  # nothing queued
+
+    await harness.slash("transition", {"from": made[0], "to": made[1], "depth": 0.5, "blend": True})
+    job = await queue.get(await newest_job_id())
+    try:
+        assert job.kind == "transition"
+        assert job.params["depth"] == 0.5 and job.params["interpolate"] is True
+    finally:
+        await queue.cancel(job.id)

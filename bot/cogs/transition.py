@@ -81,6 +81,10 @@ def check_pair(source: Result, destination: Result) -> None:
         )
 
 
+# Below this a transition barely unpaints the first picture (depth counts trail steps).
+MIN_DEPTH = 0.05
+
+
 class TransitionCog(commands.Cog, name="Transition"):
     """/transition and the "Transition from this" button's modal."""
 
@@ -93,6 +97,8 @@ class TransitionCog(commands.Cog, name="Transition"):
         source="The result to start from (its id)",
         destination="The result to end on (its id)",
         effect="How the change appears (default strokes)",
+        depth="How far the first picture is taken back before the second is painted: 0.05-1 (default 1)",
+        blend="Blend straight from one finished picture to the other instead (default no)",
     )
     @app_commands.choices(effect=effect_choices())
     async def transition(
@@ -101,8 +107,10 @@ class TransitionCog(commands.Cog, name="Transition"):
         source: app_commands.Range[str, 1, 32],
         destination: app_commands.Range[str, 1, 32],
         effect: str | None = None,
+        depth: app_commands.Range[float, MIN_DEPTH, 1.0] | None = None,
+        blend: bool | None = None,
     ) -> None:
-        await self.start(interaction, source, destination, effect)
+        await self.start(interaction, source, destination, effect, depth=depth, blend=bool(blend))
 
     @transition.autocomplete("source")
     @transition.autocomplete("destination")
@@ -120,7 +128,14 @@ class TransitionCog(commands.Cog, name="Transition"):
         return [app_commands.Choice(name=result_label(r), value=r.public_id) for r in picked[:MAX_CHOICES]]
 
     async def start(
-        self, interaction: discord.Interaction, source_id: str, destination_id: str, effect: str | None
+        self,
+        interaction: discord.Interaction,
+        source_id: str,
+        destination_id: str,
+        effect: str | None,
+        *,
+        depth: float | None = None,
+        blend: bool = False,
     ) -> None:
         """Check both results and queue the transition."""
         bot = painter_bot(interaction)
@@ -128,6 +143,9 @@ class TransitionCog(commands.Cog, name="Transition"):
         effect = effect or bot.settings.painter.effect
         if effect not in EFFECTS:
             raise UserError(f"Unknown effect; pick one of {', '.join(EFFECTS)}.")
+        # discord.py does not re-check an option's range on incoming interactions.
+        if depth is not None and not MIN_DEPTH <= depth <= 1.0:
+            raise UserError(f"Depth must be from {MIN_DEPTH} to 1.")
         source = await resolve_usable(bot, interaction, source_id, "from")
         destination = await resolve_usable(bot, interaction, destination_id, "to")
         check_pair(source, destination)
@@ -140,6 +158,10 @@ class TransitionCog(commands.Cog, name="Transition"):
             # Results of two sizes meet at the source's size.
             "resize": (source.width, source.height) != (destination.width, destination.height),
         }
+        if depth is not None:
+            params["depth"] = depth
+        if blend:
+            params["interpolate"] = True
         await start_job(interaction, "transition", params, rules)
 
 
