@@ -96,3 +96,42 @@ def test_a_compiler_failure_falls_back_to_eager_decoding(tiny_model, caplog):
     assert not decoder.compiled
     assert "torch.compile of the decoder failed" in caplog.text and "C compiler" in caplog.text
     assert Decoder(vae, scaling_factor=scale, compile=broken_backend).compiled is False
+
+
+def test_a_batch_that_runs_out_of_gpu_memory_is_halved_and_retried(tiny_model):
+    """Another process can take the GPU's memory mid-job: the decoder halves its batch
+    until one fits and finishes every frame, rather than failing the job. (The GPU's
+    out-of-memory error cannot be caused on CI's CPU, so a VAE raises it for batches
+    over 2, as a card with room for two frames would.)"""
+    import torch
+
+    from painter.decode import Decoder
+
+    class TwoFramesFit(AutoencoderKL):
+        def decode(self, z, *args, **kwargs):
+            if z.shape[0] > 2:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return super().decode(z, *args, **kwargs)
+
+    vae = TwoFramesFit.from_pretrained(tiny_model / "vae").eval()
+    scale = float(vae.config.scaling_factor)
+    canvases = torch.randn(7, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    eager = Decoder(vae, scaling_factor=scale, batch_size=1).decode_float(canvases)
+    # compile="eager" makes the decoder batch on the CPU as it does on a GPU.
+    decoder = Decoder(vae, scaling_factor=scale, batch_size=8, compile="eager")
+    rgb = decoder.decode_float(canvases)
+    assert decoder.batch_size == 2
+    assert rgb.shape == eager.shape == (7, 3, 64, 64)
+    assert torch.allclose(rgb, eager, atol=1e-4)
+
+    class NothingFits(AutoencoderKL):
+        def decode(self, z, *args, **kwargs):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+
+    one = Decoder(NothingFits.from_pretrained(tiny_model / "vae"), scaling_factor=scale, compile="eager")
+    try:
+        one.decode_float(canvases[:3])
+    except torch.cuda.OutOfMemoryError:
+        assert one.batch_size == 1  # halved down to one frame, which still did not fit
+    else:
+        raise AssertionError("a frame that does not fit must fail the decode")
