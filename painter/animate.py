@@ -6,7 +6,6 @@ paint``, transitions and the queue's worker.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,9 +122,6 @@ def animate(
     _, channels, height, width = plan.shape
     canvas0 = torch.zeros(plan.shape[1:], dtype=plan.dtype, device=plan.device) if start is None else start
     frames = paint(plan, spec.effect, start=start, frames=painted_frames, **spec.params)
-    if lead_in:
-        still = Frame(canvas0, torch.zeros_like(canvas0, dtype=torch.bool), -1)
-        frames = itertools.chain(itertools.repeat(still, lead_in), frames)
     shows_start = start is not None and backdrop is None
     painted = torch.full((height, width), shows_start, dtype=torch.bool, device=plan.device)
     paper = spec.paper if backdrop is None else backdrop
@@ -135,6 +131,22 @@ def animate(
     last: np.ndarray | None = None
     encoder: FrameEncoder | None = None
     try:
+        if lead_in:
+            # The opening still, decoded once however long it is held (a transition's
+            # half second of source picture was 15 decodes of one canvas); blank paper
+            # needs no decode at all.
+            rgb = torch.zeros(1, 3, height * decoder.scale, width * decoder.scale, device=plan.device)
+            if painted.any():
+                rgb = decoder.decode_float(canvas0[None])
+            still = to_uint8(lay_on_paper(rgb, painted[None], paper))[0]
+            encoder = FrameEncoder(master, size=(still.shape[1], still.shape[0]), fps=spec.fps, crf=spec.crf)
+            encoder.__enter__()
+            for _ in range(lead_in):
+                encoder.write(still)
+                done += 1
+                if on_frame is not None:
+                    on_frame(done, total, still)
+            last = still
         for batch in _batched(frames, spec.batch_size):
             coverage = []
             for frame in batch:
