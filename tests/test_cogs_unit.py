@@ -198,17 +198,23 @@ async def test_settings_need_manage_server(harness: Harness) -> None:
     await update_settings(harness.bot.db, GUILD_ID, MOD_ID, per_user_cap=None)
 
 
-@on_bot
-async def test_transition_autocomplete_offers_the_callers_results_newest_first(harness: Harness) -> None:
+async def finished_results(harness: Harness, *prompts: str) -> list[str]:
+    """Alice's paint results with a trail (one per prompt, same VAE), as a worker would finish them."""
     queue = harness.bot.queue
     made = []
-    for prompt in ("an old mill", "a new bridge"):
+    for prompt in prompts:
         job = (await queue.enqueue("paint", {"prompt": prompt}, user_id=ALICE_ID, guild_id=GUILD_ID)).job
         lease = await queue.claim("unit-worker")
         assert lease is not None and lease.job_id == job.id
         fields = {"prompt": prompt, "vae_id": "v", "model_id": "tiny"}
         keys = {"trail": f"jobs/{job.id}/1/trail.safetensors"}
         made.append((await queue.finish(lease, NewResult(fields=fields, artifact_keys=keys))).public_id)
+    return made
+
+
+@on_bot
+async def test_transition_autocomplete_offers_the_callers_results_newest_first(harness: Harness) -> None:
+    made = await finished_results(harness, "an old mill", "a new bridge")
     data = {
         "id": "1",
         "name": "transition",
@@ -290,14 +296,7 @@ async def test_transition_takes_depth_and_blend(harness: Harness) -> None:
     from db.models import Job
 
     queue = harness.bot.queue
-    made = []
-    for prompt in ("a quiet bay", "a stormy bay"):
-        job = (await queue.enqueue("paint", {"prompt": prompt}, user_id=ALICE_ID, guild_id=GUILD_ID)).job
-        lease = await queue.claim("unit-worker")
-        assert lease is not None and lease.job_id == job.id
-        fields = {"prompt": prompt, "vae_id": "v", "model_id": "tiny"}
-        keys = {"trail": f"jobs/{job.id}/1/trail.safetensors"}
-        made.append((await queue.finish(lease, NewResult(fields=fields, artifact_keys=keys))).public_id)
+    made = await finished_results(harness, "a quiet bay", "a stormy bay")
 
     async def newest_job_id() -> int:
         async with harness.bot.db.read() as session:
