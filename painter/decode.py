@@ -117,13 +117,13 @@ class Decoder:
             # A compiled decode is specialised to its batch size: pad rather than recompile.
             chunk = torch.cat([chunk, chunk.new_zeros(size - count, *chunk.shape[1:])])
         z = chunk / self.scaling_factor + self.shift_factor
-        if not self.compiled:
-            return self._decode(z).sample[:count]
         try:
             return self._decode(z).sample[:count]
         except torch.cuda.OutOfMemoryError:
             raise
         except Exception as exc:  # noqa: BLE001 - any compiler failure: decode eagerly instead
+            if not self.compiled:
+                raise
             log.warning("torch.compile of the decoder failed (%s); decoding without it", _root_cause(exc))
             _COMPILE_FAILED.add(self.vae)
             self.compiled = False
@@ -173,7 +173,7 @@ class Decoder:
                 torch.cuda.empty_cache()
                 break
             peak = torch.cuda.max_memory_allocated(self.device)
-            if peak - before > allowed and size > 1:
+            if peak - before > allowed:
                 break
             fitted = size
             if peak > peak_before and 2 * (peak - before) > allowed:
