@@ -7,7 +7,8 @@ Runs, in one process and one run:
 * one /paint job through ``bot.paint_job.run_paint`` — the code the queue's worker and
   ``latent-painter paint`` run — with the strokes effect and a 10 s animation at
   30 fps, its time split stage by stage: generation, painting (the effect's frames),
-  decoding (the VAE, also the final PNG), paper and uint8, encoding (time animate
+  decoding (the VAE, also the final PNG), interpolating (adaptive rendering's frames
+  between decodes), paper and uint8, encoding (time animate
   waited for the background encoder), upload-fit (fit_to_budget) and the rest
   (heatmap, PNGs, trail file);
 * ``latent-painter demo`` as a user runs it (a fresh process; CPU only).
@@ -61,11 +62,21 @@ from painter.decode import Decoder
 from painter.sample_image import sample_picture
 from painter.video import FrameEncoder
 
-STAGES = ("generation", "painting", "decoding", "paper + uint8", "encoding", "upload-fit", "other")
+STAGES = (
+    "generation",
+    "painting",
+    "decoding",
+    "interpolating",
+    "paper + uint8",
+    "encoding",
+    "upload-fit",
+    "other",
+)
 COLOURS = {
     "generation": (90, 110, 200),
     "painting": (230, 120, 50),
     "decoding": (200, 60, 80),
+    "interpolating": (230, 150, 170),
     "paper + uint8": (240, 190, 60),
     "encoding": (70, 170, 110),
     "upload-fit": (140, 90, 170),
@@ -128,6 +139,7 @@ class StageClock:
                     super().__exit__(*exc)
 
         import painter.analytic as analytic
+        import painter.render as render_module
 
         patches = [
             (paint_job, "capture", self.timed("generation", paint_job.capture)),
@@ -135,7 +147,10 @@ class StageClock:
             (analytic, "analytic_trail", self.timed("generation", analytic.analytic_trail)),
             (animate_module, "paint", self.timed_iterator("painting", animate_module.paint)),
             (Decoder, "decode_float", self.timed("decoding", Decoder.decode_float)),
+            # Adaptive rendering's frames between decodes (its checks' paper included).
+            (render_module, "_interpolate", self.timed("interpolating", render_module._interpolate)),
             (animate_module, "lay_on_paper", self.timed("paper + uint8", animate_module.lay_on_paper)),
+            (render_module, "lay_on_paper", self.timed("paper + uint8", render_module.lay_on_paper)),
             (animate_module, "to_uint8", self.timed("paper + uint8", animate_module.to_uint8)),
             (animate_module, "FrameEncoder", TimedEncoder),
             (animate_module, "fit_to_budget", self.timed("upload-fit", animate_module.fit_to_budget)),
@@ -217,7 +232,7 @@ def demo_wall_time(workdir: Path) -> float:
 
 def draw_chart(jobs: dict[str, dict[str, float]], plain: float, title: str, path: Path) -> None:
     """A horizontal stacked bar per paint job, one for the plain generation, on one time axis."""
-    width, left, right, bar, gap = 1000, 230, 90, 46, 26
+    width, left, right, bar, gap = 1100, 330, 90, 46, 26
     bars = [*jobs.items(), ("plain generation", {"generation": plain, "total": plain})]
     height = 90 + len(bars) * (bar + gap) + 70
     image = Image.new("RGB", (width, height), (252, 250, 246))
@@ -280,23 +295,28 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         model_settings: dict[str, Any] = {"id": "tiny", "device": str(device)}
-        # (decoder, TAESD id, [render] compile): on a GPU each decoder runs eager and compiled,
-        # as a one-shot command and the long-running worker (compile = "auto") would paint.
-        variants = [("vae", "", "never")]
+        # (decoder, TAESD id, [render] compile, [render] mode): exact and adaptive rendering side
+        # by side; on a GPU each decoder also runs eager and compiled, as a one-shot command and
+        # the long-running worker (compile = "auto") would paint.
+        variants = [("vae", "", "never", "exact"), ("vae", "", "never", "adaptive")]
         if cuda:
             model_settings["id"] = str(build_sd15_pipeline(args.data_dir / "models" / "sd15-random"))
             taesd_dir = args.data_dir / "models" / "taesd-random"
             if not (taesd_dir / "config.json").is_file():
                 random_taesd(torch.device("cpu")).save_pretrained(taesd_dir)
             decoders = (("vae", ""), ("taesd", str(taesd_dir)))
-            variants = [(d, t, c) for d, t in decoders for c in ("never", "auto")]
+            variants = [
+                (d, t, c, r)
+                for d, t in decoders
+                for c, r in (("never", "exact"), ("auto", "exact"), ("auto", "adaptive"))
+            ]
         models = paint_job.ModelCache(long_running=True)  # as the worker's
         jobs: dict[str, dict[str, float]] = {}
         first_runs: dict[str, float] = {}
         job_peaks: dict[str, int] = {}
         plain_peak = 0
         plain = float("inf")
-        for decoder, taesd_id, compile_mode in variants:
+        for decoder, taesd_id, compile_mode, render in variants:
             settings = load_settings(
                 env={},
                 overrides={
@@ -308,7 +328,7 @@ def main() -> None:
                         "fps": 30,
                         "duration": 10.0,
                     },
-                    "render": {"compile": compile_mode},
+                    "render": {"compile": compile_mode, "mode": render},
                     "storage": {"data_dir": str(args.data_dir)},
                 },
             )
@@ -321,12 +341,14 @@ def main() -> None:
             label = "paint job, " + ("full VAE" if decoder == "vae" else "TAESD")
             if cuda:
                 label += ", compiled" if models.compiles(settings, model) else ", eager"
+            label += f", {render}"
             # On a GPU the first job also pays one-off costs (cuDNN picking kernels for the decode
             # batch, torch.compile, the encoder's start): the faster of two runs is the steady
             # state users of a running worker see; the first run's total is printed too.
             reset_peak(device)
+            name = f"{decoder}-{compile_mode}-{render}"
             runs = [
-                paint_job_stages(settings, models, workdir / f"{decoder}-{compile_mode}{n}.mp4", seed, device)
+                paint_job_stages(settings, models, workdir / f"{name}{n}.mp4", seed, device)
                 for n in range(2 if cuda else 1)
             ]
             job_peaks[label] = peak_memory(device)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run the painter benchmarks one after another on one device, each one's output to a log.
 #
-#   bash bench/run_all.sh OUT_DIR [painter decode encode e2e memory fast_render]
+#   bash bench/run_all.sh OUT_DIR [painter decode encode e2e memory render]
 #
 # DEVICE (default cuda) picks the device; BENCH_TIMEOUT (default 300 s) bounds each one,
 # so one that hangs still leaves the others' figures. The end-to-end chart goes to OUT_DIR.
@@ -9,7 +9,7 @@ set -uo pipefail
 out=${1:?usage: bench/run_all.sh OUT_DIR [benchmark ...]}
 shift
 names=("$@")
-[ ${#names[@]} -gt 0 ] || names=(painter decode encode e2e memory fast_render)
+[ ${#names[@]} -gt 0 ] || names=(painter decode encode e2e memory render)
 device=${DEVICE:-cuda}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1

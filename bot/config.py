@@ -63,6 +63,8 @@ class RenderSettings:
     batch_size: int = 8
     compile: str = "auto"
     decode_memory_mb: int = 2048
+    mode: str = "adaptive"
+    tolerance_db: float = 35.0
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,7 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("painter", "effect"): EFFECTS,
     ("render", "format"): FORMATS,
     ("render", "compile"): ("auto", "always", "never"),
+    ("render", "mode"): ("adaptive", "exact"),
 }
 
 # (section, key) -> (low, high), inclusive; None for an open end.
@@ -149,6 +152,7 @@ RANGES: dict[tuple[str, str], tuple[float | None, float | None]] = {
     ("render", "crf"): (0, 51),
     ("render", "batch_size"): (1, 256),
     ("render", "decode_memory_mb"): (0, None),
+    ("render", "tolerance_db"): (20.0, 99.0),
     ("queue", "lease_seconds"): (1.0, None),
     ("queue", "heartbeat_seconds"): (0.1, None),
     ("queue", "max_attempts"): (1, 100),

@@ -10,6 +10,7 @@ import os
 import secrets
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,6 +169,8 @@ def animation_spec(settings: Settings, effect: str, *, analytic: bool = False) -
         paper=parse_colour(settings.render.paper_color),
         crf=settings.render.crf,
         batch_size=settings.render.batch_size,
+        render=settings.render.mode,
+        tolerance_db=settings.render.tolerance_db,
         params=effect_params(settings, effect, analytic=analytic),
     )
 
@@ -273,25 +276,29 @@ def run_paint(
         spec = animation_spec(settings, p.effect, analytic=analytic)
         plan = trail.latents.to(decoder.device)
         watcher = SafetySampler(None if analytic else model.pipeline, spec.total_frames, on_frame)
-        animation = animate_to(
-            plan,
-            decoder,
-            spec,
-            video_path,
-            start=start,
-            backdrop=backdrop,
-            trail=trail,
-            on_frame=watcher.on_frame,
-        )
-        written.append(video_path)
+        # The picture and the trail need only the generation: decode the picture now (one
+        # frame, before the animation's decodes take the GPU memory) and write both files
+        # in a thread while the animation renders, off the job's critical path.
         final = decode_image(decoder if analytic else models.image_decoder(settings, model), trail.final)
+        saved_trail = trail_path if request.save_trail else None
+        with ThreadPoolExecutor(1, thread_name_prefix="paint-files") as pool:
+            text = png_text(trail, p.effect)
+            files = pool.submit(_write_files, written, final, image_path, text, trail, saved_trail)
+            animation = animate_to(
+                plan,
+                decoder,
+                spec,
+                video_path,
+                start=start,
+                backdrop=backdrop,
+                trail=trail,
+                on_frame=watcher.on_frame,
+            )
+            written.append(video_path)
+            # Leaving the pool waits for its files, so a failure anywhere removes them too.
+            files.result()
         verdict = watcher.verdict(np.asarray(final))
-        write_pictures(written, final, image_path, png_text(trail, p.effect), animation, heatmap_path)
-        saved_trail = None
-        if request.save_trail:
-            trail.save(trail_path)
-            written.append(trail_path)
-            saved_trail = trail_path
+        write_heatmap(written, animation, heatmap_path)
     return PaintOutputs(video_path, image_path, heatmap_path, saved_trail, trail, animation, verdict)
 
 
@@ -316,11 +323,31 @@ def write_pictures(
     heatmap_path: Path,
 ) -> None:
     """Write the final picture (with its parameters as PNG text) and the heatmap beside the video."""
+    write_picture(written, final, image_path, text)
+    write_heatmap(written, animation, heatmap_path)
+
+
+def write_picture(written: list[Path], final: Any, image_path: Path, text: dict[str, Any]) -> None:
+    """The final picture, with its parameters as PNG text; recorded in ``written``."""
     save_png(final, image_path, text)
     written.append(image_path)
+
+
+def write_heatmap(written: list[Path], animation: Animation, heatmap_path: Path) -> None:
+    """The animation's stroke (or update) heatmap; recorded in ``written``."""
     kind = "stroke" if animation.effect == "strokes" else "update"
     save_png(animation.heatmap, heatmap_path, {"Description": f"{kind} heatmap ({animation.effect})"})
     written.append(heatmap_path)
+
+
+def _write_files(
+    written: list[Path], final: Any, image_path: Path, text: dict[str, Any], trail: Trail, path: Path | None
+) -> None:
+    """What needs only the generation: the picture and, when asked for, the trail file."""
+    write_picture(written, final, image_path, text)
+    if path is not None:
+        trail.save(path)
+        written.append(path)
 
 
 class SafetySampler:

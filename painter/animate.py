@@ -6,7 +6,7 @@ paint``, transitions and the queue's worker.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,8 +17,8 @@ from PIL import Image, PngImagePlugin
 
 from painter.decode import DEFAULT_PAPER, Decoder, lay_on_paper, to_uint8
 from painter.effects import paint
-from painter.frame import Frame
 from painter.heatmap import HeatmapAccumulator
+from painter.render import RENDER_MODES, render_batches
 from painter.video import FORMATS, FrameEncoder, VideoInfo, fit_to_budget
 
 FrameCallback = Callable[[int, int, np.ndarray], None]
@@ -46,6 +46,10 @@ class AnimationSpec:
     paper: tuple[int, int, int] = DEFAULT_PAPER
     crf: int = 20
     batch_size: int = 8
+    # adaptive: decode some frames, interpolate the rest where a check against a decoded
+    # frame holds within tolerance_db (painter/render.py); exact: decode every frame.
+    render: str = "adaptive"
+    tolerance_db: float = 35.0
     params: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -70,6 +74,10 @@ class AnimationSpec:
             raise AnimationError(f"duration {self.duration} s must be between 0.5 and 600")
         if self.max_bytes < 10_000:
             raise AnimationError(f"max bytes {self.max_bytes} must be at least 10000")
+        if self.render not in RENDER_MODES:
+            raise AnimationError(f"unknown render mode {self.render!r}; use {' or '.join(RENDER_MODES)}")
+        if not 20 <= self.tolerance_db <= 99:
+            raise AnimationError(f"tolerance {self.tolerance_db} dB must be between 20 and 99")
 
 
 @dataclass
@@ -81,17 +89,6 @@ class Animation:
     last_frame: np.ndarray
     frames_painted: int
     effect: str = "strokes"
-
-
-def _batched(frames: Iterator[Frame], size: int) -> Iterator[list[Frame]]:
-    batch: list[Frame] = []
-    for frame in frames:
-        batch.append(frame)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def animate(
@@ -130,6 +127,7 @@ def animate(
     done = 0
     last: np.ndarray | None = None
     encoder: FrameEncoder | None = None
+    start_rgb: torch.Tensor | None = None
     try:
         if lead_in:
             # The opening still, decoded once however long it is held (a transition's
@@ -137,7 +135,7 @@ def animate(
             # needs no decode at all.
             rgb = torch.zeros(1, 3, height * decoder.scale, width * decoder.scale, device=plan.device)
             if painted.any():
-                rgb = decoder.decode_float(canvas0[None])
+                rgb = start_rgb = decoder.decode_float(canvas0[None])
             still = to_uint8(lay_on_paper(rgb, painted[None], paper))[0]
             encoder = FrameEncoder(master, size=(still.shape[1], still.shape[0]), fps=spec.fps, crf=spec.crf)
             encoder.__enter__()
@@ -147,17 +145,20 @@ def animate(
                 if on_frame is not None:
                     on_frame(done, total, still)
             last = still
-        for batch in _batched(frames, spec.batch_size):
-            coverage = []
+        rendered = render_batches(
+            frames,
+            decoder,
+            start=canvas0,
+            painted=painted,
+            paper=paper,
+            batch_size=spec.batch_size,
+            mode=spec.render,
+            tolerance_db=spec.tolerance_db,
+            start_rgb=start_rgb,
+        )
+        for batch, rgb in rendered:
             for frame in batch:
                 heat.add(frame.mask)
-                painted |= frame.mask.amax(dim=0)  # any(), but 3-10x faster on CPU bool tensors
-                coverage.append(painted.clone())
-            if done + len(batch) >= painted_frames + lead_in:
-                # The finished picture shows everywhere, even where no frame changed a cell.
-                coverage[-1] = torch.ones_like(painted)
-            canvases = torch.stack([frame.canvas for frame in batch])
-            rgb = lay_on_paper(decoder.decode_float(canvases), torch.stack(coverage), paper)
             images = to_uint8(rgb)
             if encoder is None:
                 size = (images.shape[2], images.shape[1])

@@ -52,6 +52,23 @@ def tiny_other_vae(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_pipeline(tmp_path_factory.mktemp("other") / "c", seed=13, vae_seed=99)
 
 
+@pytest.fixture(scope="session")
+def tiny_taesd(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny TAESD (diffusers ``AutoencoderTiny``, random weights) saved as a model directory."""
+    import torch
+    from diffusers import AutoencoderTiny
+
+    path = tmp_path_factory.mktemp("taesd")
+    torch.manual_seed(0)
+    AutoencoderTiny(
+        encoder_block_out_channels=(8, 8, 8, 8),
+        decoder_block_out_channels=(8, 8, 8, 8),
+        num_encoder_blocks=(1, 1, 1, 1),
+        num_decoder_blocks=(1, 1, 1, 1),
+    ).save_pretrained(path)
+    return path
+
+
 @pytest.fixture
 def env_for(data_dir: Path, monkeypatch: pytest.MonkeyPatch):
     """Point the settings' data directory at the session's tiny model."""

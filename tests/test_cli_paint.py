@@ -307,22 +307,14 @@ def test_bad_pictures_are_refused(env_for, tmp_path, monkeypatch, capsys, kind):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.png"]
 
 
-def test_taesd_paints_the_animation_and_the_vae_the_picture(env_for, tmp_path, monkeypatch):
+def test_taesd_paints_the_animation_and_the_vae_the_picture(env_for, tiny_taesd, tmp_path, monkeypatch):
     """[model] decoder = taesd: the animation is decoded by TAESD (fast), the delivered
     picture by the pipeline's own VAE (TAESD only approximates it)."""
-    import torch
     from diffusers import AutoencoderKL, AutoencoderTiny
 
     from painter.decode import Decoder
 
-    taesd_dir = tmp_path / "taesd"
-    torch.manual_seed(0)
-    AutoencoderTiny(
-        encoder_block_out_channels=(8, 8, 8, 8),
-        decoder_block_out_channels=(8, 8, 8, 8),
-        num_encoder_blocks=(1, 1, 1, 1),
-        num_decoder_blocks=(1, 1, 1, 1),
-    ).save_pretrained(taesd_dir)
+    taesd_dir = tiny_taesd
     monkeypatch.setenv("LATENT_PAINTER_MODEL_DECODER", "taesd")
     monkeypatch.setenv("LATENT_PAINTER_MODEL_TAESD_ID", str(taesd_dir))
     out = tmp_path / "t.mp4"
@@ -359,3 +351,46 @@ def test_a_relative_model_path_is_recorded_absolute(env_for, tmp_path, monkeypat
     assert recorded == str((project / "my-model").resolve())
     monkeypatch.chdir(tmp_path)
     assert load_pipeline(recorded).model_id == recorded
+
+
+def test_a_job_failing_mid_animation_leaves_no_file(env_for, tmp_path):
+    """The picture and trail are written while the animation renders; if the animation
+    then fails (here: the progress callback raises, as a cancelled job's does), they go
+    too — nothing of the job is left."""
+    import time
+
+    from bot.config import load_settings
+    from bot.paint_job import PaintRequest, run_paint
+
+    settings = load_settings(
+        env={},
+        overrides={
+            "model": {"id": "tiny"},
+            "painter": {"width": 64, "height": 64, "steps": 4, "fps": 10, "duration": 2.0},
+            "storage": {"data_dir": str(env_for)},
+        },
+    )
+
+    class Stop(Exception):
+        pass
+
+    def on_frame(done: int, total: int, image: np.ndarray) -> None:
+        if done == total - 2:
+            # Written beside the animation, not after it: it appears while the animation waits.
+            deadline = time.monotonic() + 30
+            while not (tmp_path / "job.png").is_file() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert (tmp_path / "job.png").is_file()
+            raise Stop
+
+    with pytest.raises(Stop):
+        run_paint(settings, PaintRequest("a lighthouse", seed=3), tmp_path / "job.mp4", on_frame=on_frame)
+    assert list(tmp_path.iterdir()) == []
+    outputs = run_paint(settings, PaintRequest("a lighthouse", seed=3), tmp_path / "job.mp4")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "job.heatmap.png",
+        "job.mp4",
+        "job.png",
+        "job.trail.safetensors",
+    ]
+    assert outputs.trail_path == tmp_path / "job.trail.safetensors"
