@@ -74,9 +74,10 @@ def run_transition(
         animation_spec,
         check_writable,
         decoder_for_trails,
+        files_beside,
         output_paths,
         png_text,
-        write_pictures,
+        write_heatmap,
     )
     from painter.animate import animate, decode_image
     from painter.trail import Trail
@@ -94,21 +95,22 @@ def run_transition(
     # Open on the source picture for half a second before the first stroke lands.
     spec = replace(animation_spec(settings, effect, analytic=meta.space == "pixel"), lead_in=0.5)
     with all_or_nothing() as written:
-        animation = animate(
-            plan.plan.to(decoder.device),
-            decoder,
-            spec,
-            video_path,
-            start=plan.start.to(decoder.device),
-            space=meta.space,
-            on_frame=on_frame,
-        )
-        written.append(video_path)
         image_decoder = decoder_for_trails(
             settings, meta.model_ids, meta.vae_id, meta.space, models, image=True
         )
         final = decode_image(image_decoder, plan.plan[-1])
-        write_pictures(written, final, image_path, png_text(loaded[-1], effect), animation, heatmap_path)
+        with files_beside(written, final, image_path, png_text(loaded[-1], effect)):
+            animation = animate(
+                plan.plan.to(decoder.device),
+                decoder,
+                spec,
+                video_path,
+                start=plan.start.to(decoder.device),
+                space=meta.space,
+                on_frame=on_frame,
+            )
+            written.append(video_path)
+        write_heatmap(written, animation, heatmap_path)
     return TransitionOutputs(video_path, image_path, heatmap_path, plan, animation)
 
 

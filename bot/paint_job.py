@@ -276,14 +276,9 @@ def run_paint(
         spec = animation_spec(settings, p.effect, analytic=analytic)
         plan = trail.latents.to(decoder.device)
         watcher = SafetySampler(None if analytic else model.pipeline, spec.total_frames, on_frame)
-        # The picture and the trail need only the generation: decode the picture now (one
-        # frame, before the animation's decodes take the GPU memory) and write both files
-        # in a thread while the animation renders, off the job's critical path.
         final = decode_image(decoder if analytic else models.image_decoder(settings, model), trail.final)
         saved_trail = trail_path if request.save_trail else None
-        with ThreadPoolExecutor(1, thread_name_prefix="paint-files") as pool:
-            text = png_text(trail, p.effect)
-            files = pool.submit(_write_files, written, final, image_path, text, trail, saved_trail)
+        with files_beside(written, final, image_path, png_text(trail, p.effect), trail, saved_trail):
             animation = animate_to(
                 plan,
                 decoder,
@@ -295,8 +290,6 @@ def run_paint(
                 on_frame=watcher.on_frame,
             )
             written.append(video_path)
-            # Leaving the pool waits for its files, so a failure anywhere removes them too.
-            files.result()
         verdict = watcher.verdict(np.asarray(final))
         write_heatmap(written, animation, heatmap_path)
     return PaintOutputs(video_path, image_path, heatmap_path, saved_trail, trail, animation, verdict)
@@ -314,23 +307,35 @@ def all_or_nothing() -> Iterator[list[Path]]:
         raise
 
 
-def write_pictures(
+@contextmanager
+def files_beside(
     written: list[Path],
     final: Any,
     image_path: Path,
     text: dict[str, Any],
-    animation: Animation,
-    heatmap_path: Path,
-) -> None:
-    """Write the final picture (with its parameters as PNG text) and the heatmap beside the video."""
-    write_picture(written, final, image_path, text)
-    write_heatmap(written, animation, heatmap_path)
+    trail: Trail | None = None,
+    trail_path: Path | None = None,
+) -> Iterator[None]:
+    """Write the final picture (its parameters as PNG text) and the trail file in a thread
+    while the body renders the animation; each path goes into ``written`` once written.
 
+    Both need only the generation, so they come off the job's critical path. The
+    picture is decoded before (one frame, before the animation's decodes take the GPU
+    memory). Leaving waits for the files, so a failure on either side still finds every
+    written path in ``written`` for :func:`all_or_nothing` to remove.
+    """
 
-def write_picture(written: list[Path], final: Any, image_path: Path, text: dict[str, Any]) -> None:
-    """The final picture, with its parameters as PNG text; recorded in ``written``."""
-    save_png(final, image_path, text)
-    written.append(image_path)
+    def write() -> None:
+        save_png(final, image_path, text)
+        written.append(image_path)
+        if trail is not None and trail_path is not None:
+            trail.save(trail_path)
+            written.append(trail_path)
+
+    with ThreadPoolExecutor(1, thread_name_prefix="paint-files") as pool:
+        files = pool.submit(write)
+        yield
+        files.result()
 
 
 def write_heatmap(written: list[Path], animation: Animation, heatmap_path: Path) -> None:
@@ -338,16 +343,6 @@ def write_heatmap(written: list[Path], animation: Animation, heatmap_path: Path)
     kind = "stroke" if animation.effect == "strokes" else "update"
     save_png(animation.heatmap, heatmap_path, {"Description": f"{kind} heatmap ({animation.effect})"})
     written.append(heatmap_path)
-
-
-def _write_files(
-    written: list[Path], final: Any, image_path: Path, text: dict[str, Any], trail: Trail, path: Path | None
-) -> None:
-    """What needs only the generation: the picture and, when asked for, the trail file."""
-    write_picture(written, final, image_path, text)
-    if path is not None:
-        trail.save(path)
-        written.append(path)
 
 
 class SafetySampler:
@@ -437,12 +432,15 @@ def repaint(
     with all_or_nothing() as written:
         spec = animation_spec(settings, effect, analytic=analytic)
         plan = trail.latents.to(decoder.device)
-        animation = animate_to(plan, decoder, spec, video_path, start=start, trail=trail, on_frame=on_frame)
-        written.append(video_path)
         ids = [meta.model_id]
         image_decoder = decoder_for_trails(settings, ids, meta.vae_id, meta.space, models, image=True)
         final = decode_image(image_decoder, trail.final)
-        write_pictures(written, final, image_path, png_text(trail, effect), animation, heatmap_path)
+        with files_beside(written, final, image_path, png_text(trail, effect)):
+            animation = animate_to(
+                plan, decoder, spec, video_path, start=start, trail=trail, on_frame=on_frame
+            )
+            written.append(video_path)
+        write_heatmap(written, animation, heatmap_path)
     return PaintOutputs(video_path, image_path, heatmap_path, None, trail, animation)
 
 
