@@ -1,6 +1,6 @@
 """Adaptive rendering against exact decoding: decodes, seconds, and the PSNR of every frame.
 
-Adaptive rendering (painter/render.py, the default `[render] mode`) decodes every 16th
+Adaptive rendering (painter/render.py, the default `[render] mode`) decodes every 32nd
 frame and the last of each run of strokes, interpolates the frames between in pixel
 space, and decodes more wherever a check against a decoded midpoint misses the
 tolerance. This benchmark paints one 10 s, 30 fps animation (270 painted frames) of a

@@ -51,7 +51,7 @@ def render_batches(
     paper: Paper = DEFAULT_PAPER,
     batch_size: int = 8,
     mode: str = "exact",
-    span: int = 16,
+    span: int = 32,
     tolerance_db: float | None = 35.0,
     start_rgb: torch.Tensor | None = None,
 ) -> Iterator[Batch]:
