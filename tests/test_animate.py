@@ -9,18 +9,8 @@ import torch
 from diffusers import AutoencoderKL, AutoencoderTiny
 
 from painter.animate import AnimationSpec, animate
-from painter.decode import Decoder
 from painter.video import read_frames
-
-
-class CountingDecoder(Decoder):
-    """The tiny model's VAE, counting the canvases it decodes."""
-
-    decoded = 0
-
-    def decode_float(self, canvases: torch.Tensor) -> torch.Tensor:
-        self.decoded += canvases.shape[0]
-        return super().decode_float(canvases)
+from tests.counting import CountingDecoder
 
 
 def test_the_opening_still_is_decoded_once_and_blank_paper_not_at_all(tiny_model, tmp_path: Path) -> None:

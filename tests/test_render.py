@@ -13,17 +13,8 @@ from diffusers import AutoencoderKL, AutoencoderTiny
 from painter.decode import Decoder, lay_on_paper
 from painter.effects import paint
 from painter.render import progress, psnr, render_batches
+from tests.counting import CountingDecoder
 from tests.reference_strokes import converging_plan
-
-
-class CountingDecoder(Decoder):
-    """The real decoder, counting the canvases it decodes."""
-
-    decoded = 0
-
-    def decode_float(self, canvases: torch.Tensor) -> torch.Tensor:
-        self.decoded += canvases.shape[0]
-        return super().decode_float(canvases)
 
 
 @pytest.fixture(scope="module", autouse=True)
