@@ -51,6 +51,7 @@ class PainterSettings:
     neighbourhood: int = 3
     release: float = 0.35
     move_sigma: float = 6.0
+    pacing: float = 0.5
     strength: float = 0.6
 
 
@@ -147,6 +148,7 @@ RANGES: dict[tuple[str, str], tuple[float | None, float | None]] = {
     ("painter", "neighbourhood"): (1, 64),
     ("painter", "release"): (0.0, 1.0),
     ("painter", "move_sigma"): (0.0, None),
+    ("painter", "pacing"): (0.0, 1.0),
     ("painter", "strength"): (0.01, 1.0),
     ("render", "max_bytes"): (10_000, None),
     ("render", "crf"): (0, 51),

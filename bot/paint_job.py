@@ -149,6 +149,7 @@ def effect_params(settings: Settings, effect: str, *, analytic: bool = False) ->
         "neighbourhood": p.neighbourhood,
         "release": p.release,
         "move_sigma": p.move_sigma,
+        "pacing": p.pacing,
     }
     if analytic:
         from painter.analytic import ANALYTIC_PAINT_DEFAULTS

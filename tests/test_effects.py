@@ -81,6 +81,23 @@ def test_natural_frame_counts(plan: torch.Tensor) -> None:
         assert len(list(paint(plan, effect, frames_per_step=5, release=0.0))) == 5 * plan.shape[0]
 
 
+@pytest.mark.parametrize("effect", RELEASE_EFFECTS)
+def test_pacing_keeps_the_opening_step_from_filling_the_animation(effect: str) -> None:
+    # Paper to the rough picture changes 16x more than each of the four refinements after
+    # it (an SD-like trail): frames in proportion to the change would give the opening 80 %
+    # of the animation and leave the details a blink at the end.
+    plan = torch.stack([torch.full((2, 8, 8), 4.0 + 0.25 * t) for t in range(5)])
+
+    def opening_share(**params: float) -> float:
+        steps = [frame.step for frame in paint(plan, effect, frames=100, release=0.0, **params)]
+        assert sorted(set(steps)) == [0, 1, 2, 3, 4]
+        return steps.count(0) / len(steps)
+
+    assert opening_share(pacing=1.0) == pytest.approx(0.8, abs=0.02)
+    assert opening_share() == pytest.approx(0.5, abs=0.02)  # default 0.5: 4 / (4 + 4 x 1)
+    assert opening_share(pacing=0.0) == pytest.approx(0.2, abs=0.02)
+
+
 def test_release_evenness_strokes_far_more_even_than_the_plain_sequence() -> None:
     plan = converging_plan(steps=12, channels=4, size=32, seed=2)
     start = torch.zeros(plan.shape[1:])
@@ -301,7 +318,7 @@ def test_default_params_lists_what_each_effect_accepts() -> None:
         "brush_scale": 1.5,
     }
     assert default_params("sharpen") == {}
-    assert set(default_params("dissolve")) == {"release", "frames_per_step", "mode", "seed"}
+    assert set(default_params("dissolve")) == {"release", "frames_per_step", "pacing", "mode", "seed"}
     for effect in EFFECTS:
         frames = list(paint(torch.rand(3, 2, 8, 8), effect, frames=5, **default_params(effect)))
         assert len(frames) == 5

@@ -61,8 +61,9 @@ def paint(
     one per plan entry; the others: ``frames_per_step`` per painted step on average).
     ``frames=N`` gives exactly N: strokes spreads its strokes evenly over the first
     N − 1 frames (a frame may then hold several channels or steps, or none: a held
-    frame) and flushes in the last; the others share the N frames out over the steps
-    in proportion to how much each changes.
+    frame) and flushes in the last; sharpen spreads the plan entries over them; the
+    others share the N frames out over the painted steps by how much each changes
+    (its total difference raised to ``pacing``).
 
     Each frame's canvas is a fresh tensor on ``plan.device`` the caller may keep; the
     last is ``plan[-1]`` exactly. ``params`` are the effect's own (see

@@ -13,13 +13,14 @@ from functools import partial
 
 import torch
 
-from painter.effects.params import FRAMES_PER_STEP, RELEASE, Param, resolve
+from painter.effects.params import FRAMES_PER_STEP, PACING, RELEASE, Param, resolve
 from painter.effects.reveal import cell_mass, paint_reveal, reveal_in_order
 from painter.frame import Frame
 
 PARAMS: dict[str, Param] = {
     "release": RELEASE,
     "frames_per_step": FRAMES_PER_STEP,
+    "pacing": PACING,
     "mode": Param("content", "choice", choices=("content", "random")),
     "seed": Param(0, "int", low=0, high=2**63 - 1),
 }
@@ -40,4 +41,4 @@ def paint_dissolve(plan: torch.Tensor, start: torch.Tensor, frames: int | None, 
     """Frames of the dissolve effect."""
     p = resolve("dissolve", PARAMS, params)
     schedule = partial(scatter, mode=p["mode"], seed=p["seed"])
-    return paint_reveal(plan, start, frames, p["release"], p["frames_per_step"], schedule)
+    return paint_reveal(plan, start, frames, schedule, p)

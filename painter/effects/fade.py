@@ -10,11 +10,11 @@ from collections.abc import Iterator
 
 import torch
 
-from painter.effects.params import FRAMES_PER_STEP, RELEASE, Param, resolve
+from painter.effects.params import FRAMES_PER_STEP, PACING, RELEASE, Param, resolve
 from painter.effects.reveal import paint_reveal
 from painter.frame import Frame
 
-PARAMS: dict[str, Param] = {"release": RELEASE, "frames_per_step": FRAMES_PER_STEP}
+PARAMS: dict[str, Param] = {"release": RELEASE, "frames_per_step": FRAMES_PER_STEP, "pacing": PACING}
 
 
 def fractions(delta: torch.Tensor, n: int, step: int) -> list[float]:
@@ -25,4 +25,4 @@ def fractions(delta: torch.Tensor, n: int, step: int) -> list[float]:
 def paint_fade(plan: torch.Tensor, start: torch.Tensor, frames: int | None, **params) -> Iterator[Frame]:
     """Frames of the fade effect."""
     p = resolve("fade", PARAMS, params)
-    return paint_reveal(plan, start, frames, p["release"], p["frames_per_step"], fractions)
+    return paint_reveal(plan, start, frames, fractions, p)

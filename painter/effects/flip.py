@@ -12,13 +12,14 @@ from functools import partial
 
 import torch
 
-from painter.effects.params import FRAMES_PER_STEP, RELEASE, Param, resolve
+from painter.effects.params import FRAMES_PER_STEP, PACING, RELEASE, Param, resolve
 from painter.effects.reveal import paint_reveal, reveal_by_threshold
 from painter.frame import Frame
 
 PARAMS: dict[str, Param] = {
     "release": RELEASE,
     "frames_per_step": FRAMES_PER_STEP,
+    "pacing": PACING,
     "direction": Param("diagonal", "choice", choices=("diagonal", "horizontal")),
 }
 
@@ -37,4 +38,4 @@ def paint_flip(plan: torch.Tensor, start: torch.Tensor, frames: int | None, **pa
     """Frames of the flip effect."""
     p = resolve("flip", PARAMS, params)
     schedule = partial(sweep, direction=p["direction"])
-    return paint_reveal(plan, start, frames, p["release"], p["frames_per_step"], schedule)
+    return paint_reveal(plan, start, frames, schedule, p)

@@ -12,11 +12,11 @@ from collections.abc import Iterator
 
 import torch
 
-from painter.effects.params import FRAMES_PER_STEP, RELEASE, Param, resolve
+from painter.effects.params import FRAMES_PER_STEP, PACING, RELEASE, Param, resolve
 from painter.effects.reveal import cell_mass, paint_reveal, reveal_in_order
 from painter.frame import Frame
 
-PARAMS: dict[str, Param] = {"release": RELEASE, "frames_per_step": FRAMES_PER_STEP}
+PARAMS: dict[str, Param] = {"release": RELEASE, "frames_per_step": FRAMES_PER_STEP, "pacing": PACING}
 
 
 def rings(delta: torch.Tensor, n: int, step: int) -> list[torch.Tensor]:
@@ -37,4 +37,4 @@ def rings(delta: torch.Tensor, n: int, step: int) -> list[torch.Tensor]:
 def paint_glow(plan: torch.Tensor, start: torch.Tensor, frames: int | None, **params) -> Iterator[Frame]:
     """Frames of the glow effect."""
     p = resolve("glow", PARAMS, params)
-    return paint_reveal(plan, start, frames, p["release"], p["frames_per_step"], rings)
+    return paint_reveal(plan, start, frames, rings, p)

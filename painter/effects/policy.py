@@ -4,8 +4,9 @@ The paper's policy: a plan step is painted only when its difference from the can
 is at least ``release`` times the largest difference seen at any earlier step;
 otherwise the difference stays on as residue and is painted with a later step. Early
 x0-hat steps change nearly everything and late ones almost nothing, so this, and
-giving each painted step frames in proportion to what it changes, is what spreads
-the picture's information evenly over the animation.
+giving each painted step frames by what it changes, is what spreads the picture's
+information over the animation (the release effects damp the share of the big first
+step with their ``pacing``).
 """
 
 from __future__ import annotations

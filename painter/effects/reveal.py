@@ -2,7 +2,7 @@
 fade and dissolve (Appendix C).
 
 The policy picks the steps (:func:`~painter.effects.policy.painted_steps`), frames are
-shared out in proportion to what each step changes, and within a step an effect's
+shared out by what each step changes (raised to ``pacing``), and within a step an effect's
 schedule says how much of the differential update ΔD = D_t − Z each sub-frame shows.
 The step's last sub-frame is ``D_t`` itself, so the animation ends on ``plan[-1]``.
 """
@@ -10,6 +10,7 @@ The step's last sub-frame is ``D_t`` itself, so the animation ends on ``plan[-1]
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -26,14 +27,16 @@ def paint_reveal(
     plan: torch.Tensor,
     start: torch.Tensor,
     frames: int | None,
-    release: float,
-    frames_per_step: int,
     schedule: Schedule,
+    p: dict[str, Any],
 ) -> Iterator[Frame]:
-    """Frames of a release effect: ``frames`` in all, or ``frames_per_step`` per painted step."""
-    steps = painted_steps(plan, start, release)
-    total = frames if frames is not None else frames_per_step * len(steps)
-    counts = allocate_frames([change for _, change in steps], total)
+    """Frames of a release effect: ``frames`` in all, or ``p["frames_per_step"]`` per painted step.
+
+    ``p`` holds the effect's resolved ``release``, ``frames_per_step`` and ``pacing``.
+    """
+    steps = painted_steps(plan, start, p["release"])
+    total = frames if frames is not None else p["frames_per_step"] * len(steps)
+    counts = allocate_frames([change ** p["pacing"] if change > 0 else 0.0 for _, change in steps], total)
     canvas = start  # the canvas at the start of the step
     shown = start  # the last frame's canvas
     for (t, _), n in zip(steps, counts, strict=True):
