@@ -60,7 +60,7 @@ import painter.animate as animate_module
 from bot.config import load_settings
 from painter.decode import Decoder
 from painter.sample_image import sample_picture
-from painter.video import FrameEncoder
+from painter.video import FrameEncoder, encoder_processes
 
 STAGES = (
     "generation",
@@ -382,6 +382,7 @@ def main() -> None:
     what = "SD 1.5 architecture (random weights)" if cuda else "tiny offline model"
     print(
         f"\nOne /paint job vs the plain generation: {what}, {size}x{size}, {args.steps} steps, 10 s at 30 fps"
+        f" (x264 processes: {encoder_processes(0)})"
     )
     rows = [
         [stage, *(f"{jobs[j][stage]:.2f} s ({100 * jobs[j][stage] / jobs[j]['total']:.0f}%)" for j in jobs)]

@@ -14,6 +14,10 @@ With perfect overlap "both" costs max(decode, encode); with none, their sum. The
 frames are a painting being revealed block by block over the sample picture, so x264
 sees the motion and detail of a real animation.
 
+Then the encoder alone with 1, 2 and 4 x264 processes side by side on segments of 64
+frames (``[render] encoder_processes``; "auto" is what this machine's core count
+picks), with each file's size and its frames' PSNR against the source frames.
+
     python bench/bench_encode.py                  # CPU, about a minute
     python bench/bench_encode.py --device cuda
 """
@@ -21,6 +25,7 @@ sees the motion and detail of a real animation.
 from __future__ import annotations
 
 import argparse
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -32,7 +37,7 @@ from common import add_device_args, machine_line, quiet, resolve_args, sd15_vae,
 from painter.decode import Decoder, lay_on_paper, to_uint8
 from painter.images import image_to_tensor
 from painter.sample_image import sample_picture
-from painter.video import FrameEncoder
+from painter.video import FrameEncoder, encoder_processes, read_frames
 
 
 def reveal_canvases(size: int, frames: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,6 +108,34 @@ def measure(size: int, frames: int, device: torch.device, vae: Any, workdir: Pat
     ]
 
 
+def picture_frames(size: int, frames: int) -> list[Any]:
+    pixels, coverage = reveal_canvases(size, frames, torch.device("cpu"))
+    return list(to_uint8(lay_on_paper((pixels + 1) / 2, coverage)))
+
+
+def measure_processes(size: int, frames: int, workdir: Path) -> list[list[Any]]:
+    """Rows: the encoder alone with 1, 2, 4 and auto processes, frames/s, bytes and PSNR."""
+    images = picture_frames(size, frames)
+    auto = encoder_processes(0)
+    rows: list[list[Any]] = []
+    base = None
+    for label, processes in (("1", 1), ("2", 2), ("4", 4), (f"auto ({auto})", auto)):
+        out = workdir / f"processes-{size}-{processes}.mp4"
+        start = time.perf_counter()
+        with FrameEncoder(out, size=(size, size), fps=30, processes=processes) as encoder:
+            for image in images:
+                encoder.write(image)
+        seconds = time.perf_counter() - start
+        base = base or seconds
+        _, decoded = read_frames(out)
+        pairs = zip(decoded, images, strict=True)
+        mse = sum(float(((a.astype("float64") - b) ** 2).mean()) for a, b in pairs) / len(images)
+        psnr = 10 * math.log10(255.0**2 / mse)
+        size_bytes = out.stat().st_size
+        rows.append([f"{size}x{size}", frames, label, frames / seconds, base / seconds, size_bytes, psnr])
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_device_args(parser)
@@ -129,6 +162,13 @@ def main() -> None:
     )
     print("serial = no overlap (1 / (1/decode + 1/encode)); ideal = perfect overlap (the slower one alone);")
     print("overlap = share of the shorter stage hidden behind the longer.")
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for size, default_frames in ((512, 300), (1024, 120)):
+            rows += measure_processes(size, args.frames or default_frames, Path(tmp))
+    print("\nThe encoder alone, segments of 64 frames encoded side by side (preset fast, CRF 20)")
+    print(table(rows, ["size", "frames", "processes", "encode fps", "vs 1", "bytes", "PSNR dB"]))
 
 
 if __name__ == "__main__":

@@ -66,6 +66,7 @@ class RenderSettings:
     decode_memory_mb: int = 2048
     mode: str = "adaptive"
     tolerance_db: float = 35.0
+    encoder_processes: int = 0
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,7 @@ RANGES: dict[tuple[str, str], tuple[float | None, float | None]] = {
     ("render", "batch_size"): (1, 256),
     ("render", "decode_memory_mb"): (0, None),
     ("render", "tolerance_db"): (20.0, 99.0),
+    ("render", "encoder_processes"): (0, 16),
     ("queue", "lease_seconds"): (1.0, None),
     ("queue", "heartbeat_seconds"): (0.1, None),
     ("queue", "max_attempts"): (1, 100),

@@ -172,6 +172,7 @@ def animation_spec(settings: Settings, effect: str, *, analytic: bool = False) -
         batch_size=settings.render.batch_size,
         render=settings.render.mode,
         tolerance_db=settings.render.tolerance_db,
+        encoder_processes=settings.render.encoder_processes,
         params=effect_params(settings, effect, analytic=analytic),
     )
 

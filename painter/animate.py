@@ -19,7 +19,7 @@ from painter.decode import DEFAULT_PAPER, Decoder, lay_on_paper, to_uint8
 from painter.effects import paint
 from painter.heatmap import HeatmapAccumulator
 from painter.render import RENDER_MODES, render_batches
-from painter.video import FORMATS, FrameEncoder, VideoInfo, fit_to_budget
+from painter.video import FORMATS, FrameEncoder, VideoInfo, encoder_processes, fit_to_budget
 
 FrameCallback = Callable[[int, int, np.ndarray], None]
 
@@ -50,6 +50,8 @@ class AnimationSpec:
     # frame holds within tolerance_db (painter/render.py); exact: decode every frame.
     render: str = "adaptive"
     tolerance_db: float = 35.0
+    # x264 processes encoding segments side by side (painter/video.py); 0: by core count.
+    encoder_processes: int = 1
     params: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -78,6 +80,8 @@ class AnimationSpec:
             raise AnimationError(f"unknown render mode {self.render!r}; use {' or '.join(RENDER_MODES)}")
         if not 20 <= self.tolerance_db <= 99:
             raise AnimationError(f"tolerance {self.tolerance_db} dB must be between 20 and 99")
+        if not 0 <= self.encoder_processes <= 16:
+            raise AnimationError(f"encoder processes {self.encoder_processes} must be between 0 and 16")
 
 
 @dataclass
@@ -122,7 +126,10 @@ def animate(
     shows_start = start is not None and backdrop is None
     painted = torch.full((height, width), shows_start, dtype=torch.bool, device=plan.device)
     paper = spec.paper if backdrop is None else backdrop
-    heat = HeatmapAccumulator((channels, height, width), device=plan.device)
+    # strokes: where strokes landed (a count); the other effects: when each cell changed.
+    heat = HeatmapAccumulator(
+        (channels, height, width), device=plan.device, start=None if spec.effect == "strokes" else canvas0
+    )
     master = out.with_name(f".{out.name}.master.mp4")
     done = 0
     last: np.ndarray | None = None
@@ -137,8 +144,7 @@ def animate(
             if painted.any():
                 rgb = start_rgb = decoder.decode_float(canvas0[None])
             still = to_uint8(lay_on_paper(rgb, painted[None], paper))[0]
-            encoder = FrameEncoder(master, size=(still.shape[1], still.shape[0]), fps=spec.fps, crf=spec.crf)
-            encoder.__enter__()
+            encoder = _encoder(master, still, spec)
             for _ in range(lead_in):
                 encoder.write(still)
                 done += 1
@@ -158,11 +164,10 @@ def animate(
         )
         for batch, rgb in rendered:
             for frame in batch:
-                heat.add(frame.mask)
+                heat.add(frame.mask, frame.canvas)
             images = to_uint8(rgb)
             if encoder is None:
-                size = (images.shape[2], images.shape[1])
-                encoder = FrameEncoder(master, size=size, fps=spec.fps, crf=spec.crf).__enter__()
+                encoder = _encoder(master, images[0], spec)
             for image in images:
                 encoder.write(image)
                 done += 1
@@ -198,6 +203,17 @@ def animate(
     return Animation(
         video=video, heatmap=heatmap, last_frame=last, frames_painted=painted_frames, effect=spec.effect
     )
+
+
+def _encoder(master: Path, first: np.ndarray, spec: AnimationSpec) -> FrameEncoder:
+    """The master's encoder, sized by the first frame ``[H, W, 3]``."""
+    return FrameEncoder(
+        master,
+        size=(first.shape[1], first.shape[0]),
+        fps=spec.fps,
+        crf=spec.crf,
+        processes=encoder_processes(spec.encoder_processes),
+    ).__enter__()
 
 
 def decode_image(decoder: Decoder, latent: torch.Tensor) -> Image.Image:

@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from painter.video import FrameEncoder, fit_to_budget, probe_frames, read_frames
+from painter.video import (
+    EncodeError,
+    FrameEncoder,
+    encoder_processes,
+    fit_to_budget,
+    probe_frames,
+    read_frames,
+)
 
 
 def noisy_frames(n: int, size=(128, 96), seed=0):
@@ -39,6 +46,68 @@ def test_bad_frame_shape_is_refused(tmp_path):
     with pytest.raises(ValueError, match="expected"):
         with FrameEncoder(tmp_path / "b.mp4", size=(64, 64), fps=5) as enc:
             enc.write(np.zeros((32, 32, 3), np.uint8))
+
+
+def _luma_psnr(a: np.ndarray, b: np.ndarray) -> float:
+    weights = np.array([0.299, 0.587, 0.114])
+    mse = np.mean((a.astype(float) @ weights - b.astype(float) @ weights) ** 2)
+    return float(10 * np.log10(255**2 / mse))
+
+
+def test_segments_encoded_side_by_side_join_into_one_stream_of_every_frame(tmp_path):
+    # 47 frames in segments of 10 over 3 processes: five segments, the last one short,
+    # and a process reused for the fourth and fifth.
+    source = list(noisy_frames(47))
+    alone = tmp_path / "alone.mp4"
+    with FrameEncoder(alone, size=(128, 96), fps=10, crf=18) as enc:
+        for frame in source:
+            enc.write(frame)
+    joined = tmp_path / "joined.mp4"
+    with FrameEncoder(joined, size=(128, 96), fps=10, crf=18, processes=3, segment=10) as enc:
+        for frame in source:
+            enc.write(frame)
+    meta, frames = read_frames(joined)
+    assert len(frames) == 47 and meta["fps"] == pytest.approx(10)
+    assert meta["duration"] == pytest.approx(4.7, abs=0.15)
+    data = joined.read_bytes()
+    assert 0 <= data.find(b"moov") < data.find(b"mdat")
+    # Frame for frame the same picture as one process makes, in order.
+    _, single = read_frames(alone)
+    for i in (0, 9, 10, 11, 29, 30, 46):
+        assert _luma_psnr(frames[i], source[i]) > 30
+        assert _luma_psnr(frames[i], single[i]) > 30
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["alone.mp4", "joined.mp4"]
+
+
+def test_a_failed_segmented_encode_leaves_no_segment_files(tmp_path):
+    out = tmp_path / "broken.mp4"
+    with pytest.raises(RuntimeError, match="painter failed"):
+        with FrameEncoder(out, size=(128, 96), fps=10, processes=2, segment=4) as enc:
+            for i, frame in enumerate(noisy_frames(20)):
+                if i == 13:
+                    raise RuntimeError("painter failed")
+                enc.write(frame)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_ffmpeg_failure_in_a_segment_is_reported(tmp_path):
+    # ffmpeg cannot write into a directory that does not exist: the segment's process fails.
+    out = tmp_path / "missing" / "x.mp4"
+    with pytest.raises(EncodeError, match="video encoding failed"):
+        with FrameEncoder(out, size=(128, 96), fps=10, processes=2, segment=4) as enc:
+            for frame in noisy_frames(12):
+                enc.write(frame)
+
+
+def test_encoder_processes_follow_the_cores_unless_set():
+    assert encoder_processes(0, cores=2) == 1
+    assert encoder_processes(0, cores=7) == 1
+    assert encoder_processes(0, cores=8) == 2
+    assert encoder_processes(0, cores=16) == 4
+    assert encoder_processes(0, cores=128) == 4
+    assert encoder_processes(3, cores=2) == 3
+    with pytest.raises(ValueError, match="whole number"):
+        encoder_processes(-1)
 
 
 def test_budget_met_by_bitrate_then_fps_then_resolution(tmp_path):
