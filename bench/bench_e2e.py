@@ -382,7 +382,7 @@ def main() -> None:
     what = "SD 1.5 architecture (random weights)" if cuda else "tiny offline model"
     print(
         f"\nOne /paint job vs the plain generation: {what}, {size}x{size}, {args.steps} steps, 10 s at 30 fps"
-        f" (x264 processes: {encoder_processes(0)})"
+        f" (x264 processes: {encoder_processes(load_settings(env={}).render.encoder_processes)})"
     )
     rows = [
         [stage, *(f"{jobs[j][stage]:.2f} s ({100 * jobs[j][stage] / jobs[j]['total']:.0f}%)" for j in jobs)]

@@ -66,7 +66,7 @@ class RenderSettings:
     decode_memory_mb: int = 2048
     mode: str = "adaptive"
     tolerance_db: float = 35.0
-    encoder_processes: int = 0
+    encoder_processes: int = 1
 
 
 @dataclass(frozen=True)

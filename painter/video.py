@@ -64,10 +64,14 @@ def encoder_processes(setting: int = 0, cores: int | None = None) -> int:
         raise ValueError(f"encoder processes must be a whole number, 0 for auto; got {setting!r}")
     if setting:
         return setting
-    if cores is None:
-        affinity = getattr(os, "sched_getaffinity", None)  # Linux: the cores this process may use
-        cores = len(affinity(0)) if affinity is not None else (os.cpu_count() or 1)
+    cores = cores if cores is not None else usable_cores()
     return 1 if cores < 8 else min(4, cores // 4)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on."""
+    affinity = getattr(os, "sched_getaffinity", None)  # Linux; elsewhere, all of them
+    return len(affinity(0)) if affinity is not None else (os.cpu_count() or 1)
 
 
 class _Segment:
@@ -94,7 +98,15 @@ class _Segment:
                 pix_fmt_out="yuv420p",
                 quality=None,
                 macro_block_size=2,
-                output_params=["-crf", str(enc.crf), "-preset", PRESET, "-movflags", "+faststart"],
+                output_params=[
+                    "-crf",
+                    str(enc.crf),
+                    "-preset",
+                    PRESET,
+                    "-movflags",
+                    "+faststart",
+                    *enc.threads,
+                ],
                 ffmpeg_log_level="error",
             )
             writer.send(None)
@@ -155,6 +167,10 @@ class FrameEncoder:
         self.frames = 0
         self.processes = processes
         self.segment = segment
+        # Side by side, each process gets its share of the cores instead of x264's default
+        # 1.5 threads per core each, which oversubscribes the machine.
+        share = max(1, usable_cores() // processes)
+        self.threads = ["-threads", str(share)] if processes > 1 else []
         self._segments: list[_Segment] = []
 
     def __enter__(self) -> FrameEncoder:
