@@ -102,9 +102,12 @@ class Attachment:
 
     filename: str
     data: bytes
+    description: str | None = None  # alt text, read out by screen readers
 
     def file(self, *, spoiler: bool = False) -> discord.File:
-        return discord.File(io.BytesIO(self.data), filename=self.filename, spoiler=spoiler)
+        return discord.File(
+            io.BytesIO(self.data), filename=self.filename, spoiler=spoiler, description=self.description
+        )
 
 
 def refit_video(data: bytes, fmt: str, limit: int) -> bytes:
@@ -167,7 +170,7 @@ def fitted_files(store: Any, result: Result, limit: int) -> list[Attachment]:
             except Exception:
                 log.exception("result %s: re-encoding the video failed", pid)
         if len(data) <= limit:
-            files.append(Attachment(f"painting-{pid}.{fmt}", data))
+            files.append(Attachment(f"painting-{pid}.{fmt}", data, alt_texts(result)["video"]))
         else:
             # The encoder's floor (5 fps at its smallest size) is still too big for this limit.
             log.warning("result %s: video does not fit in %d bytes even re-encoded; left out", pid, limit)
@@ -177,8 +180,26 @@ def fitted_files(store: Any, result: Result, limit: int) -> list[Attachment]:
         suffix = ".png"
         if len(data) > limit:
             data, suffix = shrink_picture(data, limit)
-        files.append(Attachment(f"{role}-{pid}{suffix}", data))
+        files.append(Attachment(f"{role}-{pid}{suffix}", data, alt_texts(result)[role]))
     return files
+
+
+def alt_texts(result: Result) -> dict[str, str]:
+    """What each delivered file shows, in words (Discord's alt text, at most 1,024 characters)."""
+    effect = result.effect or "strokes"
+    what = "transition" if result.kind == "transition" else "painting"
+    prompt = f": {result.prompt[:900]}" if result.prompt and result.kind != "transition" else ""
+    if effect == "strokes":
+        heatmap = "Stroke heatmap: brighter where the brush went more often"
+    else:
+        heatmap = (
+            f"Update heatmap of the {effect} effect: dark where paint came early, bright where it came late"
+        )
+    return {
+        "video": f"Animation of the {what}, {effect} effect",
+        "final": f"The finished picture{prompt}",
+        "heatmap": heatmap,
+    }
 
 
 # -- what is said -------------------------------------------------------------------------

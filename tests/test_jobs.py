@@ -11,7 +11,7 @@ from PIL import Image
 from bot.artifacts import LocalArtifactStore
 from bot.config import load_settings
 from bot.jobs import run_job
-from bot.worker import Worker
+from bot.worker import JobContext, Worker
 from db.engine import Database
 from db.models import Job
 from db.queue import JobQueue, QueuePolicy
@@ -114,6 +114,36 @@ async def test_paint_repaint_and_transition_jobs(setup, tmp_path):
     assert moved.kind == "transition" and moved.frames == 8
     # A transition ends on the destination's picture.
     assert np.array_equal(pixels(store, other.image_key), pixels(store, moved.image_key))
+
+
+def test_a_paint_job_reports_every_step_then_every_frame(setup, tmp_path):
+    # What the bot's progress reply shows, call by call (the worker saves the latest one on
+    # each heartbeat; which of them a reply catches depends on timing, these do not).
+    _, _, _, _ = setup
+    calls: list[tuple[int, int, int]] = []
+
+    class Recording(JobContext):
+        def progress(self, step: int, frame: int, total: int) -> None:
+            calls.append((step, frame, total))
+            super().progress(step, frame, total)
+
+    ctx = Recording(
+        job_id=1,
+        kind="paint",
+        params={"prompt": "a red boat", "seed": 3, **SMALL},
+        attempt=1,
+        workdir=tmp_path / "job",
+        user_id=7,
+        guild_id=None,
+        settings=load_settings(),
+    )
+    ctx.workdir.mkdir()
+    run_job(ctx)
+    steps = [c for c in calls if c[2] == 0]
+    frames = [c for c in calls if c[2] != 0]
+    assert steps == [(i, 0, 0) for i in range(1, 5)]
+    assert calls[: len(steps)] == steps  # the steps come first, then the frames
+    assert [c[1] for c in frames] == list(range(1, 9)) and all(c == (4, c[1], 8) for c in frames)
 
 
 async def test_user_errors_fail_without_retry(setup):
