@@ -81,8 +81,7 @@ def measure(size: int, frames: int, device: torch.device, vae: Any, workdir: Pat
     if vae is not None:
         # Random VAE output is noise, which x264 encodes far slower than a picture: time the
         # encoder on the picture frames, as the product would feed it.
-        pixels, _ = reveal_canvases(size, frames, torch.device("cpu"))
-        images = list(to_uint8(lay_on_paper((pixels + 1) / 2, coverage.cpu())))
+        images = picture_frames(size, frames)
 
     start = time.perf_counter()
     with FrameEncoder(workdir / f"alone-{size}.mp4", size=(size, size), fps=30) as encoder:
@@ -110,6 +109,7 @@ def measure(size: int, frames: int, device: torch.device, vae: Any, workdir: Pat
 
 
 def picture_frames(size: int, frames: int) -> list[Any]:
+    """The reveal's frames as uint8 RGB on paper, on the CPU: what the encoder is fed."""
     pixels, coverage = reveal_canvases(size, frames, torch.device("cpu"))
     return list(to_uint8(lay_on_paper((pixels + 1) / 2, coverage)))
 

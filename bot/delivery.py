@@ -153,6 +153,7 @@ def fitted_files(store: Any, result: Result, limit: int) -> list[Attachment]:
     """The result's animation, final picture and heatmap, each within ``limit`` bytes."""
     files: list[Attachment] = []
     pid = result.public_id
+    alt = alt_texts(result)
 
     def read(key: str) -> bytes | None:
         try:
@@ -170,7 +171,7 @@ def fitted_files(store: Any, result: Result, limit: int) -> list[Attachment]:
             except Exception:
                 log.exception("result %s: re-encoding the video failed", pid)
         if len(data) <= limit:
-            files.append(Attachment(f"painting-{pid}.{fmt}", data, alt_texts(result)["video"]))
+            files.append(Attachment(f"painting-{pid}.{fmt}", data, alt["video"]))
         else:
             # The encoder's floor (5 fps at its smallest size) is still too big for this limit.
             log.warning("result %s: video does not fit in %d bytes even re-encoded; left out", pid, limit)
@@ -180,7 +181,7 @@ def fitted_files(store: Any, result: Result, limit: int) -> list[Attachment]:
         suffix = ".png"
         if len(data) > limit:
             data, suffix = shrink_picture(data, limit)
-        files.append(Attachment(f"{role}-{pid}{suffix}", data, alt_texts(result)[role]))
+        files.append(Attachment(f"{role}-{pid}{suffix}", data, alt[role]))
     return files
 
 

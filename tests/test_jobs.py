@@ -119,7 +119,7 @@ async def test_paint_repaint_and_transition_jobs(setup, tmp_path):
 def test_a_paint_job_reports_every_step_then_every_frame(setup, tmp_path):
     # What the bot's progress reply shows, call by call (the worker saves the latest one on
     # each heartbeat; which of them a reply catches depends on timing, these do not).
-    _, _, _, _ = setup
+    del setup  # used for the data directory and database it points load_settings() at
     calls: list[tuple[int, int, int]] = []
 
     class Recording(JobContext):
