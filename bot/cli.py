@@ -19,6 +19,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 from bot.config import EFFECTS, FORMATS, SCHEDULERS, ConfigError, Settings, load_settings  # noqa: E402
 from bot.quiet import quiet_libraries  # noqa: E402
+from bot.redact import install_log_redaction  # noqa: E402
 
 log = logging.getLogger("latent_painter")
 
@@ -277,6 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    install_log_redaction()
     if not args.verbose:
         quiet_libraries()
     func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)

@@ -39,6 +39,7 @@ from bot.cogs.common import report_error
 from bot.config import Settings
 from bot.delivery import DeliveryLedger, JobWatcher
 from bot.progress import PreviewBox
+from bot.redact import add_secrets, install_log_redaction
 from bot.views import DYNAMIC_ITEMS
 from bot.worker import (
     DEFAULT_RUNNER,
@@ -237,6 +238,8 @@ async def create_bot(settings: Settings, *, runner: Runner | None = None, **opti
 
 async def run_bot(settings: Settings, token: str, *, handle_signals: bool = True) -> None:
     """``latent-painter bot``: run until SIGTERM/SIGINT, then shut down cleanly."""
+    install_log_redaction()
+    add_secrets([token])
     bot = await create_bot(settings)
     loop = asyncio.get_running_loop()
     # Signal handlers can only be installed from the main thread.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 import os
 import re
 import signal
@@ -746,3 +747,18 @@ async def bot_result(bot: LatentPainterBot, rid: str):
     from db.results import get_result
 
     return await get_result(bot.db, rid)
+
+
+async def test_verbose_logs_keep_interaction_tokens_out(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With ``-v`` discord.py logs every webhook URL; a token in one lets anyone post as the bot."""
+    from bot.redact import add_secrets, install_log_redaction
+
+    install_log_redaction()  # what `latent-painter` does for every command
+    add_secrets([TOKEN])  # what run_bot does with the token it was given
+    caplog.set_level(logging.DEBUG)
+    handle, _, _ = await paint(world, "a token that must not leak", seed=5)
+    text = caplog.text
+    assert "/webhooks/" in text  # the URLs were logged, with the token taken out
+    assert handle.token not in text and TOKEN not in text
