@@ -2,7 +2,8 @@
 
 Every key of every section can be set from the environment as
 ``LATENT_PAINTER_<SECTION>_<KEY>`` (``LATENT_PAINTER_MODEL_ID=tiny``). Values are
-checked once, here, and a bad one fails start-up naming its key and what is allowed.
+checked once, here, and a bad one fails start-up naming its key and what is allowed; an
+empty variable for a number or a switch leaves that key as the file or default has it.
 The Discord token is never a setting: it is read from ``DISCORD_TOKEN`` only.
 """
 
@@ -239,9 +240,11 @@ def _env_updates(env: Mapping[str, str]) -> dict[str, dict[str, str]]:
     updates: dict[str, dict[str, str]] = {}
     for f in fields(Settings):
         section = f.name
-        for key in _section_types(type(getattr(Settings(), section))):
+        for key, kind in _section_types(type(getattr(Settings(), section))).items():
             name = f"{ENV_PREFIX}{section.upper()}_{key.upper()}"
-            if name in env:
+            # An empty number or switch (``VAR=`` in a compose file) means "not set here";
+            # an empty text can be meant (an empty database url is SQLite).
+            if name in env and (env[name].strip() or kind is str):
                 updates.setdefault(section, {})[key] = env[name]
     return updates
 

@@ -39,7 +39,16 @@ from tests.discord_standin import (
     StandInAttachment,
     StoredMessage,
 )
-from tests.discord_standin.world import ALICE_ID, BOB_ID, GALLERY_ID, GENERAL_ID, GUILD_ID, HALL_ID, MOD_ID
+from tests.discord_standin.world import (
+    ALICE_ID,
+    BOB_ID,
+    GALLERY_ID,
+    GENERAL_ID,
+    GUILD_ID,
+    HALL_ID,
+    MOD_ID,
+    THREAD_ID,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -762,3 +771,20 @@ async def test_verbose_logs_keep_interaction_tokens_out(
     text = caplog.text
     assert "/webhooks/" in text  # the URLs were logged, with the token taken out
     assert handle.token not in text and TOKEN not in text
+
+
+async def test_a_thread_is_allowed_where_its_channel_is(world: World) -> None:
+    """With painting limited to #general, its threads paint too (Discord sends the thread's id)."""
+    standin = world.standin
+    await (await standin.send_slash("settings", {"allow_channel": GENERAL_ID}, user=MOD_ID)).response(
+        timeout=5
+    )
+    try:
+        handle = await standin.send_slash("paint", {"prompt": "a lighthouse in a thread"}, channel=THREAD_ID)
+        assert (await handle.response(timeout=5)).callback_type == 5
+        followup = await delivered(handle)
+        assert followup.files_ending(".mp4")
+    finally:
+        await (await standin.send_slash("settings", {"reset": "allowed channels"}, user=MOD_ID)).response(
+            timeout=5
+        )

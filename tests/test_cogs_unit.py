@@ -11,6 +11,7 @@ a check that a failing interaction never takes the bot down.
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -35,6 +36,7 @@ from tests.discord_standin.world import (
     GENERAL_ID,
     GUILD_ID,
     MOD_ID,
+    THREAD_ID,
     Permission,
     default_guilds,
 )
@@ -160,6 +162,32 @@ async def test_paint_is_refused_outside_the_allowed_channels(harness: Harness) -
         assert f"not allowed in this channel. Use <#{GALLERY_ID}>" in text
     finally:
         await update_settings(harness.bot.db, GUILD_ID, MOD_ID, allowed_channel_ids=[])
+
+
+@on_bot
+async def test_threads_follow_their_parent_channels_rule(harness: Harness) -> None:
+    await update_settings(harness.bot.db, GUILD_ID, MOD_ID, allowed_channel_ids=[GALLERY_ID])
+    try:
+        # "lighthouses" is a thread in general, which is not allowed.
+        text = ephemeral_text(await harness.slash("paint", {"prompt": "a cat"}, channel_id=THREAD_ID))
+        assert f"not allowed in this channel. Use <#{GALLERY_ID}>" in text
+    finally:
+        await update_settings(harness.bot.db, GUILD_ID, MOD_ID, allowed_channel_ids=[])
+
+
+@on_bot
+async def test_settings_limit_the_picture_size(harness: Harness) -> None:
+    saved = ephemeral_text(await harness.slash("settings", {"max_side": 64}, user_id=MOD_ID))
+    assert saved.startswith("Saved")
+    try:
+        text = ephemeral_text(await harness.slash("paint", {"prompt": "a cat", "size": "128x128"}))
+        assert "This server allows pictures up to 64 pixels a side." in text
+    finally:
+        reset = await harness.slash("settings", {"reset": "max side"}, user_id=MOD_ID)
+        assert "Largest picture side" in json.dumps(reset.json)
+    from db.gallery import get_settings
+
+    assert (await get_settings(harness.bot.db, GUILD_ID)).max_side is None
 
 
 @on_bot

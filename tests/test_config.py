@@ -40,6 +40,16 @@ def test_precedence_flag_over_env_over_file(tmp_path):
     assert s.painter.fps == 24
 
 
+def test_an_empty_variable_leaves_a_number_as_the_file_has_it(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[discord]\nsync_guild = 1300000000000000100\n[painter]\nfps = 12\n")
+    env = {"LATENT_PAINTER_DISCORD_SYNC_GUILD": "", "LATENT_PAINTER_PAINTER_FPS": " "}
+    s = load_settings(cfg, env=env)
+    assert (s.discord.sync_guild, s.painter.fps) == (1300000000000000100, 12)
+    # An empty text is a value: an empty database url means SQLite in the data directory.
+    assert load_settings(env={"LATENT_PAINTER_DATABASE_URL": ""}).database.url == ""
+
+
 def test_every_key_settable_from_environment():
     for section in fields(Settings):
         for f in fields(getattr(Settings(), section.name)):

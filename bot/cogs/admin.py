@@ -25,6 +25,10 @@ FLAGGED_POLICIES = {
     "refuse": "refuse it (the member is told why)",
     "spoiler": "deliver it as spoilers, in age-restricted channels only",
 }
+# Where painting commands can be allowed: text channels, the text chat of voice and stage
+# channels, and forums (their posts are threads, allowed with their forum).
+PaintChannel = discord.TextChannel | discord.VoiceChannel | discord.StageChannel | discord.ForumChannel
+
 # /settings reset choices → the stored setting they clear.
 RESETTABLE = {
     "allowed channels": "allowed_channel_ids",
@@ -33,6 +37,7 @@ RESETTABLE = {
     "hall of fame votes": "hall_of_fame_votes",
     "queue cap": "per_user_cap",
     "max steps": "max_steps",
+    "max side": "max_side",
 }
 
 
@@ -58,6 +63,10 @@ def settings_embed(row: GuildSettings, bot: LatentPainterBot, flagged: str) -> d
         name="Max steps",
         value=str(row.max_steps or s.painter.max_steps) + ("" if row.max_steps else " (bot default)"),
     )
+    embed.add_field(
+        name="Largest picture side",
+        value=f"{row.max_side or s.painter.max_side} px" + ("" if row.max_side else " (bot default)"),
+    )
     embed.add_field(name="Flagged results", value=FLAGGED_POLICIES[flagged], inline=False)
     return embed
 
@@ -72,13 +81,14 @@ class AdminCog(commands.Cog, name="Admin"):
     @app_commands.guild_only()
     @app_commands.default_permissions(manage_guild=True)
     @app_commands.describe(
-        allow_channel="Allow painting commands in this channel (none listed: everywhere)",
+        allow_channel="Allow painting commands in this channel and its threads (none listed: everywhere)",
         disallow_channel="Stop allowing painting commands in this channel",
         gallery_channel="Where gallery submissions are posted",
         hall_of_fame_channel="Where the best gallery entries are featured",
         hall_of_fame_votes="Votes an entry needs to be featured (unset: featured when submitted)",
         queue_cap="Jobs one member may have waiting or running",
         max_steps="Most denoising steps a request may ask for",
+        max_side="Largest picture side in pixels a request may ask for",
         flagged="What to do with results the safety checker flags",
         reset="Put one setting back to the bot's default",
     )
@@ -89,13 +99,14 @@ class AdminCog(commands.Cog, name="Admin"):
     async def settings(
         self,
         interaction: discord.Interaction,
-        allow_channel: discord.TextChannel | None = None,
-        disallow_channel: discord.TextChannel | None = None,
+        allow_channel: PaintChannel | None = None,
+        disallow_channel: PaintChannel | None = None,
         gallery_channel: discord.TextChannel | None = None,
         hall_of_fame_channel: discord.TextChannel | None = None,
         hall_of_fame_votes: app_commands.Range[int, 1, 100_000] | None = None,
         queue_cap: app_commands.Range[int, 1, 1000] | None = None,
         max_steps: app_commands.Range[int, 1, 500] | None = None,
+        max_side: app_commands.Range[int, 64, 4096] | None = None,
         flagged: str | None = None,
         reset: str | None = None,
     ) -> None:
@@ -122,6 +133,7 @@ class AdminCog(commands.Cog, name="Admin"):
             ("hall_of_fame_votes", hall_of_fame_votes, 1, 100_000),
             ("per_user_cap", queue_cap, 1, 1000),
             ("max_steps", max_steps, 1, 500),
+            ("max_side", max_side, 64, 4096),
         ):
             if value is not None:
                 if not low <= value <= high:

@@ -161,7 +161,9 @@ async def rules_for(interaction: discord.Interaction) -> GuildRules:
     """The rules where the interaction happened; raises :class:`UserError` in a channel not allowed."""
     rules = await guild_rules(painter_bot(interaction), interaction.guild_id)
     allowed = rules.allowed_channel_ids
-    if allowed and interaction.channel_id not in allowed:
+    # A thread (or a forum post) is allowed where its parent channel is.
+    parent_id = getattr(interaction.channel, "parent_id", None)
+    if allowed and interaction.channel_id not in allowed and parent_id not in allowed:
         places = ", ".join(f"<#{channel_id}>" for channel_id in allowed[:10])
         raise UserError(f"Painting commands are not allowed in this channel. Use {places}.")
     return rules

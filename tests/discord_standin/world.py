@@ -126,7 +126,11 @@ class StandInRole:
 
 @dataclass
 class StandInChannel:
-    """A guild text channel (type 0); ``nsfw`` marks an age-restricted channel."""
+    """A guild channel: text (type 0) by default; ``nsfw`` marks an age-restricted channel.
+
+    Threads (types 10-12) need ``parent_id`` and ``owner_id``; they are sent under the
+    guild's ``threads`` and carry the thread fields discord.py reads.
+    """
 
     id: int
     name: str
@@ -134,6 +138,11 @@ class StandInChannel:
     position: int = 0
     type: int = 0
     parent_id: int | None = None
+    owner_id: int | None = None
+
+    @property
+    def is_thread(self) -> bool:
+        return self.type in (10, 11, 12)
 
     def payload(self, guild_id: int) -> dict:
         """The channel object as Discord sends it (inside GUILD_CREATE or from GET /channels/{id})."""
@@ -150,6 +159,20 @@ class StandInChannel:
             "rate_limit_per_user": 0,
             "parent_id": None if self.parent_id is None else str(self.parent_id),
             "flags": 0,
+        } | (self._thread_fields() if self.is_thread else {})
+
+    def _thread_fields(self) -> dict:
+        return {
+            "owner_id": str(self.owner_id),
+            "member_count": 1,
+            "message_count": 0,
+            "total_message_sent": 0,
+            "thread_metadata": {
+                "archived": False,
+                "auto_archive_duration": 1440,
+                "archive_timestamp": JOINED_AT,
+                "locked": False,
+            },
         }
 
 
@@ -284,8 +307,8 @@ class StandInGuild:
             "roles": [r.payload() for r in self.roles],
             "emojis": [],
             "stickers": [],
-            "channels": [c.payload(self.id) for c in self.channels],
-            "threads": [],
+            "channels": [c.payload(self.id) for c in self.channels if not c.is_thread],
+            "threads": [c.payload(self.id) for c in self.channels if c.is_thread],
             "members": [m.payload() for m in members],
             "member_count": len({m.id for m in self.members} | {bot_member.id}),
             "voice_states": [],
@@ -309,6 +332,7 @@ GENERAL_ID = 1_300_000_000_000_000_101
 GALLERY_ID = 1_300_000_000_000_000_102
 NSFW_ID = 1_300_000_000_000_000_103
 HALL_ID = 1_300_000_000_000_000_104
+THREAD_ID = 1_300_000_000_000_000_105
 MODS_ROLE_ID = 1_300_000_000_000_000_110
 ARTISTS_ROLE_ID = 1_300_000_000_000_000_111
 BOT_ROLE_ID = 1_300_000_000_000_000_112
@@ -328,7 +352,7 @@ def default_guilds() -> list[StandInGuild]:
     """Two guilds: "Paint Club" (the main test server) and "Elsewhere" (for cross-guild checks).
 
     Paint Club has channels ``general``, ``gallery``, ``nsfw-art`` (age-restricted) and
-    ``hall-of-fame``; members ``owner`` (guild owner), ``alice`` and ``bob`` (plain members),
+    ``hall-of-fame``, and a public thread ``lighthouses`` in ``general``; members ``owner`` (guild owner), ``alice`` and ``bob`` (plain members),
     and ``mod`` (Manage Server through the ``mods`` role). Roles: @everyone, ``mods``,
     ``artists`` (mentionable, to test role pings) and the bot's managed role.
     """
@@ -345,6 +369,7 @@ def default_guilds() -> list[StandInGuild]:
             StandInChannel(GALLERY_ID, "gallery", position=1),
             StandInChannel(NSFW_ID, "nsfw-art", nsfw=True, position=2),
             StandInChannel(HALL_ID, "hall-of-fame", position=3),
+            StandInChannel(THREAD_ID, "lighthouses", type=11, parent_id=GENERAL_ID, owner_id=ALICE_ID),
         ],
         roles=[
             StandInRole(GUILD_ID, "@everyone", Permission.EVERYONE, position=0),
