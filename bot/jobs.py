@@ -8,6 +8,7 @@ cancel or shutdown stops the job at its next denoising step or painted frame.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -156,8 +157,12 @@ def _paint(ctx: JobContext, settings: Settings) -> JobOutput:
         from bot.paint_job import repaint
         from painter.trail import Trail
 
-        trail = Trail.load(_read_artifact(settings, params["trail_key"], ctx.workdir / "source.trail"))
+        source = _read_artifact(settings, params["trail_key"], ctx.workdir / "source.trail.safetensors")
+        trail = Trail.load(source)
         outputs = repaint(settings, trail, out, models=MODELS, on_frame=reporter.frame)
+        # The new result keeps its own copy, so it can be repainted or transitioned too, and
+        # deleting the result it came from takes nothing away from it.
+        outputs = replace(outputs, trail_path=source)
     else:
         image = None
         if params.get("image_key"):

@@ -788,3 +788,23 @@ async def test_a_thread_is_allowed_where_its_channel_is(world: World) -> None:
         await (await standin.send_slash("settings", {"reset": "allowed channels"}, user=MOD_ID)).response(
             timeout=5
         )
+
+
+async def test_a_repainted_result_can_be_transitioned_and_outlives_its_source(world: World) -> None:
+    """A repaint keeps its own trail: it transitions, repaints, and survives its source's deletion."""
+    standin = world.standin
+    _, _, source = await paint(world, "a result repainted, then deleted", seed=21)
+    message = next(m for m in standin.messages.all() if f"lp:repaint:{source}" in custom_ids(m))
+    click = await standin.send_component(f"lp:repaint:{source}", message=message, values=["fade"])
+    repainted = result_id((await delivered(click)).content)
+    stored = await bot_result(world.bot, repainted)
+    assert stored.trail_key and stored.trail_key != (await bot_result(world.bot, source)).trail_key
+
+    owner_message = next(m for m in standin.messages.all() if f"lp:delete:{source}" in custom_ids(m))
+    delete = await standin.send_component(f"lp:delete:{source}", message=owner_message)
+    await delete.wait_for(lambda r: r.method == "DELETE", timeout=10)
+    handle = await standin.send_slash(
+        "transition", {"from": repainted, "to": await result(world, "second"), "effect": "fade"}
+    )
+    assert (await handle.response(timeout=5)).callback_type == 5
+    assert (await delivered(handle)).files_ending(".mp4")

@@ -169,6 +169,16 @@ async def rules_for(interaction: discord.Interaction) -> GuildRules:
     return rules
 
 
+def no_trail(result: Any) -> str:
+    """Why a result cannot be painted again or transitioned (it has no stored trail)."""
+    if result.kind == "transition":
+        return f"{result.public_id} is a transition, which keeps no trail; pick a painted result."
+    return (
+        f"{result.public_id} has no stored trail (it was repainted before repaints kept one); "
+        "use the result it was repainted from."
+    )
+
+
 def upload_limit(bot: LatentPainterBot, interaction: discord.Interaction) -> int:
     """Bytes one attachment may have in a reply to this interaction (the configured value when unknown)."""
     limit = getattr(interaction, "filesize_limit", None) or bot.settings.discord.upload_limit

@@ -18,7 +18,15 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.cogs.common import GuildRules, UserError, check_cap, painter_bot, rules_for, start_job
+from bot.cogs.common import (
+    GuildRules,
+    UserError,
+    check_cap,
+    no_trail,
+    painter_bot,
+    rules_for,
+    start_job,
+)
 from bot.config import EFFECTS
 from bot.text import quote
 from bot.text import size as size_text
@@ -320,9 +328,7 @@ class PaintCog(commands.Cog, name="Paint"):
         except ResultNotFound:
             raise UserError(f"Result {public_id} is not one you can use (it is private or gone).") from None
         if not result.trail_key:
-            raise UserError(
-                f"Result {result.public_id} has no stored trail to repaint (transitions have none)."
-            )
+            raise UserError(no_trail(result))
         params = {
             "prompt": result.prompt or f"repaint of {result.public_id}",
             "negative_prompt": result.negative_prompt or None,

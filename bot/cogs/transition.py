@@ -15,7 +15,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.cogs.common import UserError, painter_bot, rules_for, start_job
+from bot.cogs.common import UserError, no_trail, painter_bot, rules_for, start_job
 from bot.cogs.paint import effect_choices
 from bot.config import EFFECTS
 from bot.text import CHOICE_NAME_LIMIT, one_line
@@ -70,9 +70,7 @@ def check_pair(source: Result, destination: Result) -> None:
         raise UserError("Pick two different results.")
     for result in (source, destination):
         if not result.trail_key:
-            raise UserError(
-                f"{result.public_id} is a transition, which keeps no trail; pick a painted result."
-            )
+            raise UserError(no_trail(result))
     if source.vae_id != destination.vae_id:
         raise UserError(
             f"{source.public_id} ({source.model_id}) and {destination.public_id} ({destination.model_id}) "
