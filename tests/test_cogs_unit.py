@@ -304,14 +304,19 @@ def test_transition_pairs_need_trails_and_a_shared_vae() -> None:
     from bot.cogs.transition import check_pair
     from db.models import Result
 
-    def made(rid: int, public_id: str, model: str, vae: str, trail: str | None = "t") -> Result:
-        return Result(id=rid, public_id=public_id, model_id=model, vae_id=vae, trail_key=trail)
+    def made(
+        rid: int, public_id: str, model: str, vae: str, trail: str | None = "t", kind: str = "paint"
+    ) -> Result:
+        return Result(id=rid, public_id=public_id, kind=kind, model_id=model, vae_id=vae, trail_key=trail)
 
     check_pair(made(1, "AAAAAAAA", "sd15", "vae-1"), made(2, "BBBBBBBB", "sd15-finetune", "vae-1"))
     with pytest.raises(UserError, match="VAEs differ") as refused:
         check_pair(made(1, "AAAAAAAA", "sd15", "vae-1"), made(2, "BBBBBBBB", "sdxl", "vae-2"))
     assert "AAAAAAAA (sd15)" in str(refused.value) and "BBBBBBBB (sdxl)" in str(refused.value)
-    with pytest.raises(UserError, match="keeps no trail"):
+    with pytest.raises(UserError, match="BBBBBBBB is a transition, which keeps no trail"):
+        transition = made(2, "BBBBBBBB", "sd15", "vae-1", trail=None, kind="transition")
+        check_pair(made(1, "AAAAAAAA", "sd15", "vae-1"), transition)
+    with pytest.raises(UserError, match="BBBBBBBB has no stored trail"):
         check_pair(made(1, "AAAAAAAA", "sd15", "vae-1"), made(2, "BBBBBBBB", "sd15", "vae-1", trail=None))
 
 
