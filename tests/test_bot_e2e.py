@@ -808,3 +808,17 @@ async def test_a_repainted_result_can_be_transitioned_and_outlives_its_source(wo
     )
     assert (await handle.response(timeout=5)).callback_type == 5
     assert (await delivered(handle)).files_ending(".mp4")
+
+
+async def test_a_refusal_after_the_public_deferral_is_private(world: World) -> None:
+    """A picture is downloaded after a public "thinking…"; its failure is not posted in the channel."""
+    data = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 90, 30)).save(data, "PNG")
+    picture = StandInAttachment("gone.png", data.getvalue(), served=False)  # its CDN link answers 404
+    handle = await world.standin.send_slash("paint", {"prompt": "from a lost picture", "image": picture})
+    deferral = await handle.response(timeout=5)
+    assert deferral.callback_type == 5 and not deferral.ephemeral
+    answer = await handle.followup(timeout=10)
+    assert answer.ephemeral and "could not be downloaded from Discord" in answer.content
+    assert any(r.method == "DELETE" and r.ok for r in handle.requests)  # the "thinking…" is gone
+    assert not [m for m in handle.messages if not m.ephemeral]

@@ -6,6 +6,7 @@ Not an extension (it has no ``setup``): the cogs import it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from collections.abc import Awaitable, Callable
@@ -43,6 +44,16 @@ class UserError(Exception):
 MEMBER_FACING = (UserError, QueueFull, ResultNotFound, GalleryError)
 
 
+# Marks an interaction whose "thinking…" message everyone in the channel sees.
+PUBLIC_DEFERRAL = "latent_painter.public_deferral"
+
+
+async def defer_publicly(interaction: discord.Interaction) -> None:
+    """Defer with a "thinking…" message in the channel, which the job's reply will replace."""
+    await interaction.response.defer(thinking=True)
+    interaction.extras[PUBLIC_DEFERRAL] = True
+
+
 def painter_bot(interaction: discord.Interaction) -> LatentPainterBot:
     """The bot that received ``interaction``."""
     return interaction.client  # type: ignore[return-value]
@@ -58,13 +69,21 @@ async def answer(
     """Reply to an interaction whether or not it was answered yet (ephemeral by default).
 
     After a deferral Discord's first follow-up replaces the "thinking…" message and keeps
-    the deferral's visibility, so there the thinking message itself becomes the answer.
+    the deferral's visibility, so there the thinking message itself becomes the answer —
+    unless it is public (:func:`defer_publicly`) and the answer is not.
     """
     kwargs.setdefault("allowed_mentions", discord.AllowedMentions.none())
     response = interaction.response
     if not response.is_done():
         await response.send_message(content, ephemeral=ephemeral, **kwargs)
     elif response.type == discord.InteractionResponseType.deferred_channel_message:
+        if ephemeral and interaction.extras.get(PUBLIC_DEFERRAL):
+            # The channel sees "thinking…"; a refusal is the member's business only, so the
+            # public message goes and the answer comes privately.
+            with contextlib.suppress(discord.HTTPException):
+                await interaction.delete_original_response()
+            await interaction.followup.send(content or discord.utils.MISSING, ephemeral=True, **kwargs)
+            return
         await interaction.edit_original_response(content=content, **kwargs)
     else:
         await interaction.followup.send(content or discord.utils.MISSING, ephemeral=ephemeral, **kwargs)
@@ -219,7 +238,7 @@ async def start_job(
     if not already_deferred:
         await asyncio.wait({enqueue}, timeout=DEFER_AFTER_SECONDS)
         if not enqueue.done():
-            await interaction.response.defer(thinking=True)
+            await defer_publicly(interaction)
             already_deferred = True
     try:
         enqueued = await enqueue
@@ -230,7 +249,7 @@ async def start_job(
     job = enqueued.job
     try:
         if not already_deferred:
-            await interaction.response.defer(thinking=True)
+            await defer_publicly(interaction)
     finally:
         # Followed even if the deferral failed: the result then goes to the channel.
         bot.watcher.track(job.id)

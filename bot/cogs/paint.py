@@ -14,6 +14,7 @@ import logging
 import mimetypes
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 import discord
 from discord import app_commands
 from discord.ext import commands
@@ -22,6 +23,7 @@ from bot.cogs.common import (
     GuildRules,
     UserError,
     check_cap,
+    defer_publicly,
     no_trail,
     painter_bot,
     rules_for,
@@ -30,6 +32,7 @@ from bot.cogs.common import (
 from bot.config import EFFECTS
 from bot.text import quote
 from bot.text import size as size_text
+from db.queue import QueueFull
 from db.results import ResultNotFound, get_result
 
 if TYPE_CHECKING:
@@ -208,10 +211,15 @@ class PaintCog(commands.Cog, name="Paint"):
         self.check_attachment(image)
         await check_cap(self.bot, interaction.user.id, rules)
         # Downloading may take longer than the 3 s Discord gives the first answer. A problem
-        # found after this replaces the "thinking…" message (see common.answer).
-        await interaction.response.defer(thinking=True)
-        params["image_key"] = await self.store_attachment(interaction, image)
-        await start_job(interaction, "paint", params, rules, already_deferred=True)
+        # found after this takes the "thinking…" message away (see common.answer).
+        await defer_publicly(interaction)
+        key = params["image_key"] = await self.store_attachment(interaction, image)
+        try:
+            await start_job(interaction, "paint", params, rules, already_deferred=True)
+        except (UserError, QueueFull):
+            # Refused before a job existed: nothing will ever read the picture.
+            await asyncio.to_thread(self.bot.store.delete, key)
+            raise
 
     def paint_params(
         self,
@@ -303,7 +311,11 @@ class PaintCog(commands.Cog, name="Paint"):
     async def store_attachment(self, interaction: discord.Interaction, image: discord.Attachment) -> str:
         """Download the picture and keep it in the artifact store; returns its key."""
         limit = self.bot.settings.discord.max_image_bytes
-        data = await image.read()
+        try:
+            data = await image.read()
+        except (TimeoutError, discord.HTTPException, aiohttp.ClientError) as exc:
+            log.warning("could not download attachment %s: %s", image.id, exc)
+            raise UserError("The picture could not be downloaded from Discord; attach it again.") from None
         if len(data) > limit:
             raise UserError(f"The picture is larger than {size_text(limit)}.")
         suffix = mimetypes.guess_extension((image.content_type or "").split(";")[0].strip()) or ".img"

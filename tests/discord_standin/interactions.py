@@ -41,10 +41,14 @@ class InteractionBuildError(ValueError):
 
 @dataclass
 class StandInAttachment:
-    """A file a user attaches to an attachment option (``{"image": StandInAttachment(name, data)}``)."""
+    """A file a user attaches to an attachment option (``{"image": StandInAttachment(name, data)}``).
+
+    ``served=False`` makes its URL answer 404, as an expired or deleted CDN file does.
+    """
 
     filename: str
     data: bytes
+    served: bool = True
 
 
 @dataclass

@@ -309,7 +309,8 @@ class DiscordStandIn:
             content_type=content_type_for(attachment.filename),
             data=attachment.data,
         )
-        self.messages._attachments[stored.id] = stored
+        if attachment.served:
+            self.messages._attachments[stored.id] = stored
         return stored
 
     # ================================================================ recording / control API

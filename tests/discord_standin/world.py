@@ -352,9 +352,10 @@ def default_guilds() -> list[StandInGuild]:
     """Two guilds: "Paint Club" (the main test server) and "Elsewhere" (for cross-guild checks).
 
     Paint Club has channels ``general``, ``gallery``, ``nsfw-art`` (age-restricted) and
-    ``hall-of-fame``, and a public thread ``lighthouses`` in ``general``; members ``owner`` (guild owner), ``alice`` and ``bob`` (plain members),
-    and ``mod`` (Manage Server through the ``mods`` role). Roles: @everyone, ``mods``,
-    ``artists`` (mentionable, to test role pings) and the bot's managed role.
+    ``hall-of-fame``, and a public thread ``lighthouses`` in ``general``; members ``owner``
+    (guild owner), ``alice`` and ``bob`` (plain members), and ``mod`` (Manage Server through
+    the ``mods`` role). Roles: @everyone, ``mods``, ``artists`` (mentionable, to test role
+    pings) and the bot's managed role.
     """
     owner = StandInUser(OWNER_ID, "owner", "Owner")
     alice = StandInUser(ALICE_ID, "alice", "Alice")
