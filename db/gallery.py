@@ -35,6 +35,24 @@ class GalleryItem:
     result: Result
 
 
+@dataclass(frozen=True)
+class GalleryPost:
+    """A message the bot posted for an entry: its gallery post or its hall-of-fame post."""
+
+    channel_id: int
+    message_id: int
+
+
+def posts_of(entry: GalleryEntry) -> list[GalleryPost]:
+    """The entry's known posts (entries from before posts were recorded may have none)."""
+    posts = []
+    if entry.post_channel_id is not None and entry.post_message_id is not None:
+        posts.append(GalleryPost(entry.post_channel_id, entry.post_message_id))
+    if entry.hall_of_fame_channel_id is not None and entry.hall_of_fame_message_id is not None:
+        posts.append(GalleryPost(entry.hall_of_fame_channel_id, entry.hall_of_fame_message_id))
+    return posts
+
+
 async def submit(db: Database, guild_id: int, public_id: str, user_id: int) -> GalleryEntry:
     """Put one of the member's own results into the guild's gallery.
 
@@ -57,8 +75,13 @@ async def submit(db: Database, guild_id: int, public_id: str, user_id: int) -> G
     return entry
 
 
-async def remove(db: Database, guild_id: int, entry_id: int, user_id: int, *, is_admin: bool = False) -> None:
-    """Take an entry out of the gallery: its submitter may, and so may a guild admin."""
+async def remove(
+    db: Database, guild_id: int, entry_id: int, user_id: int, *, is_admin: bool = False
+) -> GalleryEntry:
+    """Take an entry out of the gallery: its submitter may, and so may a guild admin.
+
+    Returns the removed entry, whose posts (:func:`posts_of`) the caller takes down.
+    """
     async with db.write() as session:
         entry = await session.scalar(
             select(GalleryEntry).where(GalleryEntry.id == entry_id, GalleryEntry.guild_id == guild_id)
@@ -68,6 +91,84 @@ async def remove(db: Database, guild_id: int, entry_id: int, user_id: int, *, is
         if entry.submitted_by != user_id and not is_admin:
             raise GalleryError("only the member who submitted it, or an admin, can remove this entry")
         await session.delete(entry)
+    return entry
+
+
+async def remove_result(
+    db: Database, guild_id: int, public_id: str, user_id: int, *, moderator: bool = False
+) -> GalleryItem:
+    """Take a result out of the guild's gallery, by its public id.
+
+    Its submitter may, and so may the result's owner and a ``moderator`` (the bot decides
+    who that is: Manage Messages or Manage Server). Raises :class:`EntryNotFound` when the
+    result is not in this gallery and :class:`GalleryError` when the member may not remove
+    it; returns the removed entry with its result, so the caller can take its posts down.
+    """
+    canonical = normalize_public_id(public_id)
+    async with db.write() as session:
+        row = (
+            await session.execute(
+                select(GalleryEntry, Result)
+                .join(Result, Result.id == GalleryEntry.result_id)
+                .where(GalleryEntry.guild_id == guild_id, Result.public_id == canonical)
+                .with_for_update(of=GalleryEntry)
+            )
+        ).first()
+        if row is None:
+            raise EntryNotFound(f"{canonical} is not in this server's gallery")
+        entry, result = row
+        if user_id not in (entry.submitted_by, result.owner_id) and not moderator:
+            raise GalleryError(
+                f"only the member who submitted {canonical}, the member who made it, or a member "
+                "with Manage Messages or Manage Server can take it out of the gallery"
+            )
+        await session.delete(entry)
+    return GalleryItem(entry=entry, result=result)
+
+
+async def discard_entry(db: Database, entry_id: int) -> None:
+    """Delete an entry whose gallery post could not be made, so nothing half-written stays."""
+    async with db.write() as session:
+        await session.execute(delete(GalleryEntry).where(GalleryEntry.id == entry_id))
+
+
+async def record_post(db: Database, entry_id: int, channel_id: int, message_id: int) -> bool:
+    """Record where an entry was posted in the gallery; False if the entry is gone meanwhile.
+
+    An entry removed (or its result deleted) while its post was being made returns False,
+    and the caller takes the new post down again.
+    """
+    async with db.write() as session:
+        changed = await session.execute(
+            update(GalleryEntry)
+            .where(GalleryEntry.id == entry_id)
+            .values(post_channel_id=channel_id, post_message_id=message_id)
+        )
+    return changed.rowcount == 1
+
+
+async def get_item(db: Database, guild_id: int, entry_id: int) -> GalleryItem:
+    """One entry of the guild's gallery with its result; :class:`EntryNotFound` if there is none."""
+    async with db.read() as session:
+        row = (
+            await session.execute(
+                select(GalleryEntry, Result)
+                .join(Result, Result.id == GalleryEntry.result_id)
+                .where(GalleryEntry.id == entry_id, GalleryEntry.guild_id == guild_id)
+            )
+        ).first()
+    if row is None:
+        raise EntryNotFound(f"no gallery entry {entry_id} in this server")
+    return GalleryItem(entry=row[0], result=row[1])
+
+
+async def result_posts(db: Database, result_id: int) -> list[GalleryPost]:
+    """Every gallery and hall-of-fame post of a result's entries, in every guild."""
+    async with db.read() as session:
+        entries = (
+            await session.scalars(select(GalleryEntry).where(GalleryEntry.result_id == result_id))
+        ).all()
+    return [post for entry in entries for post in posts_of(entry)]
 
 
 async def toggle_vote(db: Database, guild_id: int, entry_id: int, user_id: int) -> VoteOutcome:
@@ -130,17 +231,19 @@ async def count_entries(db: Database, guild_id: int) -> int:
     return int(total or 0)
 
 
-async def claim_hall_of_fame(db: Database, entry_id: int, message_id: int) -> bool:
-    """Record that the entry was posted to the hall of fame; False if it already was.
+async def claim_hall_of_fame(
+    db: Database, entry_id: int, message_id: int, channel_id: int | None = None
+) -> bool:
+    """Record that the entry was posted to the hall of fame (in ``channel_id``); False if it already was.
 
-    The bot calls this before (or right after) posting, so an entry is featured once even
-    when two votes cross the threshold at the same moment.
+    The bot calls this right after posting, so an entry is featured once even when two
+    votes cross the threshold at the same moment; False too when the entry is gone.
     """
     async with db.write() as session:
         changed = await session.execute(
             update(GalleryEntry)
             .where(GalleryEntry.id == entry_id, GalleryEntry.hall_of_fame_message_id.is_(None))
-            .values(hall_of_fame_message_id=message_id)
+            .values(hall_of_fame_message_id=message_id, hall_of_fame_channel_id=channel_id)
         )
     return changed.rowcount == 1
 

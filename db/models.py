@@ -202,6 +202,9 @@ class Result(Base):
     frames: Mapped[int | None] = mapped_column(Integer)
     duration_seconds: Mapped[float | None] = mapped_column(Float)
     visibility: Mapped[str] = mapped_column(String(16), default=Visibility.PRIVATE.value)
+    # The message that delivered the result (in ``channel_id``), for jump links in /history;
+    # None until it is delivered, and for results delivered before the column existed.
+    message_id: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     job: Mapped[Job | None] = relationship(back_populates="result", lazy="raise")
@@ -234,8 +237,13 @@ class GalleryEntry(Base):
     # Kept equal to the number of vote rows, in the same transaction as each vote,
     # so "top" sorts on an indexed column instead of counting.
     votes: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    # Where the entry was posted in the gallery, so the post can be taken down with the entry.
+    post_channel_id: Mapped[int | None] = mapped_column(BigInteger)
+    post_message_id: Mapped[int | None] = mapped_column(BigInteger)
     # Set once when the entry is posted to the hall of fame, so it is posted only once.
     hall_of_fame_message_id: Mapped[int | None] = mapped_column(BigInteger)
+    # The hall-of-fame channel of that post (the server may pick another channel later).
+    hall_of_fame_channel_id: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     result: Mapped[Result] = relationship(lazy="raise")

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, delete, exists, func, or_, select
+from sqlalchemy import and_, delete, exists, func, or_, select, update
 
 from db.engine import Database
 from db.models import GalleryEntry, Job, Result, Visibility
@@ -207,6 +207,12 @@ async def set_visibility(db: Database, public_id: str, owner_id: int, visibility
             raise ResultNotFound(f"no result with id {canonical}")
         result.visibility = visibility
     return result
+
+
+async def set_result_message(db: Database, result_id: int, message_id: int) -> None:
+    """Record the message that delivered a result (a second delivery's message replaces it)."""
+    async with db.write() as session:
+        await session.execute(update(Result).where(Result.id == result_id).values(message_id=message_id))
 
 
 async def delete_result(db: Database, public_id: str, owner_id: int) -> list[str]:

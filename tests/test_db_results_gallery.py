@@ -152,3 +152,72 @@ async def test_owner_deletes_a_result_with_its_gallery_entry(queue: JobQueue, da
     assert list(await gallery.browse(database, 10)) == []
     with pytest.raises(ResultNotFound):
         await delete_result(database, mine.public_id, 1)
+
+
+async def test_gallery_posts_are_recorded_and_listed_for_the_result(
+    queue: JobQueue, database: Database
+) -> None:
+    mine = await make_result(queue, user_id=1, prompt="mine")
+    entry = await gallery.submit(database, 10, mine.public_id, 1)
+    other_guild = await gallery.submit(database, 11, mine.public_id, 1)
+    assert await gallery.result_posts(database, mine.id) == []  # nothing posted yet
+    assert await gallery.record_post(database, entry.id, 100, 2**62 + 1) is True
+    assert await gallery.claim_hall_of_fame(database, entry.id, 2**62 + 2, 200) is True
+    assert await gallery.record_post(database, other_guild.id, 300, 3) is True
+    assert sorted((p.channel_id, p.message_id) for p in await gallery.result_posts(database, mine.id)) == [
+        (100, 2**62 + 1),
+        (200, 2**62 + 2),
+        (300, 3),
+    ]
+    item = await gallery.get_item(database, 10, entry.id)
+    assert item.result.public_id == mine.public_id
+    assert gallery.posts_of(item.entry) == [
+        gallery.GalleryPost(100, 2**62 + 1),
+        gallery.GalleryPost(200, 2**62 + 2),
+    ]
+    with pytest.raises(EntryNotFound):
+        await gallery.get_item(database, 11, entry.id)  # another guild's id
+
+    # A post made for an entry that is gone meanwhile is reported, to be taken down again.
+    await gallery.discard_entry(database, other_guild.id)
+    assert await gallery.record_post(database, other_guild.id, 300, 4) is False
+    assert await gallery.claim_hall_of_fame(database, other_guild.id, 5, 200) is False
+    assert await gallery.count_entries(database, 11) == 0
+
+
+async def test_who_may_take_a_result_out_of_the_gallery(queue: JobQueue, database: Database) -> None:
+    mine = await make_result(queue, user_id=1, prompt="mine")
+    entry = await gallery.submit(database, 10, mine.public_id, 1)
+    await gallery.record_post(database, entry.id, 100, 7)
+    with pytest.raises(GalleryError, match="Manage Messages or Manage Server") as refused:
+        await gallery.remove_result(database, 10, mine.public_id, 2)
+    assert not isinstance(refused.value, EntryNotFound)
+    with pytest.raises(EntryNotFound, match=f"{mine.public_id} is not in this server's gallery"):
+        await gallery.remove_result(database, 11, mine.public_id, 1)
+    with pytest.raises(ValueError, match="is not a result id"):
+        await gallery.remove_result(database, 10, "nope", 1)
+    assert await gallery.count_entries(database, 10) == 1
+
+    removed = await gallery.remove_result(database, 10, mine.public_id.lower(), 2, moderator=True)
+    assert removed.entry.id == entry.id and gallery.posts_of(removed.entry) == [gallery.GalleryPost(100, 7)]
+    assert await gallery.count_entries(database, 10) == 0
+    # An entry submitted by someone else (as an older bot allowed): its submitter and the
+    # result's owner may each remove it.
+    from db.models import GalleryEntry
+
+    for remover in (3, 1):
+        async with database.write() as session:
+            session.add(GalleryEntry(guild_id=10, result_id=mine.id, submitted_by=3, votes=0))
+        with pytest.raises(GalleryError, match="only the member who submitted"):
+            await gallery.remove_result(database, 10, mine.public_id, 2)
+        assert (await gallery.remove_result(database, 10, mine.public_id, remover)).entry.submitted_by == 3
+        assert await gallery.count_entries(database, 10) == 0
+
+
+async def test_a_result_remembers_the_message_that_delivered_it(queue: JobQueue, database: Database) -> None:
+    from db.results import set_result_message
+
+    mine = await make_result(queue, user_id=1)
+    assert mine.message_id is None
+    await set_result_message(database, mine.id, 2**63 - 1)  # the largest snowflake fits
+    assert (await get_result(database, mine.public_id)).message_id == 2**63 - 1
