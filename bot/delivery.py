@@ -29,8 +29,8 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -103,6 +103,7 @@ class Attachment:
     filename: str
     data: bytes
     description: str | None = None  # alt text, read out by screen readers
+    role: str = ""  # "video", "final" or "heatmap": what a fallback may leave out
 
     def file(self, *, spoiler: bool = False) -> discord.File:
         return discord.File(
@@ -171,7 +172,7 @@ def fitted_files(store: Any, result: Result, limit: int) -> list[Attachment]:
             except Exception:
                 log.exception("result %s: re-encoding the video failed", pid)
         if len(data) <= limit:
-            files.append(Attachment(f"painting-{pid}.{fmt}", data, alt["video"]))
+            files.append(Attachment(f"painting-{pid}.{fmt}", data, alt["video"], role="video"))
         else:
             # The encoder's floor (5 fps at its smallest size) is still too big for this limit.
             log.warning("result %s: video does not fit in %d bytes even re-encoded; left out", pid, limit)
@@ -181,7 +182,7 @@ def fitted_files(store: Any, result: Result, limit: int) -> list[Attachment]:
         suffix = ".png"
         if len(data) > limit:
             data, suffix = shrink_picture(data, limit)
-        files.append(Attachment(f"{role}-{pid}{suffix}", data, alt[role]))
+        files.append(Attachment(f"{role}-{pid}{suffix}", data, alt[role], role=role))
     return files
 
 
@@ -258,6 +259,21 @@ def failure_text(job: Job) -> str:
     )
 
 
+# What each file is called when it has to be left out, in the order a message refused as
+# too large (413) sheds them: the animation first, the final picture last.
+LEFT_OUT_NAMES = {"video": "the animation", "heatmap": "the heatmap", "final": "the final picture"}
+
+
+def too_large_note(roles: Iterable[str]) -> str:
+    """``The animation is too large to attach here.`` for the files left out, said once."""
+    names = [LEFT_OUT_NAMES[r] for r in LEFT_OUT_NAMES if r in set(roles)]
+    if not names:
+        return ""
+    listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+    verb = "is" if len(names) == 1 else "are"
+    return f"{listed[0].upper()}{listed[1:]} {verb} too large to attach here."
+
+
 @dataclass
 class Outcome:
     """One message to deliver: a status line for the reply, and the message itself."""
@@ -268,6 +284,21 @@ class Outcome:
     files: tuple[Attachment, ...] = ()
     spoiler: bool = False
     view: discord.ui.View | None = None
+    notes: tuple[str, ...] = ()
+    left_out: tuple[str, ...] = ()  # roles of files too large to attach
+
+    @property
+    def text(self) -> str:
+        """The message's content: what happened, notes, and (once) what was too large."""
+        return " ".join(part for part in (self.content, *self.notes, too_large_note(self.left_out)) if part)
+
+    def without(self, role: str) -> Outcome:
+        """The same message with one more kind of file left out as too large."""
+        embed = self.embed
+        if role == "final" and embed is not None and embed.image:
+            embed = embed.copy()
+            embed.set_image(url=None)  # it pointed at the attachment that is left out
+        return replace(self, embed=embed, left_out=(*self.left_out, role))
 
 
 # -- delivery -----------------------------------------------------------------------------
@@ -316,15 +347,18 @@ class Deliverer:
         notes = []
         if spoiler:
             notes.append("It was flagged by the safety checker, so it is shown as spoilers.")
-        if result.video_key and not any(f.filename.startswith("painting-") for f in files):
-            notes.append("The animation is too large to attach here.")
+        left_out: tuple[str, ...] = ()
+        if result.video_key and not any(f.role == "video" for f in files):
+            left_out = ("video",)
         return Outcome(
             status=f"Done: `{result.public_id}` is below.",
-            content=" ".join([f"{mention} your {what} `{result.public_id}` is ready.", *notes]),
+            content=f"{mention} your {what} `{result.public_id}` is ready.",
             embed=result_embed(result, None if spoiler else image_name),
             files=tuple(files),
             spoiler=spoiler,
             view=result_view(result.public_id, in_guild=job.guild_id is not None),
+            notes=tuple(notes),
+            left_out=left_out,
         )
 
     async def age_restricted(self, channel_id: int | None) -> bool:
@@ -342,7 +376,7 @@ class Deliverer:
 
     def _message(self, outcome: Outcome, job: Job, *, files: Iterable[Attachment]) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
-            "content": outcome.content,
+            "content": outcome.text,
             "allowed_mentions": discord.AllowedMentions(
                 everyone=False, roles=False, users=[discord.Object(job.user_id)], replied_user=False
             ),
@@ -384,18 +418,13 @@ class Deliverer:
             # 404: the reply was deleted; a follow-up still works.
             log.info("job %s: reply not editable (%s %s)", job.id, exc.status, exc.code)
         try:
-            await webhook.send(wait=True, **self._message(outcome, job, files=files))
+            await self._send_fitting(lambda **kwargs: webhook.send(wait=True, **kwargs), job, outcome, files)
         except discord.HTTPException as exc:
             if exc.status in (401, 404):
                 log.info(
                     "job %s: follow-up refused (%s %s); posting in the channel", job.id, exc.status, exc.code
                 )
                 return False
-            if exc.status == 413 and files:
-                await webhook.send(
-                    wait=True, **self._message(self._without_video(outcome), job, files=files[1:])
-                )
-                return True
             raise
         log.info("job %s delivered as an interaction follow-up", job.id)
         return True
@@ -407,11 +436,8 @@ class Deliverer:
             return True
         channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
         try:
-            await channel.send(**self._message(outcome, job, files=files))
+            await self._send_fitting(channel.send, job, outcome, files)
         except discord.HTTPException as exc:
-            if exc.status == 413 and files:
-                await channel.send(**self._message(self._without_video(outcome), job, files=files[1:]))
-                return True
             if exc.status in (403, 404):
                 log.warning(
                     "job %s: cannot post in channel %s (%s %s); dropped",
@@ -425,15 +451,31 @@ class Deliverer:
         log.info("job %s delivered as a channel message in %s", job.id, job.channel_id)
         return True
 
-    @staticmethod
-    def _without_video(outcome: Outcome) -> Outcome:
-        return Outcome(
-            status=outcome.status,
-            content=outcome.content + " (The animation was too large to attach here.)",
-            embed=outcome.embed,
-            spoiler=outcome.spoiler,
-            view=outcome.view,
-        )
+    async def _send_fitting(
+        self,
+        send: Callable[..., Awaitable[discord.Message]],
+        job: Job,
+        outcome: Outcome,
+        files: list[Attachment],
+    ) -> discord.Message:
+        """Send the message; refused as too large (413), send it again with fewer files.
+
+        Discord's limit is on the whole upload, so each file fitting is not enough. The
+        files go by kind, not position: the animation first (it may be absent already),
+        then the heatmap, then the final picture; the message says once what was left out.
+        """
+        while True:
+            try:
+                return await send(**self._message(outcome, job, files=files))
+            except discord.HTTPException as exc:
+                role = next((r for r in LEFT_OUT_NAMES if any(f.role == r for f in files)), None)
+                if exc.status != 413 or role is None:
+                    raise
+                log.info(
+                    "job %s: message refused as too large (%s); leaving out the %s", job.id, exc.code, role
+                )
+                outcome = outcome.without(role)
+                files = [f for f in files if f.role != role]
 
 
 # -- the watcher --------------------------------------------------------------------------

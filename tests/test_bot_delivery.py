@@ -26,8 +26,18 @@ from bot.worker import JobContext, JobOutput, PermanentJobError, run_worker
 from db.models import Job, Result
 from painter.video import FrameEncoder, read_frames
 from tests.discord_standin import DiscordStandIn
-from tests.discord_standin.world import ALICE_ID
-from tests.test_bot_e2e import FOLLOWUP, TOKEN, World, bot_env, custom_ids, delivered, new_data_dir
+from tests.discord_standin.world import ALICE_ID, GUILD_ID
+from tests.test_bot_e2e import (
+    CHANNEL_POST,
+    FOLLOWUP,
+    TOKEN,
+    World,
+    bot_env,
+    custom_ids,
+    delivered,
+    new_data_dir,
+    result_id,
+)
 
 # The bot tests share one event loop (and one bot) per module; the unit tests below need none.
 on_world = pytest.mark.asyncio(loop_scope="module")
@@ -36,6 +46,14 @@ on_world = pytest.mark.asyncio(loop_scope="module")
 def _png(value: int, size: int = 64) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (size, size), (value, 255 - value, 128)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _noise_png(size: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(5).integers(0, 255, (size, size, 3), dtype=np.uint8)).save(
+        buffer, "PNG"
+    )
     return buffer.getvalue()
 
 
@@ -57,10 +75,14 @@ def scripted_runner(ctx: JobContext) -> JobOutput:
         ctx.progress(0, frame, frames)
         time.sleep(pause)
     files = {}
+    # "big-video": an animation no upload limit here takes (nor can it be re-encoded);
+    # "noisy-heatmap": a heatmap of about 49 KB (noise does not compress).
+    video_bytes = 200_000 if "big-video" in words else 2000
+    heatmap = _noise_png(128) if "noisy-heatmap" in words else _png(200)
     for role, name, data in (
-        ("video", "painting.mp4", b"\x00\x00\x00\x18ftypmp42" + bytes(2000)),
+        ("video", "painting.mp4", b"\x00\x00\x00\x18ftypmp42" + bytes(video_bytes)),
         ("image", "painting.png", _png(10)),
-        ("heatmap", "painting.heatmap.png", _png(200)),
+        ("heatmap", "painting.heatmap.png", heatmap),
     ):
         path = ctx.workdir / name
         path.write_bytes(data)
@@ -177,6 +199,49 @@ async def test_a_separate_worker_paints_and_the_bot_delivers(world: World) -> No
         await world.stop()
         world.settings = settings
         await world.start()
+
+
+@on_world
+async def test_a_message_refused_as_too_large_leaves_files_out_by_kind_and_says_so_once(
+    world: World,
+) -> None:
+    """Discord's limit is on the whole upload: a 413 sheds the animation, then the heatmap."""
+    standin = world.standin
+    # In place, with the animation already left out (too large for the job's budget): the
+    # follow-up is refused all the same (the stand-in checks files one by one, so its limit
+    # is lowered under the heatmap, as the request's total would be on Discord).
+    handle = await standin.send_slash(
+        "paint", {"prompt": "big-video noisy-heatmap"}, attachment_size_limit=100_000
+    )
+    assert (await handle.response(timeout=5)).callback_type == 5
+    handle.state.size_limit = 20_000
+    [followup] = await handle.wait_for(lambda r: r.route == FOLLOWUP and r.ok and bool(r.files), timeout=30)
+    rid = result_id(followup.content)
+    assert followup.file_names == [f"final-{rid}.png"]
+    assert followup.content.count("too large") == 1, followup.content
+    assert followup.content.endswith(" The animation and the heatmap are too large to attach here.")
+    refused = [r for r in handle.requests if r.route == FOLLOWUP and r.status == 413]
+    assert [r.file_names for r in refused] == [[f"final-{rid}.png", f"heatmap-{rid}.png"]]
+
+    # In the channel (the token expired), with the animation attached: the animation goes.
+    guild = standin.guild(GUILD_ID)
+    assert guild is not None
+    saved = guild.attachment_size_limit
+    mark = standin.mark()
+    handle = await standin.send_slash("paint", {"prompt": "slow and posted in the channel"})
+    assert (await handle.response(timeout=5)).callback_type == 5
+    handle.expire()
+    guild.attachment_size_limit = 1_000  # under the 2 KB animation, over each picture
+    try:
+        posted = await standin.wait_for(
+            lambda r: r.route == CHANNEL_POST and r.ok and bool(r.files), since=mark, timeout=30
+        )
+    finally:
+        guild.attachment_size_limit = saved
+    rid = result_id(posted.content)
+    assert posted.file_names == [f"final-{rid}.png", f"heatmap-{rid}.png"]
+    assert posted.content.count("too large") == 1, posted.content
+    assert posted.content.endswith(" The animation is too large to attach here.")
 
 
 # -- units ----------------------------------------------------------------------------------
