@@ -41,7 +41,7 @@ from PIL import Image
 from bot.progress import Tracked, interaction_webhook, token_usable
 from bot.text import quote
 from db.models import Job, Result, utcnow
-from db.results import result_for_job
+from db.results import result_for_job, set_result_message
 
 if TYPE_CHECKING:
     from bot.discord_bot import LatentPainterBot
@@ -286,6 +286,7 @@ class Outcome:
     view: discord.ui.View | None = None
     notes: tuple[str, ...] = ()
     left_out: tuple[str, ...] = ()  # roles of files too large to attach
+    result_id: int | None = None  # the result row the message delivers
 
     @property
     def text(self) -> str:
@@ -359,6 +360,7 @@ class Deliverer:
             view=result_view(result.public_id, in_guild=job.guild_id is not None),
             notes=tuple(notes),
             left_out=left_out,
+            result_id=result.id,
         )
 
     async def age_restricted(self, channel_id: int | None) -> bool:
@@ -418,7 +420,9 @@ class Deliverer:
             # 404: the reply was deleted; a follow-up still works.
             log.info("job %s: reply not editable (%s %s)", job.id, exc.status, exc.code)
         try:
-            await self._send_fitting(lambda **kwargs: webhook.send(wait=True, **kwargs), job, outcome, files)
+            message = await self._send_fitting(
+                lambda **kwargs: webhook.send(wait=True, **kwargs), job, outcome, files
+            )
         except discord.HTTPException as exc:
             if exc.status in (401, 404):
                 log.info(
@@ -427,6 +431,7 @@ class Deliverer:
                 return False
             raise
         log.info("job %s delivered as an interaction follow-up", job.id)
+        await self._remember(outcome, message.id)
         return True
 
     async def _in_channel(self, job: Job, outcome: Outcome, files: list[Attachment]) -> bool:
@@ -436,7 +441,7 @@ class Deliverer:
             return True
         channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
         try:
-            await self._send_fitting(channel.send, job, outcome, files)
+            message = await self._send_fitting(channel.send, job, outcome, files)
         except discord.HTTPException as exc:
             if exc.status in (403, 404):
                 log.warning(
@@ -449,6 +454,7 @@ class Deliverer:
                 return True
             raise
         log.info("job %s delivered as a channel message in %s", job.id, job.channel_id)
+        await self._remember(outcome, message.id)
         return True
 
     async def _send_fitting(
@@ -476,6 +482,15 @@ class Deliverer:
                 )
                 outcome = outcome.without(role)
                 files = [f for f in files if f.role != role]
+
+    async def _remember(self, outcome: Outcome, message_id: int) -> None:
+        """Record which message delivered the result (for /history's links)."""
+        if outcome.result_id is None:
+            return
+        try:
+            await set_result_message(self.bot.db, outcome.result_id, message_id)
+        except Exception:  # noqa: BLE001 - the result is delivered; a lost link is no reason to resend
+            log.exception("result %s: could not record its message %s", outcome.result_id, message_id)
 
 
 # -- the watcher --------------------------------------------------------------------------

@@ -222,6 +222,8 @@ async def test_a_message_refused_as_too_large_leaves_files_out_by_kind_and_says_
     assert followup.content.endswith(" The animation and the heatmap are too large to attach here.")
     refused = [r for r in handle.requests if r.route == FOLLOWUP and r.status == 413]
     assert [r.file_names for r in refused] == [[f"final-{rid}.png", f"heatmap-{rid}.png"]]
+    # The message that delivered it is remembered, for /history's links.
+    assert await recorded_message(world, rid) == handle.messages[-1].id
 
     # In the channel (the token expired), with the animation attached: the animation goes.
     guild = standin.guild(GUILD_ID)
@@ -242,6 +244,19 @@ async def test_a_message_refused_as_too_large_leaves_files_out_by_kind_and_says_
     assert posted.file_names == [f"final-{rid}.png", f"heatmap-{rid}.png"]
     assert posted.content.count("too large") == 1, posted.content
     assert posted.content.endswith(" The animation is too large to attach here.")
+    assert await recorded_message(world, rid) == standin.channel_messages("general")[-1].id
+
+
+async def recorded_message(world: World, rid: str, timeout: float = 10.0) -> int | None:
+    """The message id stored on a result, once the bot has recorded it (just after sending)."""
+    from db.results import get_result
+
+    deadline = time.monotonic() + timeout
+    while (message_id := (await get_result(world.bot.db, rid)).message_id) is None:
+        if time.monotonic() > deadline:
+            return None
+        await asyncio.sleep(0.05)
+    return message_id
 
 
 # -- units ----------------------------------------------------------------------------------

@@ -24,8 +24,19 @@ PER_PAGE = 5
 MAX_PAGE = 10_000
 
 
-def describe_result(result: Result) -> str:
-    """One result in a list: prompt, seed, effect, model, when and where it was made."""
+def jump_link(guild_id: int | None, channel_id: int, message_id: int | None = None) -> str:
+    """A link that opens a channel, or a message in it (``@me`` stands for direct messages)."""
+    url = f"https://discord.com/channels/{guild_id or '@me'}/{channel_id}"
+    return f"{url}/{message_id}" if message_id else url
+
+
+def describe_result(result: Result, *, in_dm: bool = False) -> str:
+    """One result in a list: prompt, seed, effect, model, when it was made and a link to it.
+
+    The link opens the message that delivered the result. A ``<#channel>`` mention does not
+    render in direct messages (neither a DM channel's nor, shown in a DM, a server's), so
+    there the link stands alone; rows from before messages were recorded link the channel.
+    """
     lines = [
         quote(result.prompt, 200) or ("*a transition*" if result.kind == "transition" else "*no prompt*")
     ]
@@ -41,18 +52,29 @@ def describe_result(result: Result) -> str:
     if result.width and result.height:
         facts.append(f"{result.width}x{result.height}")
     lines.append(" · ".join(facts))
-    where = f" in <#{result.channel_id}>" if result.channel_id else ""
-    lines.append(f"{timestamp(result.created_at)}{where}")
+    when = [timestamp(result.created_at)]
+    if result.channel_id:
+        mention = result.guild_id is not None and not in_dm
+        if mention:
+            when.append(f"in <#{result.channel_id}>")
+        if result.message_id:
+            when.append(f"· [open]({jump_link(result.guild_id, result.channel_id, result.message_id)})")
+        elif not mention:
+            where = "our direct messages" if result.guild_id is None else "its channel"
+            when.append(f"in [{where}]({jump_link(result.guild_id, result.channel_id)})")
+    lines.append(" ".join(when))
     return "\n".join(line for line in lines if line)
 
 
-def history_embed(page: Page, user: discord.abc.User) -> discord.Embed:
-    """The embed of one history page."""
+def history_embed(page: Page, user: discord.abc.User, *, in_dm: bool = False) -> discord.Embed:
+    """The embed of one history page (``in_dm``: shown in direct messages)."""
     embed = discord.Embed(title="Your paintings", colour=discord.Colour.dark_teal())
     if not page.items:
         embed.description = "Nothing yet. Paint something with /paint!"
     for result in page.items:
-        embed.add_field(name=f"`{result.public_id}`", value=describe_result(result), inline=False)
+        embed.add_field(
+            name=f"`{result.public_id}`", value=describe_result(result, in_dm=in_dm), inline=False
+        )
     embed.set_footer(text=f"Page {page.page} of {page.pages} · {page.total} in all · {user.name}")
     return embed
 
@@ -81,7 +103,8 @@ class HistoryCog(commands.Cog, name="History"):
         found = await history(bot.db, interaction.user.id, page=page, per_page=PER_PAGE)
         if page > found.pages:
             found = await history(bot.db, interaction.user.id, page=found.pages, per_page=PER_PAGE)
-        return history_embed(found, interaction.user), history_view(found.page, found.pages)
+        in_dm = interaction.guild_id is None
+        return history_embed(found, interaction.user, in_dm=in_dm), history_view(found.page, found.pages)
 
     async def turn_page(self, interaction: discord.Interaction, page: int) -> None:
         """A page button: show that page in the same (ephemeral) message."""

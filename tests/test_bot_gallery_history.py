@@ -1,0 +1,140 @@
+"""Gallery posts and /history links through the real discord.py client and the Discord stand-in.
+
+A failed gallery post leaves no entry behind and says why; a deleted result takes its
+gallery and hall-of-fame posts with it; ``/gallery remove`` and who may use it; the hall
+of fame finds a voted entry however many have more votes; ``/history`` links each result's
+message, in servers and in direct messages. The bot runs the scripted job runner of
+``test_bot_delivery`` (real files, no model): the paintings themselves are not the point here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from sqlalchemy import update
+
+from bot.config import load_settings
+from db.models import Result
+from tests.discord_standin import DiscordStandIn, InteractionHandle, StoredMessage
+from tests.discord_standin.world import (
+    ALICE_ID,
+    GENERAL_ID,
+    GUILD_ID,
+    MOD_ID,
+)
+from tests.test_bot_delivery import recorded_message, scripted_runner
+from tests.test_bot_e2e import TOKEN, World, bot_env, custom_ids, delivered, new_data_dir, result_id
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def world(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> AsyncIterator[World]:
+    import discord.gateway
+    import discord.http
+
+    saved = discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
+    data = new_data_dir(tmp_path_factory.mktemp("bot-gallery-history"), data_dir)
+    async with DiscordStandIn(token=TOKEN) as standin:
+        world = World(standin, load_settings(env=bot_env(data, standin)), runner=scripted_runner)
+        await world.start()
+        # The bot syncs to the test server ([discord] sync_guild); a deployment syncs globally,
+        # which is what makes the commands usable in direct messages. Offer them there too.
+        standin.global_commands.extend(standin.guild_commands[GUILD_ID])
+        try:
+            yield world
+        finally:
+            await world.stop()
+            discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = saved
+        standin.assert_clean()
+
+
+async def paint(world: World, prompt: str, **envelope: object) -> tuple[str, StoredMessage]:
+    """/paint (scripted); returns the result id and the message that delivered it."""
+    handle = await world.standin.send_slash("paint", {"prompt": prompt}, **envelope)
+    assert (await handle.response(timeout=5)).callback_type == 5
+    followup = await delivered(handle, timeout=30)
+    rid = result_id(followup.content)
+    message = next(m for m in handle.messages if f"lp:delete:{rid}" in custom_ids(m))
+    return rid, message
+
+
+async def settings(world: World, **options: object) -> None:
+    """/settings as the moderator; asserts it was accepted."""
+    handle = await world.standin.send_slash("settings", options, user=MOD_ID)
+    answer = await handle.response(timeout=5)
+    assert answer.ok and answer.ephemeral, answer.json
+
+
+async def reset(world: World, *names: str) -> None:
+    for name in names:
+        await settings(world, reset=name)
+
+
+async def told_privately(handle: InteractionHandle) -> str:
+    """The text of the bot's ephemeral answer, whether sent at once or after a deferral."""
+    answer = await handle.response(timeout=5)
+    assert answer.ephemeral, answer.json
+    if answer.callback_type == 4:
+        return answer.content
+    await handle.wait_for(lambda r: r.ok and r.method in ("PATCH", "POST") and r.content, timeout=10)
+    original = handle.original
+    assert original is not None and original.ephemeral and not original.loading
+    return original.content
+
+
+def posts_of(world: World, channel: str, rid: str) -> list[StoredMessage]:
+    """The live posts of a result in a channel (a gallery post's embed title is the result id)."""
+    return [m for m in world.standin.channel_messages(channel) if m.embeds and m.embeds[0]["title"] == rid]
+
+
+def field_of(handle_answer: object, rid: str) -> str:
+    embed = handle_answer.embeds[0]  # type: ignore[attr-defined]
+    return next(f["value"] for f in embed["fields"] if f["name"] == f"`{rid}`")
+
+
+# -- /history ---------------------------------------------------------------------------------
+
+
+async def test_history_links_each_result_message_in_servers_and_direct_messages(world: World) -> None:
+    standin, bot = world.standin, world.bot
+    rid, message = await paint(world, "a lighthouse for the history")
+    dm_handle = await standin.send_slash("paint", {"prompt": "painted in private"}, guild=None, user=ALICE_ID)
+    assert (await dm_handle.response(timeout=5)).callback_type == 5
+    dm_rid = result_id((await delivered(dm_handle, timeout=30)).content)
+    dm_message = next(m for m in dm_handle.messages if f"lp:delete:{dm_rid}" in custom_ids(m))
+    dm_channel = dm_message.channel_id
+    assert await recorded_message(world, rid) == message.id
+    assert await recorded_message(world, dm_rid) == dm_message.id
+
+    # In the server: where it was made, and a link that opens the message itself.
+    answer = await (await standin.send_slash("history", {})).response(timeout=5)
+    in_guild = field_of(answer, rid)
+    assert f"in <#{GENERAL_ID}>" in in_guild
+    assert f"(https://discord.com/channels/{GUILD_ID}/{GENERAL_ID}/{message.id})" in in_guild
+    assert f"(https://discord.com/channels/@me/{dm_channel}/{dm_message.id})" in field_of(answer, dm_rid)
+    assert f"<#{dm_channel}>" not in str(answer.embeds)
+
+    # In direct messages a channel mention does not render: links only.
+    answer = await (await standin.send_slash("history", {}, guild=None, user=ALICE_ID)).response(timeout=5)
+    assert answer.ephemeral and "<#" not in str(answer.embeds)
+    assert f"(https://discord.com/channels/{GUILD_ID}/{GENERAL_ID}/{message.id})" in field_of(answer, rid)
+    assert f"(https://discord.com/channels/@me/{dm_channel}/{dm_message.id})" in field_of(answer, dm_rid)
+
+    # A result delivered before messages were recorded: what is known (its channel).
+    async with bot.db.write() as session:
+        await session.execute(
+            update(Result).where(Result.public_id.in_([rid, dm_rid])).values(message_id=None)
+        )
+    answer = await (await standin.send_slash("history", {})).response(timeout=5)
+    assert f"in <#{GENERAL_ID}>" in field_of(answer, rid) and "https://" not in field_of(answer, rid)
+    answer = await (await standin.send_slash("history", {}, guild=None, user=ALICE_ID)).response(timeout=5)
+    assert "<#" not in str(answer.embeds)
+    assert f"(https://discord.com/channels/{GUILD_ID}/{GENERAL_ID})" in field_of(answer, rid)
+    assert f"(https://discord.com/channels/@me/{dm_channel})" in field_of(answer, dm_rid)
+
+
+# -- a gallery post that cannot be made ---------------------------------------------------------
