@@ -14,15 +14,18 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from sqlalchemy import update
+from sqlalchemy import delete, update
 
 from bot.config import load_settings
-from db.models import Result
+from db.models import GalleryEntry, Result
+from db.results import new_public_id
 from tests.discord_standin import DiscordStandIn, InteractionHandle, StoredMessage
 from tests.discord_standin.world import (
     ALICE_ID,
+    BOB_ID,
     GENERAL_ID,
     GUILD_ID,
+    HALL_ID,
     MOD_ID,
 )
 from tests.test_bot_delivery import recorded_message, scripted_runner
@@ -138,3 +141,58 @@ async def test_history_links_each_result_message_in_servers_and_direct_messages(
 
 
 # -- a gallery post that cannot be made ---------------------------------------------------------
+
+
+async def test_hall_of_fame_features_a_voted_entry_behind_two_hundred_better_ones(world: World) -> None:
+    standin, bot = world.standin, world.bot
+    rid, _ = await paint(world, "an underdog")
+    fillers = []
+    async with bot.db.write() as session:
+        for n in range(205):
+            result = Result(
+                public_id=new_public_id(),
+                kind="paint",
+                owner_id=BOB_ID,
+                guild_id=GUILD_ID,
+                prompt=f"filler {n}",
+                params={},
+                sizes={},
+            )
+            session.add(result)
+            fillers.append(result)
+        await session.flush()
+        session.add_all(
+            GalleryEntry(guild_id=GUILD_ID, result_id=r.id, submitted_by=BOB_ID, votes=5) for r in fillers
+        )
+    await settings(world, hall_of_fame_channel=HALL_ID)
+    await settings(world, hall_of_fame_votes=1)
+    try:
+        submitted = await standin.send_slash("gallery submit", {"result": rid})
+        await submitted.followup(timeout=10)
+        assert not posts_of(world, "hall-of-fame", rid)  # not featured until it has the votes
+        post = submitted.messages[-1]
+        mark = standin.mark()
+        vote = await standin.send_component(custom_ids(post)[0], message=post, user=BOB_ID)
+        assert (await vote.response(timeout=5)).callback_type == 7
+        assert "has 1 now" in (await vote.followup(timeout=5)).content
+        await standin.wait_for(
+            lambda r: (
+                r.route == "POST /channels/{channel_id}/messages"
+                and r.params.get("channel_id") == str(HALL_ID)
+            ),
+            since=mark,
+            timeout=10,
+        )
+        [featured] = posts_of(world, "hall-of-fame", rid)
+        assert featured.attachments[0].filename == f"{rid}.png"
+    finally:
+        await reset(world, "hall of fame channel", "hall of fame votes")
+        await clear_gallery(world)
+        async with bot.db.write() as session:
+            await session.execute(delete(Result).where(Result.id.in_([r.id for r in fillers])))
+
+
+async def clear_gallery(world: World) -> None:
+    """Empty the server's gallery between tests (rows only; posts stay in the stand-in)."""
+    async with world.bot.db.write() as session:
+        await session.execute(delete(GalleryEntry))

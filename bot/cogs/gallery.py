@@ -21,7 +21,16 @@ from discord.ext import commands
 from bot.cogs.common import GuildRules, UserError, guild_rules, rules_for
 from bot.text import quote
 from bot.views import gallery_view, vote_view, with_vote_count
-from db.gallery import GalleryItem, browse, claim_hall_of_fame, count_entries, submit, toggle_vote
+from db.gallery import (
+    EntryNotFound,
+    GalleryItem,
+    browse,
+    claim_hall_of_fame,
+    count_entries,
+    get_item,
+    submit,
+    toggle_vote,
+)
 from db.models import GalleryEntry, Result
 from db.results import ResultNotFound, get_result, normalize_public_id
 
@@ -177,10 +186,12 @@ class GalleryCog(commands.Cog, name="Gallery"):
             await interaction.followup.send(f"{said} The entry has {outcome.votes} now.", ephemeral=True)
         rules = await guild_rules(self.bot, interaction.guild_id)
         if outcome.voted and rules.hall_of_fame_votes and outcome.votes >= rules.hall_of_fame_votes:
-            for item in await browse(self.bot.db, interaction.guild_id, order="top", limit=200):
-                if item.entry.id == entry_id:
-                    await self.feature(rules, item.result, item.entry)
-                    break
+            # By id: however many entries have more votes, this one is the one that qualified.
+            try:
+                item = await get_item(self.bot.db, interaction.guild_id, entry_id)
+            except EntryNotFound:
+                return  # removed since the vote
+            await self.feature(rules, item.result, item.entry)
 
     # -- browsing ---------------------------------------------------------------------------
 
