@@ -17,16 +17,21 @@ import pytest_asyncio
 from sqlalchemy import delete, update
 
 from bot.config import load_settings
+from db.gallery import count_entries
 from db.models import GalleryEntry, Result
 from db.results import new_public_id
 from tests.discord_standin import DiscordStandIn, InteractionHandle, StoredMessage
 from tests.discord_standin.world import (
     ALICE_ID,
     BOB_ID,
+    BOT_ROLE_ID,
+    GALLERY_ID,
     GENERAL_ID,
     GUILD_ID,
     HALL_ID,
     MOD_ID,
+    Permission,
+    StandInMember,
 )
 from tests.test_bot_delivery import recorded_message, scripted_runner
 from tests.test_bot_e2e import TOKEN, World, bot_env, custom_ids, delivered, new_data_dir, result_id
@@ -143,6 +148,58 @@ async def test_history_links_each_result_message_in_servers_and_direct_messages(
 # -- a gallery post that cannot be made ---------------------------------------------------------
 
 
+async def test_a_failed_gallery_post_leaves_no_entry_and_says_why(world: World) -> None:
+    standin, bot = world.standin, world.bot
+    rid, _ = await paint(world, "a picture for a broken gallery")
+    guild = standin.guild(GUILD_ID)
+    assert guild is not None
+    granted = standin.bot_permissions(guild)
+    # The bot's own member, with its permissions overridden (as a channel overwrite would).
+    bot_member = StandInMember(standin.bot_user, roles=[BOT_ROLE_ID], permissions=granted)
+    guild.members.append(bot_member)
+    gallery_channel = guild.channel(GALLERY_ID)
+    await settings(world, gallery_channel=GALLERY_ID)
+    try:
+        # The bot lost Attach Files in the gallery (403), then the channel was deleted (404).
+        bot_member.permissions = granted & ~Permission.ATTACH_FILES
+        for broken in ("permissions", "deleted"):
+            if broken == "deleted":
+                bot_member.permissions = granted
+                guild.channels.remove(gallery_channel)
+            text = await told_privately(await standin.send_slash("gallery submit", {"result": rid}))
+            assert text.startswith(f"I cannot post in <#{GALLERY_ID}>"), text
+            assert "ask an admin to check" in text and "Attach Files" in text, text
+            assert "went wrong" not in text
+            # Nothing half-written: no entry, so a retry is not "already in the gallery".
+            assert await count_entries(bot.db, GUILD_ID) == 0, broken
+            assert not posts_of(world, "general", rid)
+        guild.channels.append(gallery_channel)
+        guild.channels.sort(key=lambda c: c.position)
+
+        # Fixed: the same submission now goes through.
+        done = await standin.send_slash("gallery submit", {"result": rid})
+        note = await done.followup(timeout=10)
+        assert note.ephemeral and f"{rid} is in the gallery now: <#{GALLERY_ID}>" in note.content
+        assert len(posts_of(world, "gallery", rid)) == 1
+        assert await count_entries(bot.db, GUILD_ID) == 1
+    finally:
+        guild.members.remove(bot_member)
+        if gallery_channel not in guild.channels:
+            guild.channels.append(gallery_channel)
+            guild.channels.sort(key=lambda c: c.position)
+        await reset(world, "gallery channel")
+        await clear_gallery(world)
+
+
+async def clear_gallery(world: World) -> None:
+    """Empty the server's gallery between tests (rows only; posts stay in the stand-in)."""
+    async with world.bot.db.write() as session:
+        await session.execute(delete(GalleryEntry))
+
+
+# -- taking entries down ------------------------------------------------------------------------
+
+
 async def test_hall_of_fame_features_a_voted_entry_behind_two_hundred_better_ones(world: World) -> None:
     standin, bot = world.standin, world.bot
     rid, _ = await paint(world, "an underdog")
@@ -190,9 +247,3 @@ async def test_hall_of_fame_features_a_voted_entry_behind_two_hundred_better_one
         await clear_gallery(world)
         async with bot.db.write() as session:
             await session.execute(delete(Result).where(Result.id.in_([r.id for r in fillers])))
-
-
-async def clear_gallery(world: World) -> None:
-    """Empty the server's gallery between tests (rows only; posts stay in the stand-in)."""
-    async with world.bot.db.write() as session:
-        await session.execute(delete(GalleryEntry))

@@ -18,7 +18,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.cogs.common import GuildRules, UserError, guild_rules, rules_for
+from bot.cogs.common import GuildRules, UserError, defer_publicly, guild_rules, rules_for
 from bot.text import quote
 from bot.views import gallery_view, vote_view, with_vote_count
 from db.gallery import (
@@ -27,6 +27,7 @@ from db.gallery import (
     browse,
     claim_hall_of_fame,
     count_entries,
+    discard_entry,
     get_item,
     submit,
     toggle_vote,
@@ -57,6 +58,17 @@ def entry_embed(result: Result, entry: GalleryEntry, *, image_name: str | None) 
     if image_name:
         embed.set_image(url=f"attachment://{image_name}")
     return embed
+
+
+def cannot_post(channel_id: int | None) -> str:
+    """What the member is told when the gallery post could not be made in a channel."""
+    where = f"<#{channel_id}>" if channel_id else "the gallery channel"
+    return (
+        f"I cannot post in {where}, so your result was not added to the gallery. "
+        "Please ask an admin to check that the channel still exists and that I have the "
+        "View Channel, Send Messages, Embed Links and Attach Files permissions there "
+        "(or to pick another channel with /settings)."
+    )
 
 
 class GalleryCog(commands.Cog, name="Gallery"):
@@ -108,7 +120,11 @@ class GalleryCog(commands.Cog, name="Gallery"):
         return [app_commands.Choice(name=result_label(r), value=r.public_id) for r in picked[:MAX_CHOICES]]
 
     async def submit(self, interaction: discord.Interaction, public_id: str) -> None:
-        """Add the member's result to the gallery and post it (the button and the command)."""
+        """Add the member's result to the gallery and post it (the button and the command).
+
+        The entry is written first (so two clicks cannot post it twice) and taken out again
+        when the post cannot be made, so a failed post leaves nothing behind to block a retry.
+        """
         if interaction.guild_id is None:
             raise UserError("The gallery belongs to a server; use this in one.")
         rules = await rules_for(interaction)
@@ -120,20 +136,35 @@ class GalleryCog(commands.Cog, name="Gallery"):
             entry = await submit(self.bot.db, interaction.guild_id, canonical, interaction.user.id)
         except ResultNotFound:
             raise UserError(f"Only the member who made {canonical} can add it to the gallery.") from None
-        result = await get_result(self.bot.db, canonical)
-        featured = rules.hall_of_fame_channel_id is not None and rules.hall_of_fame_votes is None
         target = rules.gallery_channel_id
-        if target is None or target == interaction.channel_id:
-            await interaction.response.defer(thinking=True)
-            await self._post(interaction.followup, result, entry)
-            if featured:
-                await self.feature(rules, result, entry)
-        else:
-            await interaction.response.defer(thinking=True, ephemeral=True)
-            channel = self.bot.get_partial_messageable(target, guild_id=interaction.guild_id)
-            await self._post(channel, result, entry)
-            if featured:
-                await self.feature(rules, result, entry)
+        in_place = target is None or target == interaction.channel_id
+        post_channel = interaction.channel_id if in_place else target
+        try:
+            result = await get_result(self.bot.db, canonical)
+            if in_place:
+                await defer_publicly(interaction)
+                await self._post(interaction.followup, result, entry)
+            else:
+                assert target is not None
+                await interaction.response.defer(thinking=True, ephemeral=True)
+                channel = self.bot.get_partial_messageable(target, guild_id=interaction.guild_id)
+                await self._post(channel, result, entry)
+        except (Exception, asyncio.CancelledError) as exc:
+            await discard_entry(self.bot.db, entry.id)
+            if isinstance(exc, discord.Forbidden | discord.NotFound):
+                log.warning(
+                    "gallery post of %s in channel %s failed (%s %s); entry withdrawn",
+                    canonical,
+                    post_channel,
+                    exc.status,
+                    exc.code,
+                )
+                # Answered privately, also after a public "thinking…" (see common.answer).
+                raise UserError(cannot_post(post_channel)) from None
+            raise
+        if rules.hall_of_fame_channel_id is not None and rules.hall_of_fame_votes is None:
+            await self.feature(rules, result, entry)
+        if not in_place:
             await interaction.followup.send(
                 f"{canonical} is in the gallery now: <#{target}>.", ephemeral=True
             )
