@@ -17,7 +17,7 @@ import pytest_asyncio
 from sqlalchemy import delete, update
 
 from bot.config import load_settings
-from db.gallery import count_entries
+from db.gallery import browse, count_entries
 from db.models import GalleryEntry, Result
 from db.results import new_public_id
 from tests.discord_standin import DiscordStandIn, InteractionHandle, StoredMessage
@@ -198,6 +198,91 @@ async def clear_gallery(world: World) -> None:
 
 
 # -- taking entries down ------------------------------------------------------------------------
+
+
+async def test_deleting_a_result_takes_down_its_gallery_and_hall_of_fame_posts(world: World) -> None:
+    standin, bot = world.standin, world.bot
+    rid, message = await paint(world, "a painting that will be deleted")
+    kept, _ = await paint(world, "a painting that stays")
+    await settings(world, gallery_channel=GALLERY_ID)
+    await settings(world, hall_of_fame_channel=HALL_ID)
+    try:
+        for each in (rid, kept):
+            await (await standin.send_slash("gallery submit", {"result": each})).followup(timeout=10)
+        [post] = posts_of(world, "gallery", rid)
+        [featured] = posts_of(world, "hall-of-fame", rid)
+        # Someone already deleted the hall-of-fame post by hand: that is fine (404 ignored).
+        standin.messages.get(featured.id).deleted = True
+
+        mark = standin.mark()
+        click = await standin.send_component(f"lp:delete:{rid}", message=message)
+        assert (await click.response(timeout=5)).callback_type == 6
+        await standin.wait_for(
+            lambda r: r.method == "DELETE" and r.path.endswith(f"/{post.id}"), since=mark, timeout=10
+        )
+        assert standin.messages.get(post.id) is None  # get() answers None for deleted messages
+        assert standin.messages.get(message.id) is None
+        assert not posts_of(world, "gallery", rid) and not posts_of(world, "hall-of-fame", rid)
+        assert [i.result.public_id for i in await browse(bot.db, GUILD_ID)] == [kept]
+        # The other entry's posts are untouched, and nothing was reported as an error.
+        assert len(posts_of(world, "gallery", kept)) == 1 and len(posts_of(world, "hall-of-fame", kept)) == 1
+        assert not [r for r in click.requests if r.route.startswith("POST /webhooks") and r.content]
+        failed = standin.recorder.matching(
+            lambda r: r.method == "DELETE" and not r.ok and r.status != 404, since=mark
+        )
+        assert not failed
+    finally:
+        await reset(world, "gallery channel", "hall of fame channel")
+        await clear_gallery(world)
+
+
+async def test_gallery_remove_is_for_the_submitter_the_maker_and_moderators(world: World) -> None:
+    standin, bot = world.standin, world.bot
+    rids = [(await paint(world, f"a gallery piece {n}"))[0] for n in range(4)]
+    for rid in rids:
+        await (await standin.send_slash("gallery submit", {"result": rid})).followup(timeout=10)
+    assert all(len(posts_of(world, "general", rid)) == 1 for rid in rids)
+    try:
+        # Offered to Alice (hers), not to Bob (none of them is his).
+        choices = await (
+            await standin.send_autocomplete("gallery remove", {"result": ""}, focused="result")
+        ).choices()
+        assert sorted(c["value"] for c in choices) == sorted(rids)
+        bobs = await (
+            await standin.send_autocomplete("gallery remove", {"result": ""}, focused="result", user=BOB_ID)
+        ).choices()
+        assert bobs == []
+
+        refusal = await told_privately(
+            await standin.send_slash("gallery remove", {"result": rids[0]}, user=BOB_ID)
+        )
+        assert refusal.startswith(f"Only the member who submitted {rids[0]}") and "Manage Messages" in refusal
+        assert await count_entries(bot.db, GUILD_ID) == 4 and posts_of(world, "general", rids[0])
+
+        removers = [
+            {"user": ALICE_ID},  # submitted it and made it
+            {"user": MOD_ID},  # Manage Server
+            {"user": BOB_ID, "permissions": Permission.EVERYONE | Permission.MANAGE_MESSAGES},
+        ]
+        for rid, who in zip(rids, removers, strict=False):
+            handle = await standin.send_slash("gallery remove", {"result": rid.lower()}, **who)
+            assert (await handle.response(timeout=5)).ephemeral
+            done = await handle.followup(timeout=10)
+            assert done.ephemeral and done.content == f"{rid} is out of this server's gallery.", who
+            assert not posts_of(world, "general", rid), who
+        assert [i.result.public_id for i in await browse(bot.db, GUILD_ID)] == [rids[3]]
+        assert len(posts_of(world, "general", rids[3])) == 1
+
+        gone = await told_privately(await standin.send_slash("gallery remove", {"result": rids[0]}))
+        assert gone == f"{rids[0]} is not in this server's gallery."
+        # Taken out, it may go in again.
+        again = await standin.send_slash("gallery submit", {"result": rids[0]})
+        assert (await again.followup(timeout=10)).embeds[0]["title"] == rids[0]
+    finally:
+        await clear_gallery(world)
+
+
+# -- the hall of fame by votes ------------------------------------------------------------------
 
 
 async def test_hall_of_fame_features_a_voted_entry_behind_two_hundred_better_ones(world: World) -> None:

@@ -19,16 +19,21 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.cogs.common import GuildRules, UserError, defer_publicly, guild_rules, rules_for
-from bot.text import quote
+from bot.text import one_line, quote
 from bot.views import gallery_view, vote_view, with_vote_count
 from db.gallery import (
     EntryNotFound,
+    GalleryError,
     GalleryItem,
+    GalleryPost,
     browse,
     claim_hall_of_fame,
     count_entries,
     discard_entry,
     get_item,
+    posts_of,
+    record_post,
+    remove_result,
     submit,
     toggle_vote,
 )
@@ -69,6 +74,24 @@ def cannot_post(channel_id: int | None) -> str:
         "View Channel, Send Messages, Embed Links and Attach Files permissions there "
         "(or to pick another channel with /settings)."
     )
+
+
+def may_moderate(interaction: discord.Interaction) -> bool:
+    """Whether the member may take anyone's entry out of the gallery (Manage Messages or Manage Server)."""
+    permissions = interaction.permissions
+    return bool(permissions.manage_messages or permissions.manage_guild or permissions.administrator)
+
+
+async def delete_posts(bot: LatentPainterBot, posts: list[GalleryPost]) -> None:
+    """Take the bot's gallery and hall-of-fame posts down; ones already gone are fine."""
+    for post in posts:
+        message = bot.get_partial_messageable(post.channel_id).get_partial_message(post.message_id)
+        try:
+            await message.delete()
+        except discord.NotFound:
+            pass  # deleted by hand already, or its channel was
+        except discord.HTTPException as exc:
+            log.warning("could not delete gallery post %s in %s: %s", post.message_id, post.channel_id, exc)
 
 
 class GalleryCog(commands.Cog, name="Gallery"):
@@ -143,12 +166,12 @@ class GalleryCog(commands.Cog, name="Gallery"):
             result = await get_result(self.bot.db, canonical)
             if in_place:
                 await defer_publicly(interaction)
-                await self._post(interaction.followup, result, entry)
+                message_id = await self._post(interaction.followup, result, entry)
             else:
                 assert target is not None
                 await interaction.response.defer(thinking=True, ephemeral=True)
                 channel = self.bot.get_partial_messageable(target, guild_id=interaction.guild_id)
-                await self._post(channel, result, entry)
+                message_id = await self._post(channel, result, entry)
         except (Exception, asyncio.CancelledError) as exc:
             await discard_entry(self.bot.db, entry.id)
             if isinstance(exc, discord.Forbidden | discord.NotFound):
@@ -162,12 +185,74 @@ class GalleryCog(commands.Cog, name="Gallery"):
                 # Answered privately, also after a public "thinking…" (see common.answer).
                 raise UserError(cannot_post(post_channel)) from None
             raise
+        assert post_channel is not None
+        if not await record_post(self.bot.db, entry.id, post_channel, message_id):
+            # The result was deleted (or the entry removed) while the post was being made.
+            await delete_posts(self.bot, [GalleryPost(post_channel, message_id)])
+            raise UserError(f"{canonical} was taken out of the gallery meanwhile.")
         if rules.hall_of_fame_channel_id is not None and rules.hall_of_fame_votes is None:
             await self.feature(rules, result, entry)
         if not in_place:
             await interaction.followup.send(
                 f"{canonical} is in the gallery now: <#{target}>.", ephemeral=True
             )
+
+    # -- remove -----------------------------------------------------------------------------
+
+    @gallery.command(name="remove", description="Take a result out of this server's gallery")
+    @app_commands.describe(result="The result's id")
+    async def remove_command(
+        self, interaction: discord.Interaction, result: app_commands.Range[str, 1, 32]
+    ) -> None:
+        await self.remove(interaction, result)
+
+    @remove_command.autocomplete("result")
+    async def complete_removable(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        if interaction.guild_id is None:
+            return []
+        needle = current.strip().lower()
+        moderator = may_moderate(interaction)
+        me = interaction.user.id
+        choices = []
+        for item in await browse(self.bot.db, interaction.guild_id, order="new", limit=100):
+            if not moderator and me not in (item.entry.submitted_by, item.result.owner_id):
+                continue
+            prompt = item.result.prompt or ""
+            if needle and needle not in item.result.public_id.lower() and needle not in prompt.lower():
+                continue
+            label = one_line(f"{item.result.public_id} · {prompt}" if prompt else item.result.public_id, 100)
+            choices.append(app_commands.Choice(name=label, value=item.result.public_id))
+        return choices[:25]
+
+    async def remove(self, interaction: discord.Interaction, public_id: str) -> None:
+        """Take an entry out of the gallery, with its gallery and hall-of-fame posts.
+
+        Allowed for its submitter, the result's owner, and members with Manage Messages or
+        Manage Server; anyone else is refused ephemerally.
+        """
+        if interaction.guild_id is None:
+            raise UserError("The gallery belongs to a server; use this in one.")
+        try:
+            canonical = normalize_public_id(public_id)
+        except ValueError as exc:
+            raise UserError(f"{exc}.") from None
+        try:
+            item = await remove_result(
+                self.bot.db,
+                interaction.guild_id,
+                canonical,
+                interaction.user.id,
+                moderator=may_moderate(interaction),
+            )
+        except (EntryNotFound, GalleryError) as exc:
+            text = str(exc)
+            raise UserError(f"{text[:1].upper()}{text[1:]}.") from None
+        await interaction.response.defer(thinking=True, ephemeral=True)
+        await delete_posts(self.bot, posts_of(item.entry))
+        log.info("gallery entry %s (%s) removed by %s", item.entry.id, canonical, interaction.user.id)
+        await interaction.followup.send(f"{canonical} is out of this server's gallery.", ephemeral=True)
 
     async def _post(
         self, where: discord.abc.Messageable | discord.Webhook, result: Result, entry: GalleryEntry
@@ -198,9 +283,9 @@ class GalleryCog(commands.Cog, name="Gallery"):
         except discord.HTTPException as exc:
             log.warning("hall of fame post of entry %s failed: %s", entry.id, exc)
             return
-        if not await claim_hall_of_fame(self.bot.db, entry.id, message_id):
-            # Another vote featured it at the same moment: keep theirs.
-            await channel.get_partial_message(message_id).delete()
+        if not await claim_hall_of_fame(self.bot.db, entry.id, message_id, channel.id):
+            # Another vote featured it at the same moment (keep theirs), or the entry is gone.
+            await delete_posts(self.bot, [GalleryPost(channel.id, message_id)])
 
     # -- votes ------------------------------------------------------------------------------
 

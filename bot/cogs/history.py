@@ -10,8 +10,10 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.cogs.common import UserError, painter_bot
+from bot.cogs.gallery import delete_posts
 from bot.text import quote, timestamp
 from bot.views import history_view
+from db.gallery import result_posts
 from db.models import Result
 from db.results import Page, ResultNotFound, delete_result, get_result, history
 
@@ -119,6 +121,9 @@ class HistoryCog(commands.Cog, name="History"):
             raise UserError(f"Result {public_id} no longer exists.") from None
         if result.owner_id != interaction.user.id:
             raise UserError("Only the member who made it can delete it.")
+        # Its gallery entries go with the row (the database cascades); their posts are
+        # read first, to be taken down once the row is gone.
+        posts = await result_posts(self.bot.db, result.id)
         try:
             keys = await delete_result(self.bot.db, result.public_id, interaction.user.id)
         except ResultNotFound:
@@ -129,7 +134,13 @@ class HistoryCog(commands.Cog, name="History"):
         # For a button, the original response is the message the button is on.
         await interaction.response.defer()
         await interaction.delete_original_response()
-        log.info("result %s deleted by its owner %s", result.public_id, interaction.user.id)
+        await delete_posts(self.bot, posts)
+        log.info(
+            "result %s deleted by its owner %s (and %d gallery posts)",
+            result.public_id,
+            interaction.user.id,
+            len(posts),
+        )
 
 
 async def setup(bot: LatentPainterBot) -> None:
