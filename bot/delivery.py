@@ -9,8 +9,8 @@ runs, it edits the deferred reply with progress (:mod:`bot.progress`); when the 
   with a channel message that mentions the requester;
 - ``allowed_mentions`` lets the message ping the requester and nobody else, whatever
   the prompt says;
-- each file fits the interaction's attachment limit (the job was rendered for it; a
-  video that is still too big is re-encoded smaller);
+- the files together fit the interaction's attachment limit (the job was rendered for
+  it; a video that does not fit beside the pictures is re-encoded smaller);
 - a result the safety checker flagged is refused, or sent as spoilers in an
   age-restricted channel, as the server chose.
 
@@ -150,9 +150,17 @@ def shrink_picture(data: bytes, limit: int) -> tuple[bytes, str]:
             picture = picture.resize((max(1, picture.width * 7 // 10), max(1, picture.height * 7 // 10)))
 
 
+# Room for the message itself in the upload (its JSON, the multipart boundaries and headers).
+MESSAGE_OVERHEAD = 16 * 1024
+
+
 def fitted_files(store: Any, result: Result, limit: int) -> list[Attachment]:
-    """The result's animation, final picture and heatmap, each within ``limit`` bytes."""
-    files: list[Attachment] = []
+    """The result's animation, final picture and heatmap, together within ``limit`` bytes.
+
+    Discord's attachment limit applies to the whole upload, not to each file. The pictures
+    are small and come first (each at most a quarter of the limit, else made smaller); the
+    animation gets what is left, re-encoded smaller if it is over that.
+    """
     pid = result.public_id
     alt = alt_texts(result)
 
@@ -163,27 +171,28 @@ def fitted_files(store: Any, result: Result, limit: int) -> list[Attachment]:
             log.error("result %s: artifact %s is missing from the store", pid, key)
             return None
 
-    if result.video_key and (data := read(result.video_key)) is not None:
-        fmt = Path(result.video_key).suffix.lstrip(".").lower() or (result.format or "mp4")
-        if len(data) > limit:
-            log.info("result %s: video of %d bytes re-fitted to %d", pid, len(data), limit)
-            try:
-                data = refit_video(data, fmt, limit)
-            except Exception:
-                log.exception("result %s: re-encoding the video failed", pid)
-        if len(data) <= limit:
-            files.append(Attachment(f"painting-{pid}.{fmt}", data, alt["video"], role="video"))
-        else:
-            # The encoder's floor (5 fps at its smallest size) is still too big for this limit.
-            log.warning("result %s: video does not fit in %d bytes even re-encoded; left out", pid, limit)
+    pictures: list[Attachment] = []
     for role, key in (("final", result.image_key), ("heatmap", result.heatmap_key)):
         if not key or (data := read(key)) is None:
             continue
         suffix = ".png"
-        if len(data) > limit:
-            data, suffix = shrink_picture(data, limit)
-        files.append(Attachment(f"{role}-{pid}{suffix}", data, alt[role], role=role))
-    return files
+        if len(data) > limit // 4:
+            data, suffix = shrink_picture(data, limit // 4)
+        pictures.append(Attachment(f"{role}-{pid}{suffix}", data, alt[role], role=role))
+    budget = limit - sum(len(p.data) for p in pictures) - min(MESSAGE_OVERHEAD, limit // 20)
+    if result.video_key and (data := read(result.video_key)) is not None:
+        fmt = Path(result.video_key).suffix.lstrip(".").lower() or (result.format or "mp4")
+        if len(data) > budget > 0:
+            log.info("result %s: video of %d bytes re-fitted to %d", pid, len(data), budget)
+            try:
+                data = refit_video(data, fmt, budget)
+            except Exception:
+                log.exception("result %s: re-encoding the video failed", pid)
+        if len(data) <= budget:
+            return [Attachment(f"painting-{pid}.{fmt}", data, alt["video"], role="video"), *pictures]
+        # The encoder's floor (5 fps at its smallest size) is still too big for this budget.
+        log.warning("result %s: video does not fit in %d bytes even re-encoded; left out", pid, budget)
+    return pictures
 
 
 def alt_texts(result: Result) -> dict[str, str]:

@@ -180,9 +180,9 @@ def validate_message_body(body: dict, files: list[RecordedFile], *, size_limit: 
     validate_allowed_mentions(body.get("allowed_mentions"))
     if len(files) > MAX_FILES:
         raise form_error("files", f"Must be {MAX_FILES} or fewer in length.", "BASE_TYPE_MAX_LENGTH")
-    for f in files:
-        if f.size > size_limit:
-            raise ApiError(413, 40005, "Request entity too large")
+    # Discord's limit is on the whole upload, not on each file.
+    if sum(f.size for f in files) > size_limit:
+        raise ApiError(413, 40005, "Request entity too large")
     if creating and not (
         content
         or body.get("embeds")
