@@ -12,12 +12,15 @@ from __future__ import annotations
 import os
 import queue
 import subprocess
+import tempfile
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import imageio_ffmpeg
 import numpy as np
+from PIL import Image
 
 FORMATS = ("mp4", "gif", "webp")
 # How far the size budget may push an animation down before it is accepted as it is.
@@ -251,9 +254,17 @@ def transcode(
     height: int,
     bitrate: int | None = None,
     crf: int = 20,
+    quality: int | None = None,
 ) -> None:
-    """Re-encode the master MP4 to ``fmt`` at the given rate, size and bitrate."""
+    """Re-encode the master MP4 to ``fmt`` at the given rate and size.
+
+    MP4 takes ``bitrate`` (or ``crf``), WebP takes ``quality`` (0-100, default
+    ``WEBP_QUALITY[1]``); GIF has no rate control.
+    """
     scale = f"fps={fps:g},scale={width}:{height}:flags=lanczos"
+    if fmt == "webp":
+        _encode_webp(master, out, fps=fps, size=(width, height), quality=quality)
+        return
     if fmt == "mp4":
         rate = (
             ["-b:v", str(bitrate), "-maxrate", str(bitrate), "-bufsize", str(2 * bitrate)]
@@ -266,13 +277,123 @@ def transcode(
         # A palette made from the animation itself keeps GIF banding down.
         graph = f"{scale},split[a][b];[a]palettegen=stats_mode=diff[p];[b][p]paletteuse=dither=bayer"
         args = ["-i", str(master), "-filter_complex", graph, "-loop", "0", "-f", "gif", str(out)]
-    elif fmt == "webp":
-        quality = 80 if bitrate is None else max(5, min(80, bitrate // 20_000))
-        args = ["-i", str(master), "-vf", scale, "-c:v", "libwebp_anim", "-lossless", "0"]
-        args += ["-q:v", str(quality), "-loop", "0", "-an", "-f", "webp", str(out)]
     else:
         raise ValueError(f"unknown format {fmt!r}; use {', '.join(FORMATS)}")
     _run_ffmpeg(args)
+
+
+# Animated WebP. ffmpeg's libwebp_anim encoder gives libwebp no key frames: every frame is a
+# lossy patch blended over the previous one, and pixels within a quality-dependent distance
+# (up to ~30 levels at low quality) of the previous frame are left as they were, so errors
+# pile up over a painting and its held final picture was never clean (19.5 dB at a 40 kB
+# budget, 26 dB at quality 40). Pillow's encoder takes kmin/kmax: a key frame at least every
+# 5 frames bounds the drift (final picture 30-32 dB from quality 25 up). Quality is searched
+# between these bounds against the budget; below the floor, frame rate and size give way.
+WEBP_QUALITY = (40, 80)
+WEBP_KEYFRAMES = (3, 5)  # kmin, kmax: gif2webp's and Pillow's defaults for lossy frames
+WEBP_METHOD = 4  # 25 % smaller than 0 at the same quality, 2.5x slower
+
+
+class _LazyFrames:
+    """A multi-frame picture whose frames are read from ffmpeg one by one, in order.
+
+    PIL's animated WebP writer walks ``append_images`` by ``n_frames`` and ``seek``;
+    reading the frames as it asks keeps one frame in memory instead of the animation.
+    """
+
+    def __init__(self, frames: Iterator[Image.Image], count: int) -> None:
+        self.n_frames = count
+        self._frames = frames
+        self._current: Image.Image | None = None
+        self._index = -1
+
+    def seek(self, index: int) -> None:
+        """Move to frame ``index``: the next one, or the current one again."""
+        if index == self._index:
+            return
+        if index != self._index + 1:
+            raise ValueError(f"frames are read in order; asked for {index} after {self._index}")
+        try:
+            self._current = next(self._frames)
+        except StopIteration:
+            raise EncodeError(f"ffmpeg gave fewer frames than the {self.n_frames} counted") from None
+        self._index = index
+
+    def tell(self) -> int:
+        """The current frame's index."""
+        return self._index
+
+    def __getattr__(self, name: str):
+        # Everything else (mode, size, getim, tobytes, convert …) is the current frame's.
+        if self._current is None:
+            raise AttributeError(name)
+        return getattr(self._current, name)
+
+
+def _raw_frames(master: Path, filters: str, size: tuple[int, int]) -> Iterator[Image.Image]:
+    """The master's frames through ffmpeg ``filters``, as RGB pictures of ``size``."""
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(
+            [ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-i", str(master)]
+            + ["-vf", filters, "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
+            stdout=subprocess.PIPE,
+            stderr=log,
+        )
+        assert proc.stdout is not None
+        length = size[0] * size[1] * 3
+        try:
+            while len(buf := proc.stdout.read(length)) == length:
+                yield Image.frombytes("RGB", size, buf)
+        except GeneratorExit:
+            # The reader stopped early (it failed, or had all it needed): stop ffmpeg too.
+            proc.kill()
+            proc.wait()
+            raise
+        finally:
+            proc.stdout.close()
+        if proc.wait() != 0:
+            log.seek(0)
+            raise EncodeError(f"ffmpeg failed: {log.read().decode(errors='replace').strip()[-500:]}")
+
+
+def _count_frames(master: Path, fps: float) -> int:
+    """How many frames the master has at ``fps`` (ffmpeg's fps filter decides which)."""
+    return sum(1 for _ in _raw_frames(master, f"fps={fps:g},scale=8:8", (8, 8)))
+
+
+def _encode_webp(
+    master: Path,
+    out: Path,
+    *,
+    fps: float,
+    size: tuple[int, int],
+    quality: int | None = None,
+    count: int | None = None,
+) -> None:
+    """Write the master as a looping lossy animated WebP with regular key frames."""
+    quality = WEBP_QUALITY[1] if quality is None else quality
+    count = _count_frames(master, fps) if count is None else count
+    frames = _raw_frames(master, f"fps={fps:g},scale={size[0]}:{size[1]}:flags=lanczos", size)
+    try:
+        first = next(frames, None)
+        if first is None:
+            raise EncodeError(f"ffmpeg read no frames from {master}")
+        rest = _LazyFrames(frames, count - 1)
+        first.save(
+            out,
+            format="WEBP",
+            save_all=True,
+            append_images=[rest] if count > 1 else [],
+            duration=1000.0 / fps,
+            loop=0,
+            lossless=False,
+            quality=quality,
+            method=WEBP_METHOD,
+            kmin=WEBP_KEYFRAMES[0],
+            kmax=WEBP_KEYFRAMES[1],
+        )
+    finally:
+        frames.close()
 
 
 def fit_to_budget(
@@ -289,13 +410,20 @@ def fit_to_budget(
     """Write ``out`` from the master within ``max_bytes``: bitrate, then fps, then resolution.
 
     The master itself is used when it is already an MP4 within budget. Each try is
-    written to a temporary name, so ``out`` only ever appears complete.
+    written to a temporary name, so ``out`` only ever appears complete. WebP searches
+    its quality (down to a floor that keeps the picture clean) in place of a bitrate.
     """
     duration = max(frames / fps, 1e-3)
     if fmt == "mp4" and master.stat().st_size <= max_bytes:
         os.replace(master, out)
         return VideoInfo(out, fmt, frames, fps, width, height, out.stat().st_size)
     attempt = out.with_name(out.name + ".try")
+    if fmt == "webp":
+        try:
+            return _fit_webp(master, out, attempt, fps=fps, width=width, height=height, max_bytes=max_bytes)
+        finally:
+            attempt.unlink(missing_ok=True)
+            master.unlink(missing_ok=True)
     cur_fps, cur_w, cur_h = float(fps), width, height
     # Leave room for the container and rate-control overshoot.
     bitrate = int(max_bytes * 8 * 0.85 / duration)
@@ -325,6 +453,84 @@ def fit_to_budget(
     finally:
         attempt.unlink(missing_ok=True)
         master.unlink(missing_ok=True)
+
+
+def _levels(fps: float, width: int, height: int) -> Iterator[tuple[float, int, int]]:
+    """Frame rate and size from the master's down to the smallest: fps to 10, size, fps to 5."""
+    cur_fps, cur_w, cur_h = float(fps), width, height
+    yield cur_fps, cur_w, cur_h
+    while True:
+        if cur_fps > 10:
+            cur_fps = max(10.0, cur_fps / 2)
+        elif cur_w > MIN_SIDE and cur_h > MIN_SIDE:
+            cur_w, cur_h = _even(cur_w * 0.7), _even(cur_h * 0.7)
+        elif cur_fps > MIN_FPS:
+            cur_fps = float(MIN_FPS)
+        else:
+            return
+        yield cur_fps, cur_w, cur_h
+
+
+def _fit_webp(
+    master: Path, out: Path, attempt: Path, *, fps: float, width: int, height: int, max_bytes: int
+) -> VideoInfo:
+    """The best WebP within budget: the highest quality in ``WEBP_QUALITY`` at the first
+    frame rate and size where the floor quality fits (or the smallest file, if none does)."""
+    low, high = WEBP_QUALITY
+    best = out.with_name(out.name + ".best")
+    counts: dict[float, int] = {}
+    levels = list(_levels(fps, width, height))
+    try:
+        for number, (cur_fps, cur_w, cur_h) in enumerate(levels):
+            if cur_fps not in counts:
+                counts[cur_fps] = _count_frames(master, cur_fps)
+
+            def encode(quality: int, fps_: float = cur_fps, w: int = cur_w, h: int = cur_h) -> int:
+                _encode_webp(master, attempt, fps=fps_, size=(w, h), quality=quality, count=counts[fps_])
+                return attempt.stat().st_size
+
+            last_level = number == len(levels) - 1
+            # Generous budgets fit at the top quality on the first try; later levels
+            # exist because the floor did not fit, so they start from it.
+            tries = [high, low] if number == 0 else [low, high]
+            fitted: tuple[int, int] | None = None  # (quality, bytes) of the file kept in ``best``
+            over = high + 1  # lowest quality known not to fit
+            for quality in tries:
+                size = encode(quality)
+                if size <= max_bytes:
+                    fitted = (quality, size)
+                    os.replace(attempt, best)
+                    if quality == high:
+                        break
+                else:
+                    over = min(over, quality)
+                    if quality == low:
+                        break
+            if fitted is None and last_level:
+                # Nothing smaller is left to try: give up quality below the floor.
+                for quality in (low // 2, 0):
+                    size = encode(quality)
+                    fitted = (quality, size)
+                    os.replace(attempt, best)
+                    if size <= max_bytes:
+                        break
+            if fitted is None:
+                continue
+            # Bisect between the best fitting quality and the lowest that did not fit.
+            while over - fitted[0] > 5 and fitted[1] <= max_bytes:
+                quality = (fitted[0] + over) // 2
+                size = encode(quality)
+                if size <= max_bytes:
+                    fitted = (quality, size)
+                    os.replace(attempt, best)
+                else:
+                    over = quality
+            os.replace(best, out)
+            shown = counts[cur_fps]
+            return VideoInfo(out, "webp", shown, cur_fps, cur_w, cur_h, fitted[1])
+        raise AssertionError("unreachable: the last level always keeps a file")
+    finally:
+        best.unlink(missing_ok=True)
 
 
 def _even(value: float) -> int:

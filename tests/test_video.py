@@ -139,3 +139,65 @@ def test_gif_and_webp(tmp_path, fmt, magic):
     head = out.read_bytes()[:16]
     assert magic in head
     assert info.format == fmt
+
+
+def _picture(size=(128, 96), seed=1) -> np.ndarray:
+    """A smooth picture with some edges and texture, like a painting's final frame."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    y, x = np.mgrid[0:h, 0:w] / max(w, h)
+    img = np.stack([200 * x + 30, 160 * y + 50, 120 * (1 - x * y) + 60], axis=-1)
+    for _ in range(6):
+        cx, cy, r = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(8, 25)
+        disc = (np.mgrid[0:h, 0:w][1] - cx) ** 2 + (np.mgrid[0:h, 0:w][0] - cy) ** 2 < r * r
+        img[disc] = rng.uniform(0, 255, 3)
+    img += rng.normal(0, 6, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def write_painting(path, picture: np.ndarray, fps=10, hold=10):
+    """A master that paints ``picture`` onto paper as the painter does: a blurred picture
+    fades in, then its details arrive a little each frame (small steps from frame to frame
+    are what lossy animated WebP let drift), then the finished picture is held."""
+    from PIL import Image, ImageFilter
+
+    paper = np.full(picture.shape, 240.0)
+    blurred = np.asarray(Image.fromarray(picture).filter(ImageFilter.GaussianBlur(4)), dtype=np.float64)
+    sharp = picture.astype(np.float64)
+    steps = [paper + k / 8 * (blurred - paper) for k in range(1, 9)]
+    steps += [blurred + k / 24 * (sharp - blurred) for k in range(1, 25)]
+    with FrameEncoder(path, size=picture.shape[1::-1], fps=fps, crf=12) as enc:
+        for frame in steps + [sharp] * hold:
+            enc.write(np.round(frame).astype(np.uint8))
+    return path
+
+
+def test_webp_under_a_small_budget_ends_on_the_clean_picture_and_uses_the_budget(tmp_path):
+    from PIL import Image
+
+    picture = _picture()
+    master = write_painting(tmp_path / "m.mp4", picture)
+    unlimited = tmp_path / "big.webp"
+    fit_to_budget(
+        write_painting(tmp_path / "m2.mp4", picture),
+        unlimited,
+        "webp",
+        fps=10,
+        frames=42,
+        width=128,
+        height=96,
+        max_bytes=10_000_000,
+    )
+    budget = unlimited.stat().st_size // 2
+    out = tmp_path / "small.webp"
+    info = fit_to_budget(master, out, "webp", fps=10, frames=42, width=128, height=96, max_bytes=budget)
+    assert info.bytes == out.stat().st_size <= budget
+    # Most of the budget goes into the picture, not left unused.
+    assert info.bytes >= 0.6 * budget, (info.bytes, budget)
+    anim = Image.open(out)
+    assert anim.n_frames > 1
+    anim.seek(anim.n_frames - 1)
+    last = np.asarray(anim.convert("RGB"))
+    ref = np.asarray(Image.fromarray(picture).resize(anim.size, Image.LANCZOS))
+    assert _luma_psnr(last, ref) >= 30
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.webp", "small.webp"]
