@@ -76,7 +76,6 @@ def run_transition(
         decoder_for_trails,
         files_beside,
         output_paths,
-        png_text,
         write_heatmap,
     )
     from painter.animate import animate, decode_image
@@ -99,7 +98,8 @@ def run_transition(
             settings, meta.model_ids, meta.vae_id, meta.space, models, image=True
         )
         final = decode_image(image_decoder, plan.plan[-1])
-        with files_beside(written, final, image_path, png_text(loaded[-1], effect)):
+        text = transition_png_text(loaded, effect, guidance=guidance, depth=depth)
+        with files_beside(written, final, image_path, text):
             animation = animate(
                 plan.plan.to(decoder.device),
                 decoder,
@@ -112,6 +112,43 @@ def run_transition(
             written.append(video_path)
         write_heatmap(written, animation, heatmap_path)
     return TransitionOutputs(video_path, image_path, heatmap_path, plan, animation)
+
+
+def describe_result(trail: Trail) -> str:
+    """One result of a transition in a few words: its prompt, seed and model, or the
+    picture an analytic paint painted."""
+    from bot.paint_job import is_analytic
+
+    meta = trail.meta
+    if is_analytic(meta):
+        picture = meta.extra.get("picture")
+        return f"analytic painting of {picture}" if picture else "analytic painting"
+    return f'"{meta.prompt}" (Seed: {meta.seed}, Model: {meta.model_id})'
+
+
+def transition_png_text(
+    trails: Sequence[Trail], effect: str, *, guidance: str = "schedule", depth: float = 1.0
+) -> dict[str, Any]:
+    """PNG text of a transition's final picture, which is the last result's picture.
+
+    The destination's own generation parameters (without an effect: the effect is the
+    transition's), then a ``Transition:`` line naming where it came from and how.
+    """
+    from bot.paint_job import generation_text, png_text
+
+    text = png_text(trails[-1], effect)
+    route = f"from {describe_result(trails[0])}"
+    if len(trails) > 2:
+        route += " via " + "; ".join(describe_result(t) for t in trails[1:-1])
+    how = f"Effect: {effect}, Guidance: {guidance}"
+    if guidance == "schedule":  # depth: how far back the source's trail is walked
+        how += f", Depth: {depth:g}"
+    text["parameters"] = f"{generation_text(trails[-1].meta)}\nTransition: {route}, {how}"
+    text["transition_from"] = describe_result(trails[0])
+    if len(trails) > 2:
+        text["transition_via"] = "; ".join(describe_result(t) for t in trails[1:-1])
+    text["transition_guidance"] = guidance
+    return text
 
 
 def resolve_trails(settings: Settings, given: Sequence[Path]) -> list[Path]:

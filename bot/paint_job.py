@@ -26,7 +26,7 @@ from painter.capture import CaptureError, Generation, capture, validate_generati
 from painter.decode import Decoder, parse_colour
 from painter.images import image_to_tensor, load_image
 from painter.models import ANALYTIC_ID, LoadedModel, ModelError, load_pipeline, load_taesd, set_scheduler
-from painter.trail import Trail
+from painter.trail import Trail, TrailMeta
 
 StepCallback = Callable[[int, int], None]
 FrameCallback = Callable[[int, int, np.ndarray], None]
@@ -275,6 +275,9 @@ def run_paint(
                 # until painted over, so the first frame is exactly the input.
                 start = encode_picture(model, picture)
                 backdrop = (image_to_tensor(picture) + 1) / 2
+        if picture is not None:
+            # Which picture was painted (or painted from): its file name is enough.
+            trail.meta.extra["picture"] = picture_name(request)
         spec = animation_spec(settings, p.effect, analytic=analytic)
         plan = trail.latents.to(decoder.device)
         watcher = SafetySampler(None if analytic else model.pipeline, spec.total_frames, on_frame)
@@ -479,23 +482,75 @@ def encode_picture(model: LoadedModel, picture: Any) -> torch.Tensor:
     return ((latent - shift) * scale)[0].float()
 
 
+def picture_name(request: PaintRequest) -> str | None:
+    """The name a paint's picture goes by: its file name, or the name it was given."""
+    if request.image is None:
+        return None
+    if request.image_name:
+        return request.image_name
+    if isinstance(request.image, (str, Path)):
+        return Path(request.image).name
+    return "a picture"
+
+
+def is_analytic(meta: TrailMeta) -> bool:
+    """A closed-form trail: no sampler, guidance, negative prompt or seed took part."""
+    return meta.model_id == ANALYTIC_ID
+
+
+def parameters_line(meta: TrailMeta) -> str:
+    """How a trail was made, in the ``Key: value, …`` style of SD front-ends; only what applies.
+
+    The closed-form model has no sampler, guidance, negative prompt or seed, so none is
+    named; it names the picture it painted. An SD paint from a picture names the picture
+    and its denoising strength.
+    """
+    picture = meta.extra.get("picture")
+    if is_analytic(meta):
+        fields = [f"Steps: {meta.steps}", "Model: analytic (closed-form posterior mean of the picture)"]
+        fields += [f"Picture: {picture}"] if picture else []
+        return ", ".join(fields + [f"Size: {meta.width}x{meta.height}"])
+    fields = [
+        f"Steps: {meta.steps}",
+        f"Sampler: {meta.scheduler}",
+        f"CFG scale: {meta.guidance}",
+        f"Seed: {meta.seed}",
+        f"Size: {meta.width}x{meta.height}",
+        f"Model: {meta.model_id}",
+    ]
+    if picture:
+        fields.append(f"Picture: {picture}")
+    if meta.strength is not None:
+        fields.append(f"Denoising strength: {meta.strength:g}")
+    return ", ".join(fields)
+
+
+def generation_text(meta: TrailMeta) -> str:
+    """The prompt (and negative prompt, where one applies) over the parameters line."""
+    head = meta.prompt
+    if meta.negative_prompt and not is_analytic(meta):
+        head += f"\nNegative prompt: {meta.negative_prompt}"
+    return f"{head}\n{parameters_line(meta)}"
+
+
 def png_text(trail: Trail, effect: str) -> dict[str, Any]:
-    """Generation parameters as PNG text, the way SD front-ends record them."""
+    """Generation parameters as PNG text, the way SD front-ends record them.
+
+    Only what took part is recorded: an analytic paint has no sampler, guidance, seed
+    or negative prompt, and says which picture it painted.
+    """
     m = trail.meta
-    parameters = (
-        f"{m.prompt}\nNegative prompt: {m.negative_prompt}\n"
-        f"Steps: {m.steps}, Sampler: {m.scheduler}, CFG scale: {m.guidance}, Seed: {m.seed}, "
-        f"Size: {m.width}x{m.height}, Model: {m.model_id}, Effect: {effect}"
-    )
-    return {
-        "parameters": parameters,
+    analytic = is_analytic(m)
+    text: dict[str, Any] = {
+        "parameters": f"{generation_text(m)}, Effect: {effect}",
         "prompt": m.prompt,
-        "negative_prompt": m.negative_prompt,
-        "seed": m.seed,
-        "steps": m.steps,
-        "guidance": m.guidance,
-        "model": m.model_id,
-        "vae": m.vae_id,
-        "effect": effect,
-        "Software": "latent-painter",
     }
+    if not analytic:
+        text.update(negative_prompt=m.negative_prompt, seed=m.seed, guidance=m.guidance, sampler=m.scheduler)
+    if m.extra.get("picture"):
+        text["picture"] = m.extra["picture"]
+    text.update(steps=m.steps, model=m.model_id)
+    if m.vae_id:
+        text["vae"] = m.vae_id
+    text.update(effect=effect, Software="latent-painter")
+    return text

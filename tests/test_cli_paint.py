@@ -258,6 +258,10 @@ def test_sdedit_from_a_picture(env_for, tmp_path):
     assert video_psnr(frames[0], art) >= 35  # opens on the input picture
     final = np.asarray(Image.open(tmp_path / "edit.png").convert("RGB"))
     assert video_psnr(frames[-1], final) >= 35
+    # Its PNG names the picture it started from and how far it was noised.
+    parameters = Image.open(tmp_path / "edit.png").text["parameters"]
+    assert "Picture: in.png" in parameters and "Denoising strength: 0.5" in parameters
+    assert "Sampler: " in parameters and "Seed: " in parameters
 
 
 def test_sdedit_without_start_opens_on_paper(env_for, tmp_path):
@@ -394,3 +398,23 @@ def test_a_job_failing_mid_animation_leaves_no_file(env_for, tmp_path):
         "job.trail.safetensors",
     ]
     assert outputs.trail_path == tmp_path / "job.trail.safetensors"
+
+
+def test_an_analytic_paint_records_its_picture_and_no_sampler_guidance_or_seed(tmp_path):
+    """The closed-form model has no sampler, guidance or seed: its PNG says which picture it painted."""
+    picture = tmp_path / "harbour.png"
+    art = np.zeros((64, 64, 3), np.uint8)
+    art[:32] = (40, 90, 200)
+    art[32:] = (200, 120, 40)
+    Image.fromarray(art).save(picture)
+    out = tmp_path / "h.mp4"
+    args = ["paint", "", "--model", "analytic", "--image", str(picture), "--size", "64x64"]
+    assert main([*args, "--seed", "7", "--fps", "10", "--duration", "1", "--out", str(out)]) == 0
+    info = Image.open(tmp_path / "h.png").text
+    parameters = info["parameters"]
+    for absent in ("Sampler", "CFG scale", "Seed", "Negative prompt"):
+        assert absent not in parameters
+    assert not {"seed", "guidance", "negative_prompt", "sampler"} & info.keys()
+    assert "Picture: harbour.png" in parameters and info["picture"] == "harbour.png"
+    assert "Model: analytic" in parameters and "Steps: 30" in parameters
+    assert parameters.endswith("Effect: strokes")

@@ -170,11 +170,30 @@ def test_chain_through_three_results_is_one_video(run, results, tmp_path) -> Non
     out = tmp_path / "reel.mp4"
     code, stdout, err = run("transition", *results.paths("a", "b", "c"), *FAST, "--out", out)
     assert code == 0, err
+    parameters = Image.open(tmp_path / "reel.png").text["parameters"]
+    assert 'Transition: from "a picture a" (Seed: 1, Model: tiny) via "a picture b" (Seed: 2' in parameters
     _, frames = read_frames(out)
     assert len(frames) == 24
     assert psnr(frames[0], results.final_image("a")) >= 35
     assert psnr(frames[-1], results.final_image("c")) >= 35
     assert "3 results" in stdout
+
+
+def test_the_png_says_it_is_a_transition_and_from_what(run, results, tmp_path) -> None:
+    out = tmp_path / "ab.mp4"
+    code, _, err = run("transition", *results.paths("a", "b"), "--effect", "glow", *FAST, "--out", out)
+    assert code == 0, err
+    info = Image.open(tmp_path / "ab.png").text
+    first, parameters, transition_line = info["parameters"].split("\n")
+    # The picture is the destination's: its own generation, with no effect of its own ...
+    assert first == "a picture b" and info["prompt"] == "a picture b" and info["seed"] == "2"
+    assert "Seed: 2" in parameters and "Effect" not in parameters
+    # ... reached by a transition from the source, with the transition's effect.
+    assert transition_line == (
+        'Transition: from "a picture a" (Seed: 1, Model: tiny), Effect: glow, Guidance: schedule, Depth: 1'
+    )
+    assert info["transition_from"] == '"a picture a" (Seed: 1, Model: tiny)'
+    assert info["effect"] == "glow"
 
 
 def test_different_vaes_are_refused_naming_both(run, results, tmp_path) -> None:
