@@ -108,6 +108,8 @@ def run_transition(
                 start=plan.start.to(decoder.device),
                 space=meta.space,
                 on_frame=on_frame,
+                # The heatmap shows how the last destination was painted, not the un-painting.
+                heat_from=meta.forward_starts[-1],
             )
             written.append(video_path)
         write_heatmap(written, animation, heatmap_path)

@@ -105,6 +105,7 @@ def animate(
     backdrop: torch.Tensor | None = None,
     space: str = "latent",
     on_frame: FrameCallback | None = None,
+    heat_from: int | None = None,
 ) -> Animation:
     """Paint ``plan`` with ``spec.effect`` and write the animation to ``out``.
 
@@ -113,7 +114,8 @@ def animate(
     with ``backdrop`` (an RGB picture ``[3, H, W]`` in [0, 1]), that picture, which
     then shows wherever nothing has been painted yet (repainting a photo). The last
     frame is the plan's last entry exactly, decoded, held for ``spec.hold`` seconds.
-    ``out`` appears only when complete.
+    ``out`` appears only when complete. ``heat_from``: the plan step where a transition's
+    destination half starts; the heatmap then shows how the destination was painted.
     """
     spec.validate()
     out = Path(out)
@@ -128,7 +130,10 @@ def animate(
     paper = spec.paper if backdrop is None else backdrop
     # strokes: where strokes landed (a count); the other effects: when each cell changed.
     heat = HeatmapAccumulator(
-        (channels, height, width), device=plan.device, start=None if spec.effect == "strokes" else canvas0
+        (channels, height, width),
+        device=plan.device,
+        start=None if spec.effect == "strokes" else canvas0,
+        from_step=heat_from,
     )
     master = out.with_name(f".{out.name}.master.mp4")
     done = 0
@@ -164,7 +169,7 @@ def animate(
         )
         for batch, rgb in rendered:
             for frame in batch:
-                heat.add(frame.mask, frame.canvas)
+                heat.add(frame.mask, frame.canvas, frame.step)
             images = to_uint8(rgb)
             if encoder is None:
                 encoder = _encoder(master, images[0], spec)

@@ -103,3 +103,34 @@ def test_glow_radiates_from_the_centre_and_flip_sweeps_from_a_corner(tmp_path: P
     assert glow[14:18, 14:18].mean() + 150 < glow[[0, 0, -1, -1], [0, -1, 0, -1]].mean()
     flip = _heatmap_of("flip", tmp_path)
     assert flip[:4, :4].mean() + 150 < flip[-4:, -4:].mean()
+
+
+def _transition_heatmap(effect: str, tmp_path: Path) -> np.ndarray:
+    """A transition in pixel space: a random source un-paints to grey in 3 steps, then a
+    flat colour is painted in 8, its centre arriving late (details last) and its edges early."""
+    torch.manual_seed(0)
+    source = torch.rand(3, 32, 32) * 1.6 - 0.8
+    backward = [source * 2 / 3, source / 3, torch.zeros_like(source)]
+    ys, xs = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    centre = (1 - ((ys - 15.5) ** 2 + (xs - 15.5) ** 2).sqrt() / 22).clamp(0, 1)  # 1 centre, 0 corners
+    colour = torch.tensor([0.6, -0.4, 0.2])[:, None, None].expand(3, 32, 32)
+    forward = [colour * (k / 8) ** (1 + 3 * centre) for k in range(1, 9)]
+    plan = torch.stack(backward + forward)
+    spec = AnimationSpec(effect=effect, fps=10, duration=6.0, hold=0.0)
+    out = tmp_path / f"t_{effect}.mp4"
+    animation = animate(plan, Decoder(None), spec, out, start=source, space="pixel", heat_from=len(backward))
+    return np.asarray(animation.heatmap.resize((32, 32))).astype(int).sum(axis=2)
+
+
+def test_a_transition_heatmap_shows_how_the_destination_was_painted_by_each_effect(tmp_path: Path) -> None:
+    corners = ([0, 0, -1, -1], [0, -1, 0, -1])
+    # The destination's centre is painted last, whatever the effect: yet glow's rings and
+    # flip's sweep, not that, are what tells the effects apart.
+    glow = _transition_heatmap("glow", tmp_path)
+    assert glow[14:18, 14:18].mean() + 150 < glow[corners].mean()
+    flip = _transition_heatmap("flip", tmp_path)
+    assert flip[:4, :4].mean() + 150 < flip[-4:, -4:].mean()
+    # A fade releases every cell at once, step by step: its map is when the paint came.
+    fade = _transition_heatmap("fade", tmp_path)
+    assert fade[14:18, 14:18].mean() > fade[corners].mean() + 150
+    assert np.corrcoef(glow.ravel(), fade.ravel())[0, 1] < 0.5
