@@ -198,6 +198,9 @@ def check_writable(path: Path) -> None:
         raise CaptureError(f"output directory {parent} is not writable")
     if path.is_dir():
         raise CaptureError(f"output path {path} is a directory; name a file such as {path / 'painting.mp4'}")
+    if path.exists() and not path.is_file():
+        # Outputs are written beside and renamed over: a device or a pipe would be replaced.
+        raise CaptureError(f"output path {path} exists and is not a regular file")
 
 
 def new_seed() -> int:

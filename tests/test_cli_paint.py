@@ -175,6 +175,18 @@ def test_unwritable_output_directory(env_for, tmp_path, capsys):
     assert sorted(p.name for p in locked.iterdir()) == ["a.mp4"]
 
 
+def test_an_output_that_is_not_a_regular_file_is_left_alone(env_for, tmp_path, capsys):
+    import os
+    import stat
+
+    pipe = tmp_path / "a.mp4"
+    os.mkfifo(pipe)  # a device or a pipe would be renamed over by the finished video
+    assert main(["paint", "x", *BASE, "--out", str(pipe)]) == 2
+    assert "is not a regular file" in capsys.readouterr().err
+    assert stat.S_ISFIFO(pipe.stat().st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mp4"]
+
+
 def test_demo_paints_a_recognisable_picture(tmp_path, capsys):
     out_dir = tmp_path / "demo"
     args = ["demo", "--out-dir", str(out_dir), "--size", "128x128", "--duration", "2", "--fps", "15"]
