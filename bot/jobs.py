@@ -233,16 +233,21 @@ def animation_fields(animation: Any, settings: Settings) -> dict[str, Any]:
 
 
 def result_fields(meta: Any, animation: Any, settings: Settings) -> dict[str, Any]:
-    """The result row's columns for a paint job."""
+    """The result row's columns for a paint job.
+
+    The closed-form painter (pixel space) has no noise, guidance or sampler: its result
+    shows none rather than numbers that meant nothing.
+    """
+    generated = meta.space != "pixel"
     return {
         "prompt": meta.prompt,
         "negative_prompt": meta.negative_prompt,
-        "seed": meta.seed,
+        "seed": meta.seed if generated else None,
         "steps": meta.steps,
-        "guidance": meta.guidance,
+        "guidance": meta.guidance if generated else None,
         "width": meta.width,
         "height": meta.height,
-        "scheduler": meta.scheduler,
+        "scheduler": meta.scheduler if generated else None,
         "model_id": meta.model_id,
         "vae_id": meta.vae_id,
         **animation_fields(animation, settings),

@@ -116,6 +116,21 @@ async def test_paint_repaint_and_transition_jobs(setup, tmp_path):
     assert np.array_equal(pixels(store, other.image_key), pixels(store, moved.image_key))
 
 
+async def test_an_analytic_paint_shows_no_seed_guidance_or_sampler(setup, tmp_path):
+    """The closed-form painter has no noise, guidance or sampler; its result must not claim any."""
+    import io
+
+    db, queue, worker, store = setup
+    picture = io.BytesIO()
+    Image.new("RGB", (64, 64), (30, 90, 200)).save(picture, "PNG")
+    store.put_bytes("uploads/7/1.png", picture.getvalue())
+    params = {"prompt": "a blue square", "model": "analytic", "image_key": "uploads/7/1.png", **SMALL}
+    job, result = await run_one(db, queue, worker, "paint", {**params, "seed": 9, "guidance": 7.5})
+    assert job.status == "done", job.error
+    assert (result.model_id, result.seed, result.guidance, result.scheduler) == ("analytic", None, None, None)
+    assert result.steps and result.frames == 8
+
+
 def test_a_paint_job_reports_every_step_then_every_frame(setup, tmp_path):
     # What the bot's progress reply shows, call by call (the worker saves the latest one on
     # each heartbeat; which of them a reply catches depends on timing, these do not).
