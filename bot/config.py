@@ -9,12 +9,14 @@ The Discord token is never a setting: it is read from ``DISCORD_TOKEN`` only.
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, get_type_hints
+from urllib.parse import urlsplit
 
 ENV_PREFIX = "LATENT_PAINTER_"
 EFFECTS = ("strokes", "glow", "flip", "fade", "dissolve", "sharpen")
@@ -191,12 +193,39 @@ def _coerce(section: str, key: str, kind: type, value: Any) -> Any:
         if kind is float:
             if isinstance(value, bool):
                 raise ValueError
-            return float(value)
+            number = float(value)
+            # NaN passes every range check (each comparison is False) and inf passes the
+            # open-ended ones; both then fail far away (timedelta(seconds=nan), int(nan)).
+            if not math.isfinite(number):
+                raise ConfigError(f"{name} must be a finite number, got {value!r}")
+            return number
         if not isinstance(value, str | int | float):
             raise ValueError
         return str(value)
+    except ConfigError:
+        raise
     except (TypeError, ValueError):
         raise ConfigError(f"{name} must be {kind.__name__}, got {value!r}") from None
+
+
+# (section, key) -> the URL schemes it accepts.
+URL_SCHEMES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("discord", "api_base"): ("http", "https"),
+    ("discord", "gateway_url"): ("ws", "wss"),
+}
+
+
+def _check_url(name: str, value: str, schemes: tuple[str, ...]) -> None:
+    try:
+        parts = urlsplit(value)
+        host = parts.hostname
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        raise ConfigError(f"{name} is not a URL") from None
+    if parts.scheme.lower() not in schemes or not host:
+        wanted = " or ".join(f"{scheme}://HOST/…" for scheme in schemes)
+        # Only the scheme and host are echoed: a proxy URL may carry a password.
+        shown = f"{parts.scheme}://{host}" if parts.scheme and host else "no scheme or host"
+        raise ConfigError(f"{name} must be a URL like {wanted}; got {shown}")
 
 
 def _check(section: str, key: str, value: Any) -> None:
@@ -204,6 +233,9 @@ def _check(section: str, key: str, value: Any) -> None:
     allowed = CHOICES.get((section, key))
     if allowed is not None and value not in allowed:
         raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+    schemes = URL_SCHEMES.get((section, key))
+    if schemes is not None:
+        _check_url(name, value, schemes)
     bounds = RANGES.get((section, key))
     if bounds is not None:
         low, high = bounds

@@ -95,3 +95,67 @@ def test_token_only_from_environment():
 def test_default_database_is_sqlite_under_data_dir():
     s = load_settings(env={"LATENT_PAINTER_STORAGE_DATA_DIR": "/srv/lp"})
     assert s.database_url == "sqlite+aiosqlite:////srv/lp/latent-painter.db"
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "LATENT_PAINTER_QUEUE_LEASE_SECONDS",
+        "LATENT_PAINTER_QUEUE_HEARTBEAT_SECONDS",
+        "LATENT_PAINTER_QUEUE_POLL_SECONDS",
+        "LATENT_PAINTER_PAINTER_THETA",
+        "LATENT_PAINTER_PAINTER_DURATION",
+    ],
+)
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "NaN"])
+def test_non_finite_numbers_are_refused_naming_the_key(name: str, value: str) -> None:
+    # NaN passes every range check and inf the open-ended ones; both failed far away.
+    section, key = name.removeprefix("LATENT_PAINTER_").lower().split("_", 1)
+    with pytest.raises(ConfigError, match=rf"^\[{section}\] {key} must be a finite number, got '{value}'$"):
+        load_settings(env={name: value})
+
+
+def test_non_finite_numbers_from_a_file_or_a_flag_are_refused(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[queue]\nlease_seconds = inf\n")
+    with pytest.raises(ConfigError, match=r"\[queue\] lease_seconds must be a finite number"):
+        load_settings(cfg, env={})
+    with pytest.raises(ConfigError, match=r"\[painter\] duration must be a finite number"):
+        load_settings(env={}, overrides={"painter": {"duration": float("nan")}})
+    with pytest.raises(ConfigError, match=r"\[painter\] fps must be int, got 'nan'"):
+        load_settings(env={"LATENT_PAINTER_PAINTER_FPS": "nan"})
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        (
+            "API_BASE",
+            "ftp://discord.com/api",
+            r"\[discord\] api_base must be a URL like http://HOST/… or https",
+        ),
+        ("API_BASE", "discord.com/api/v10", r"\[discord\] api_base .* got no scheme or host"),
+        ("API_BASE", "wss://gateway.discord.gg/", r"\[discord\] api_base must be a URL like http"),
+        (
+            "GATEWAY_URL",
+            "https://gateway.discord.gg/",
+            r"\[discord\] gateway_url must be a URL like ws://HOST/…",
+        ),
+        ("GATEWAY_URL", "wss://", r"\[discord\] gateway_url .* got no scheme or host"),
+    ],
+)
+def test_discord_urls_need_their_scheme_and_a_host(name: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(env={f"LATENT_PAINTER_DISCORD_{name}": value})
+
+
+def test_a_refused_discord_url_does_not_echo_a_password() -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_settings(env={"LATENT_PAINTER_DISCORD_API_BASE": "ftp://proxy:hunter2@proxy.example/api"})
+    assert "hunter2" not in str(refused.value) and "ftp://proxy.example" in str(refused.value)
+    proxies = {
+        "LATENT_PAINTER_DISCORD_API_BASE": "http://127.0.0.1:8080/api/v10",
+        "LATENT_PAINTER_DISCORD_GATEWAY_URL": "ws://[::1]:8080/",
+    }
+    s = load_settings(env=proxies)
+    assert (s.discord.api_base, s.discord.gateway_url) == tuple(proxies.values())
