@@ -23,32 +23,105 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 # Async drivers for URLs given without one (``sqlite:///x.db``, ``postgresql://…``).
 _ASYNC_DRIVERS = {"sqlite": "aiosqlite", "postgresql": "asyncpg"}
+# Spellings managed PostgreSQL providers hand out: ``postgres://`` (Heroku, Aiven, Fly)
+# names no SQLAlchemy dialect, and ``psycopg2`` is psycopg 3's predecessor, which takes the
+# same libpq parameters; the async driver of each is what this project runs.
+_BACKEND_ALIASES = {"postgres": "postgresql"}
+_DRIVER_ALIASES = {"psycopg2": "psycopg", "psycopg_async": "psycopg"}
 _SUPPORTED = {("sqlite", "aiosqlite"), ("postgresql", "asyncpg"), ("postgresql", "psycopg")}
 _BEGIN_OPTION = "latent_painter_begin"
+
+# libpq's sslmode values; asyncpg takes the same words as its ``ssl`` connect argument.
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+# Query parameters asyncpg takes as text through SQLAlchemy (the rest of libpq's are refused:
+# asyncpg.connect() fails on them with a TypeError at the first connection).
+_ASYNCPG_PARAMS = {"ssl", "target_session_attrs", "prepared_statement_cache_size"}
+_URL_FORMS = "use sqlite+aiosqlite:///PATH or postgresql+asyncpg://USER:PASSWORD@HOST:PORT/DB"
 
 
 class DatabaseURLError(ValueError):
     """A database URL this project cannot use; the message says which ones it can."""
 
 
+def mask_password(text: str) -> str:
+    """``text`` with what sits between ``//`` and ``@`` after the user name masked.
+
+    Works on text that is not a valid URL too (the one we could not parse is exactly the
+    one to echo back). Without ``//`` everything before the ``@`` is masked.
+    """
+    at = text.rfind("@")
+    if at < 0:
+        return text
+    slashes = text.find("//", 0, at)
+    if slashes < 0:
+        return "***" + text[at:]
+    start = slashes + 2
+    user, colon, _ = text[start:at].partition(":")
+    return text[:start] + user + (":***" if colon else "") + text[at:]
+
+
+def _single(parsed: URL, key: str) -> str:
+    value = parsed.query[key]
+    if isinstance(value, tuple):
+        raise DatabaseURLError(f"[database] url gives {key} more than once")
+    return value
+
+
+def _asyncpg_query(parsed: URL) -> URL:
+    """libpq's ``sslmode`` as asyncpg's ``ssl``; parameters asyncpg cannot take refused by name."""
+    query = dict(parsed.query)
+    if "sslmode" in query:
+        mode = _single(parsed, "sslmode").lower()
+        if mode not in SSL_MODES:
+            raise DatabaseURLError(
+                f"[database] url: sslmode must be one of {', '.join(SSL_MODES)}; got {mode!r}"
+            )
+        if "ssl" in query and query["ssl"] != mode:
+            raise DatabaseURLError("[database] url gives both sslmode and ssl, differently; keep one")
+        del query["sslmode"]
+        query["ssl"] = mode
+    if "channel_binding" in query:
+        # asyncpg cannot bind the channel; "prefer" allows going without, "require" does not.
+        if _single(parsed, "channel_binding").lower() == "require":
+            raise DatabaseURLError(
+                "[database] url asks for channel_binding=require, which asyncpg cannot do; "
+                "use postgresql+psycopg://… instead (it takes every libpq parameter)"
+            )
+        del query["channel_binding"]
+    unknown = sorted(set(query) - _ASYNCPG_PARAMS)
+    if unknown:
+        raise DatabaseURLError(
+            f"[database] url has parameter(s) {', '.join(unknown)} that asyncpg does not take; "
+            "remove them, or use postgresql+psycopg://… (it takes every libpq parameter)"
+        )
+    return parsed.set(query=query)
+
+
 def normalize_url(url: str | URL) -> URL:
-    """Parse a database URL and give it an async driver (``sqlite+aiosqlite``, ``postgresql+asyncpg``)."""
+    """Parse a database URL and give it an async driver (``sqlite+aiosqlite``, ``postgresql+asyncpg``).
+
+    ``postgres://`` and ``postgresql+psycopg2://`` are read as providers mean them, and
+    ``sslmode`` becomes asyncpg's ``ssl``. Messages never show the password.
+    """
     try:
         parsed = make_url(url)
-    except ArgumentError:
-        raise DatabaseURLError(
-            f"database url {str(url)!r} cannot be parsed; use sqlite+aiosqlite:///PATH "
-            "or postgresql+asyncpg://USER@HOST:PORT/DB"
-        ) from None
-    backend, driver = parsed.get_backend_name(), parsed.get_driver_name()
-    if "+" not in parsed.drivername and backend in _ASYNC_DRIVERS:
-        parsed = parsed.set(drivername=f"{backend}+{_ASYNC_DRIVERS[backend]}")
-        driver = _ASYNC_DRIVERS[backend]
+    except (ArgumentError, ValueError):
+        shown = mask_password(url.render_as_string(hide_password=True) if isinstance(url, URL) else str(url))
+        raise DatabaseURLError(f"[database] url {shown!r} cannot be parsed; {_URL_FORMS}") from None
+    # Read from the name itself: asking SQLAlchemy loads the dialect, which fails for
+    # "postgres" and for names it does not know, before we could say what is supported.
+    backend, _, driver = parsed.drivername.lower().partition("+")
+    backend = _BACKEND_ALIASES.get(backend, backend)
+    driver = _DRIVER_ALIASES.get(driver, driver) or _ASYNC_DRIVERS.get(backend, "")
     if (backend, driver) not in _SUPPORTED:
         raise DatabaseURLError(
-            f"database url uses {parsed.drivername!r}; supported are sqlite+aiosqlite, "
+            f"[database] url uses {parsed.drivername!r}; supported are sqlite+aiosqlite, "
             "postgresql+asyncpg and postgresql+psycopg"
         )
+    if f"{backend}+{driver}" != parsed.drivername:
+        parsed = parsed.set(drivername=f"{backend}+{driver}")
+    if (backend, driver) == ("postgresql", "asyncpg"):
+        parsed = _asyncpg_query(parsed)
     return parsed
 
 
