@@ -11,6 +11,8 @@ import argparse
 import asyncio
 import json
 import logging
+import math
+import secrets
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -48,9 +50,12 @@ def _float(name: str, text: str | None) -> float | None:
     if text is None:
         return None
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise UsageError(f"{name} must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise UsageError(f"{name} must be a finite number, got {text!r}")
+    return value
 
 
 def _size(text: str | None) -> tuple[int | None, int | None]:
@@ -190,13 +195,13 @@ def _command(name: str, body: Callable[[argparse.Namespace], int]) -> Callable[[
 
 
 def _db(args: argparse.Namespace) -> int:
-    from sqlalchemy.engine import make_url
-
     from db import migrate
+    from db.engine import normalize_url
 
     settings = _settings(args)
     url = settings.database_url
-    shown = make_url(url).render_as_string(hide_password=True)
+    # normalize_url refuses a bad URL in one line (make_url alone raised a traceback).
+    shown = normalize_url(url).render_as_string(hide_password=True)
     action = args.db_action
     if action == "upgrade":
         asyncio.run(migrate.upgrade(url, args.revision))
@@ -249,6 +254,10 @@ def _submit(args: argparse.Namespace) -> int:
     from db.queue import JobQueue
 
     width, height = _size(args.size)
+    if args.strength is not None and args.image is None:
+        raise UsageError("--strength needs --image (how much of the picture is repainted)")
+    if args.start_from_image and args.image is None:
+        raise UsageError("--start-from-image needs --image")
     params = {
         "prompt": args.prompt,
         "negative_prompt": args.negative,
@@ -263,6 +272,9 @@ def _submit(args: argparse.Namespace) -> int:
         "fps": _int("--fps", args.fps),
         "duration": _float("--duration", args.duration),
         "format": args.format,
+        "max_bytes": _int("--max-bytes", args.max_bytes),
+        "strength": _float("--strength", args.strength),
+        "start_from_image": True if args.start_from_image else None,
     }
     user = _int("--user", args.user, low=0) or 0
     guild = _int("--guild", args.guild, low=0)
@@ -270,6 +282,7 @@ def _submit(args: argparse.Namespace) -> int:
     # Everything the user typed is checked before the database is touched.
     params = validate_params("paint", params)
     settings = _settings(args)
+    picture = _read_picture(args.image) if args.image is not None else None
 
     async def enqueue() -> Any:
         db = await _open(settings, create=True)
@@ -285,7 +298,25 @@ def _submit(args: argparse.Namespace) -> int:
         finally:
             await db.dispose()
 
-    outcome = asyncio.run(enqueue())
+    store = None
+    if picture is not None:
+        # As /paint does with an attachment: the worker reads the picture from the artifact
+        # store (it may run on another machine, sharing only the store and the database).
+        from bot.artifacts import LocalArtifactStore
+
+        store = LocalArtifactStore(settings.data_dir / "artifacts")
+        data, suffix = picture
+        params["image_key"] = f"uploads/{user}/cli-{secrets.token_hex(8)}{suffix}"
+        store.put_bytes(params["image_key"], data)
+    try:
+        outcome = asyncio.run(enqueue())
+    except BaseException:
+        if store is not None:
+            store.delete(params["image_key"])
+        raise
+    if store is not None and not outcome.created:
+        # The job already queued under this dedupe key has its own picture; nothing reads this one.
+        store.delete(params["image_key"])
     if args.json:
         print(json.dumps({**job_summary(outcome.job), "created": outcome.created}))
     else:
@@ -296,6 +327,19 @@ def _submit(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
     return EXIT_OK
+
+
+def _read_picture(path: Path) -> tuple[bytes, str]:
+    """The bytes of ``--image`` and its file suffix; refused now if the painter cannot read it."""
+    from painter.images import ImageInputError, load_image, probe_image
+
+    try:
+        info = probe_image(path)
+        # Decoding it once here finds a damaged file before a worker spends a claim on it.
+        load_image(path, 64, 64)
+    except ImageInputError as exc:
+        raise UsageError(f"--image {exc}") from None
+    return path.read_bytes(), f".{info.format.lower() or 'img'}"
 
 
 # -- jobs / results / cancel --------------------------------------------------------------
@@ -336,7 +380,9 @@ def _jobs(args: argparse.Namespace) -> int:
         f"{'ID':>6}  {'STATUS':<9}  {'KIND':<10}  {'USER':>20}  {'TRIES':>5}  {'PROGRESS':>9}  ERROR / PROMPT"
     )
     for job in jobs:
-        progress = f"{job.progress_frame}/{job.progress_total}" if job.progress_total else "-"
+        # A finished job keeps its last progress in the row; only a running one has progress.
+        running = job.status == "running" and job.progress_total
+        progress = f"{job.progress_frame}/{job.progress_total}" if running else "-"
         detail = job.error or job.params.get("prompt") or ""
         print(
             f"{job.id:>6}  {job.status:<9}  {job.kind:<10}  {job.user_id:>20}  "
@@ -440,6 +486,12 @@ def add_subcommands(subparsers: Any) -> None:
     submit.add_argument("--fps", help="frames per second of the animation")
     submit.add_argument("--duration", help="animation length in seconds")
     submit.add_argument("--format", help="mp4, gif or webp")
+    submit.add_argument("--max-bytes", help="size budget of the animation file in bytes")
+    submit.add_argument("--image", type=Path, help="paint from this picture (SDEdit, or the analytic model)")
+    submit.add_argument("--strength", help="how much of --image is repainted, in (0, 1]")
+    submit.add_argument(
+        "--start-from-image", action="store_true", help="start the canvas at --image instead of blank paper"
+    )
     submit.add_argument("--user", help="requesting user id (default 0, the operator)")
     submit.add_argument("--guild", help="guild id the job belongs to")
     submit.add_argument("--priority", help="lower runs first among one user's jobs (default 0)")

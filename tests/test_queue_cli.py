@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from bot.cli_queue import main
 from tests.db_fixtures import create_postgres_database, drop_postgres_database, write_config
@@ -87,6 +88,11 @@ def test_submit_work_and_list_as_json(config: Path, capsys: pytest.CaptureFixtur
         (["submit", "x", "--size", "500x500"], "width must be a multiple of 8"),
         (["submit", "x", "--steps", "ten"], "--steps must be a whole number"),
         (["submit", "x", "--seed", "-1"], "seed must be between 0 and"),
+        (["submit", "x", "--duration", "nan"], "--duration must be a finite number, got 'nan'"),
+        (["submit", "x", "--strength", "0.5"], "--strength needs --image"),
+        (["submit", "x", "--start-from-image"], "--start-from-image needs --image"),
+        (["submit", "x", "--image", "/nowhere.png"], "--image /nowhere.png: file not found"),
+        (["submit", "x", "--max-bytes", "10"], "max_bytes must be between 10000 and"),
         (
             ["jobs", "--status", "sleeping"],
             "--status must be one of queued, running, done, failed, cancelled",
@@ -141,3 +147,97 @@ def test_a_shared_postgresql_database_must_be_upgraded_first(
         assert code == 0 and "matches the models" in out
     finally:
         asyncio.run(drop_postgres_database(url))
+
+
+def test_submit_a_picture_to_paint_from(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--image goes into the artifact store, as a /paint attachment does, and the worker paints it."""
+    c = ("--config", str(config))
+    picture = tmp_path / "photo.png"
+    Image.new("RGB", (96, 64), (30, 90, 200)).save(picture)
+    paint = ("--model", "analytic", "--size", "64x64", "--steps", "4", "--fps", "8", "--duration", "1")
+    code, out, err = run(
+        capsys,
+        "submit",
+        "a blue card",
+        *paint,
+        "--image",
+        str(picture),
+        "--strength",
+        "0.5",
+        "--start-from-image",
+        "--max-bytes",
+        "200000",
+        "--json",
+        *c,
+    )
+    assert code == 0, err
+    params = json.loads(out)["params"]
+    key = params.pop("image_key")
+    assert key.startswith("uploads/0/cli-") and key.endswith(".png")
+    assert params == {
+        "prompt": "a blue card",
+        "model": "analytic",
+        "width": 64,
+        "height": 64,
+        "steps": 4,
+        "fps": 8,
+        "duration": 1.0,
+        "strength": 0.5,
+        "start_from_image": True,
+        "max_bytes": 200000,
+    }
+    assert (config.parent / "data" / "artifacts" / key).read_bytes() == picture.read_bytes()
+
+    code, _, err = run(capsys, "worker", "--exit-when-idle", *c)
+    assert code == 0, err
+    _, out, _ = run(capsys, "jobs", "--json", *c)
+    assert [job["status"] for job in json.loads(out)] == ["done"], out
+    _, out, _ = run(capsys, "results", "--json", *c)
+    image = config.parent / "data" / "artifacts" / json.loads(out)[0]["image_key"]
+    # The analytic painter paints the picture itself: its final image is the blue card.
+    assert Image.open(image).convert("RGB").resize((1, 1)).getpixel((0, 0)) == pytest.approx(
+        (30, 90, 200), abs=12
+    )
+
+
+def test_a_picture_that_is_not_one_is_refused_before_anything_is_written(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = tmp_path / "notes.png"
+    text.write_text("not a picture")
+    code, out, err = run(capsys, "submit", "x", "--image", str(text), "--config", str(config))
+    assert (code, out) == (2, "")
+    assert (
+        err.strip()
+        == f"latent-painter submit: error: --image {text}: not an image (or not one of PNG, "
+        + ("JPEG, WEBP, GIF, BMP, TIFF)")
+    )
+    assert not (config.parent / "data").exists()
+
+
+def test_jobs_show_progress_only_while_running(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    c = ("--config", str(config))
+    run(capsys, "submit", "frames=4 sleep=1", *c)  # progress is saved with the heartbeat (0.2 s)
+    code, _, _ = run(capsys, "worker", *c, "--runner", "tests.job_runners:run_job", "--exit-when-idle")
+    assert code == 0
+    _, out, _ = run(capsys, "jobs", "--json", *c)
+    assert json.loads(out)[0]["progress"]["total"] == 4  # the row keeps its last progress
+    _, out, _ = run(capsys, "jobs", *c)
+    header, row = out.splitlines()
+    assert header.split()[5] == "PROGRESS" and row.split()[1] == "done"
+    assert row.split()[5] == "-"  # a finished job has no progress to show
+
+
+def test_a_database_url_that_cannot_be_parsed_is_one_line(
+    config: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LATENT_PAINTER_DATABASE_URL", "postgresql+asyncpg//u:hunter2@host/db")
+    for argv in (["db", "current"], ["db", "upgrade"], ["submit", "x"], ["jobs"]):
+        code, out, err = run(capsys, *argv, "--config", str(config))
+        assert (code, out) == (2, ""), argv
+        assert err.strip().splitlines() == [
+            f"latent-painter {argv[0]}: error: [database] url 'postgresql+asyncpg//u:***@host/db' cannot be "
+            "parsed; use sqlite+aiosqlite:///PATH or postgresql+asyncpg://USER:PASSWORD@HOST:PORT/DB"
+        ]
