@@ -1,7 +1,9 @@
 """``latent-painter bot`` (run the Discord bot) and ``latent-painter health`` (the container check).
 
 The token comes from ``DISCORD_TOKEN`` only; it is never printed or logged, and a token
-Discord refuses is reported without it.
+Discord refuses is reported without it. Exit codes of ``bot``: 0 after SIGTERM/SIGINT, 1
+when Discord cannot be reached (network, DNS, ``[discord] api_base``), 2 for a bad setting
+or a refused token.
 """
 
 from __future__ import annotations
@@ -9,23 +11,28 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from bot.config import ConfigError, discord_token, load_settings
+from bot.config import ConfigError, DiscordSettings, discord_token, load_settings
 
 log = logging.getLogger("latent_painter.bot")
 
 EXIT_OK = 0
 EXIT_UNHEALTHY = 1
+EXIT_UNREACHABLE = 1  # Discord could not be reached (the network, not the settings)
+DEFAULT_API_BASE = DiscordSettings().api_base
 
 
 def cmd_bot(args: argparse.Namespace) -> int:
     """Run the bot until SIGTERM or SIGINT."""
+    import aiohttp
     import discord
 
     from bot.discord_bot import run_bot
+    from bot.redact import redact
     from bot.worker import exit_past_busy_runners
 
     settings = load_settings(args.config)
@@ -38,6 +45,18 @@ def cmd_bot(args: argparse.Namespace) -> int:
         ) from None
     except discord.PrivilegedIntentsRequired:  # pragma: no cover - the bot asks for none
         raise ConfigError("Discord refused the gateway intents") from None
+    except (aiohttp.ClientError, discord.GatewayNotFound) as exc:
+        # Offline, DNS, a firewall, or a wrong [discord] api_base: say where we tried to go.
+        # (Other OSErrors, e.g. an unwritable data directory, are main()'s to report.)
+        # aiohttp's messages name the host and port only, but a proxy URL may carry a password.
+        reason = redact(str(exc) or type(exc).__name__)
+        where = "Discord" if settings.discord.api_base == DEFAULT_API_BASE else "[discord] api_base"
+        print(
+            f"latent-painter: error: cannot reach {where} at {redact(settings.discord.api_base)}: {reason}",
+            file=sys.stderr,
+        )
+        exit_past_busy_runners(EXIT_UNREACHABLE)
+        return EXIT_UNREACHABLE
     exit_past_busy_runners(EXIT_OK)
     return EXIT_OK
 

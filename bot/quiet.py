@@ -27,9 +27,27 @@ def quiet_libraries() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     for noisy in ("diffusers", "transformers", "PIL"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    # Alembic logs each plugin it sets up and each migration context at INFO, on every
+    # command that opens the database; commands print their own summary.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    # The bot never joins a voice channel: discord.py's "PyNaCl/davey is not installed,
+    # voice will NOT be supported" says nothing an operator can act on.
+    _drop_voice_notices(logging.getLogger("discord.client"))
     warnings.filterwarnings("ignore", category=FutureWarning)
+    # diffusers passes huggingface_hub a deprecated argument when it looks a model up; the
+    # warning is about diffusers' code, printed before our own one-line error.
+    warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*", category=UserWarning)
     if "diffusers" in sys.modules or "transformers" in sys.modules:
         quiet_loaded()
+
+
+def _is_not_a_voice_notice(record: logging.LogRecord) -> bool:
+    return "voice will NOT be supported" not in record.getMessage()
+
+
+def _drop_voice_notices(logger: logging.Logger) -> None:
+    if _is_not_a_voice_notice not in logger.filters:
+        logger.addFilter(_is_not_a_voice_notice)
 
 
 def quiet_loaded() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -68,3 +69,26 @@ def test_health_reports_an_unreachable_database(data: Path, monkeypatch: pytest.
     monkeypatch.setenv("LATENT_PAINTER_DATABASE_URL", "postgresql+asyncpg://nobody@127.0.0.1:9/none")
     assert main(["health"]) == 1
     assert capsys.readouterr().out.startswith("unhealthy: database unreachable")
+
+
+def test_bot_that_cannot_reach_discord_says_so_in_one_line(
+    data: Path, monkeypatch: pytest.MonkeyPatch, capsys, caplog
+) -> None:
+    with socket.socket() as closed:  # a loopback port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    api_base = f"http://127.0.0.1:{port}/api/v10"
+    monkeypatch.setenv("LATENT_PAINTER_DISCORD_API_BASE", api_base)
+    monkeypatch.setenv("LATENT_PAINTER_DISCORD_RUN_WORKER", "false")
+    monkeypatch.setenv("DISCORD_TOKEN", TOKEN)
+    saved = discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
+    try:
+        code = main(["bot"])
+    finally:
+        discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = saved
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert len(err) == 1 and err[0].startswith(
+        f"latent-painter: error: cannot reach [discord] api_base at {api_base}: Cannot connect to host"
+    ), err
+    assert TOKEN not in err[0] and TOKEN not in caplog.text
