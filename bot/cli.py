@@ -11,7 +11,9 @@ import importlib
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,22 @@ EXIT_USER_ERROR = 2
 
 class UsageError(ValueError):
     """A bad flag value found after parsing; reported like an argparse error."""
+
+
+class FileError(Exception):
+    """A file or directory the command could not use, with what it was doing."""
+
+    def __init__(self, what: str, error: OSError) -> None:
+        super().__init__(describe_os_error(error, what))
+
+
+def describe_os_error(error: OSError, what: str = "file system error") -> str:
+    """``<what>: <path>: <strerror>``, the one line an OSError is reported as."""
+    parts = [what]
+    if error.filename is not None:
+        parts.append(str(error.filename))
+    parts.append(error.strerror or str(error) or type(error).__name__)
+    return ": ".join(parts)
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -72,7 +90,11 @@ def add_generation_options(parser: argparse.ArgumentParser) -> None:
 
 
 def format_from_out(out: Path | None, fmt: str | None) -> str | None:
-    """The format the --out suffix implies, refusing a contradiction."""
+    """The format the --out suffix implies, refusing a contradiction.
+
+    An --out without a .mp4, .gif or .webp suffix needs --format: otherwise MP4 data would
+    land silently in ``a.txt`` (or ``a.gif.bak``), which nothing opens as a video.
+    """
     if out is None:
         return fmt
     suffix = out.suffix.lower().lstrip(".")
@@ -80,6 +102,11 @@ def format_from_out(out: Path | None, fmt: str | None) -> str | None:
         if fmt is not None and fmt != suffix:
             raise UsageError(f"--format {fmt} contradicts --out {out} (a .{suffix} file)")
         return suffix
+    if fmt is None and not out.is_dir():  # a directory gets its own message from the writer
+        raise UsageError(
+            f"--out {out} does not end in .mp4, .gif or .webp; name the file so, "
+            "or give --format to write that format under this name"
+        )
     return fmt
 
 
@@ -140,8 +167,33 @@ class Progress:
             self._bar = None
 
 
+def probe_writable(path: Path, what: str) -> None:
+    """Create and remove a file beside ``path``, or say in one line why it cannot be written."""
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        handle, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=parent)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise UsageError(f"cannot write {what}: {path}: {reason}") from None
+    os.close(handle)
+    os.unlink(probe)
+
+
+def save_trail_or_remove(outputs: Any, path: Path) -> None:
+    """Write the trail to ``path``; if that fails, remove the job's other files too (all or nothing)."""
+    try:
+        outputs.trail.save(path)
+    except BaseException as exc:
+        for written in (*outputs.paths(), path):
+            written.unlink(missing_ok=True)
+        if isinstance(exc, OSError | KeyboardInterrupt):
+            raise
+        # safetensors reports I/O errors as its own SafetensorError.
+        raise UsageError(f"cannot write the trail {path}: {exc}") from None
+
+
 def cmd_paint(args: argparse.Namespace) -> int:
-    from bot.paint_job import PaintRequest, run_paint
+    from bot.paint_job import PaintRequest, check_writable, run_paint
 
     args.format = format_from_out(args.out, args.format)
     settings = settings_from_args(args)
@@ -158,11 +210,22 @@ def cmd_paint(args: argparse.Namespace) -> int:
     )
     if not args.prompt.strip() and settings.model.id != "analytic":
         raise UsageError("the prompt is empty: describe the picture to paint")
+    # Checked before any work (the trail is written last, after the animation), and by
+    # writing there: os.access says yes to root anywhere, also where nothing can be made.
+    check_writable(out)
+    probe_writable(out, "the animation")
+    if args.save_trail is not None:
+        check_writable(args.save_trail)
+        probe_writable(args.save_trail, "the trail")
     progress = Progress()
     try:
         outputs = run_paint(settings, request, out, on_step=progress.step, on_frame=progress.frame)
         if args.save_trail is not None:
-            outputs.trail.save(args.save_trail)
+            save_trail_or_remove(outputs, args.save_trail)
+    except OSError as exc:
+        if exc.filename is not None and Path(exc.filename).is_relative_to(settings.data_dir):
+            raise FileError("cannot write in the data directory ([storage] data_dir)", exc) from None
+        raise
     finally:
         progress.close()
     report_outputs(outputs, args.save_trail)
@@ -193,7 +256,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     args.model = args.model or "analytic"
     settings = settings_from_args(args)
     out_dir: Path = args.out_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--out-dir {out_dir} exists and is not a directory")
+    if args.image is not None:
+        # A bad picture is refused before the output directory is made.
+        from painter.images import load_image
+
+        load_image(args.image, settings.painter.width, settings.painter.height)
     image: Any = args.image
     name = None
     if image is None and settings.model.id == "analytic":
@@ -207,17 +276,40 @@ def cmd_demo(args: argparse.Namespace) -> int:
     request = PaintRequest(prompt=prompt, seed=args.seed or 0, image=image, image_name=name, save_trail=False)
     progress = Progress()
     try:
-        outputs = run_paint(
-            settings,
-            request,
-            out_dir / f"demo.{settings.render.format}",
-            on_step=progress.step,
-            on_frame=progress.frame,
-        )
+        with directory_made_for(out_dir):
+            outputs = run_paint(
+                settings,
+                request,
+                out_dir / f"demo.{settings.render.format}",
+                on_step=progress.step,
+                on_frame=progress.frame,
+            )
     finally:
         progress.close()
     report_outputs(outputs, outputs.trail_path)
     return 0
+
+
+@contextmanager
+def directory_made_for(path: Path) -> Iterator[None]:
+    """Create ``path`` (and missing parents) for the body; if the body fails, remove what was
+    created here, so a refused job leaves no empty directory behind."""
+    created: list[Path] = []
+    for directory in (path, *path.parents):
+        if directory.exists():
+            break
+        created.append(directory)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FileError("cannot create the output directory", exc) from None
+    try:
+        yield
+    except BaseException:
+        for directory in created:  # deepest first
+            with suppress(OSError):
+                directory.rmdir()  # only if empty: never a file the user put there meanwhile
+        raise
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -268,7 +360,16 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from painter.models import ModelError
     from painter.trail import TrailError
 
-    return (UsageError, ConfigError, CaptureError, ModelError, AnimationError, ImageInputError, TrailError)
+    return (
+        UsageError,
+        FileError,
+        ConfigError,
+        CaptureError,
+        ModelError,
+        AnimationError,
+        ImageInputError,
+        TrailError,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -290,6 +391,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (*user_errors(), ValueError) as exc:
         # Effects and plans raise plain ValueError for bad parameters given on the command line.
         print(f"latent-painter: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as exc:
+        # A directory that cannot be made or written (the data directory, --out, --out-dir):
+        # one line, as for any other bad input; the job's files are already removed.
+        print(f"latent-painter: error: {describe_os_error(exc)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("latent-painter: interrupted", file=sys.stderr)

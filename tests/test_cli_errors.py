@@ -1,0 +1,181 @@
+"""Bad input on the command line: one line on stderr naming the problem, exit 2, nothing left behind.
+
+Each case here once ended in a traceback, a loop of tracebacks, a library's warning before
+the error, or files left on disk. Most run ``bot.cli.main`` in-process; the ones about what
+reaches the terminal run the installed ``latent-painter`` command.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from bot.cli import main
+
+FAST = ["--model", "tiny", "--steps", "2", "--size", "64x64", "--duration", "1", "--fps", "8", "--seed", "1"]
+
+
+def one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
+    """The single stderr line of a refused command (fails if there are more, or none)."""
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("latent-painter: error: "), err
+    return err[0]
+
+
+def files_under(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def run_cli(
+    *argv: str, env: dict[str, str], cwd: Path, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """The installed ``latent-painter`` command, as a user runs it."""
+    command = [str(Path(sys.executable).with_name("latent-painter")), *argv]
+    return subprocess.run(
+        command,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **env},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def workdir(env_for: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty working directory, with the tiny model's data directory set up elsewhere."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    return work
+
+
+def test_save_trail_into_a_missing_directory_is_refused_before_painting(workdir: Path, capsys) -> None:
+    code = main(["paint", "x", *FAST, "--out", "a.mp4", "--save-trail", "nodir/t.safetensors"])
+    assert code == 2
+    assert one_line_error(capsys).endswith("output directory nodir does not exist")
+    assert files_under(workdir) == []
+
+
+def test_an_out_directory_that_cannot_be_written_is_one_line(workdir: Path, capsys) -> None:
+    # /proc exists everywhere this runs; as root os.access() says it is writable, but
+    # nothing can be created in it (the encoder failed there with a traceback).
+    assert main(["paint", "x", *FAST, "--out", "/proc/a.mp4"]) == 2
+    assert "/proc" in one_line_error(capsys)
+    assert main(["paint", "x", *FAST, "--out", "a.mp4", "--save-trail", "/proc/t.safetensors"]) == 2
+    assert "/proc" in one_line_error(capsys)
+    assert files_under(workdir) == []
+
+
+def test_an_unwritable_data_directory_is_one_line(workdir: Path, monkeypatch, capsys) -> None:
+    # The tiny model is built under the data directory on first use.
+    monkeypatch.setenv("LATENT_PAINTER_STORAGE_DATA_DIR", "/proc/latent-painter-data")
+    assert main(["paint", "x", *FAST, "--out", "a.mp4"]) == 2
+    line = one_line_error(capsys)
+    assert "data directory ([storage] data_dir): /proc/latent-painter-data" in line
+    assert files_under(workdir) == []
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--duration", "nan"], "[painter] duration must be a finite number"),
+        (["--guidance", "inf"], "[painter] guidance must be a finite number"),
+        (["--strength", "nan", "--image", "x.png"], "[painter] strength must be a finite number"),
+    ],
+)
+def test_non_finite_flags_name_the_key(workdir: Path, capsys, flags: list[str], message: str) -> None:
+    assert main(["paint", "x", "--model", "tiny", *flags]) == 2
+    assert message in one_line_error(capsys)
+    assert files_under(workdir) == []
+
+
+def test_nan_lease_stops_the_worker_at_start_up(tmp_path: Path) -> None:
+    # It used to start and loop on timedelta(seconds=nan) tracebacks forever; hence a process.
+    env = {
+        "LATENT_PAINTER_STORAGE_DATA_DIR": str(tmp_path / "data"),
+        "LATENT_PAINTER_DATABASE_URL": "",
+        "LATENT_PAINTER_QUEUE_LEASE_SECONDS": "nan",
+    }
+    done = run_cli("worker", "--exit-when-idle", env=env, cwd=tmp_path, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "latent-painter worker: error: [queue] lease_seconds must be a finite number, got 'nan'"
+    ]
+    assert not (tmp_path / "data").exists()
+
+
+def test_an_out_suffix_that_is_no_animation_format_needs_format(workdir: Path, capsys) -> None:
+    assert main(["paint", "x", *FAST, "--out", "a.txt"]) == 2
+    assert "--out a.txt does not end in .mp4, .gif or .webp" in one_line_error(capsys)
+    assert files_under(workdir) == []
+    # Asked for explicitly, the format may go under any name.
+    assert main(["paint", "x", *FAST, "--out", "a.bin", "--format", "gif"]) == 0
+    assert (workdir / "a.bin").read_bytes()[:6] in (b"GIF87a", b"GIF89a")
+
+
+def test_demo_out_dir_that_is_a_file(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("mine")
+    assert main(["demo", "--out-dir", "afile"]) == 2
+    assert one_line_error(capsys) == "latent-painter: error: --out-dir afile exists and is not a directory"
+    assert main(["demo", "--out-dir", "afile/sub"]) == 2
+    assert one_line_error(capsys) == (
+        "latent-painter: error: cannot create the output directory: afile/sub: Not a directory"
+    )
+    assert main(["demo", "--out-dir", "/proc/latent-painter-demo"]) == 2
+    assert one_line_error(capsys).startswith(
+        "latent-painter: error: cannot create the output directory: /proc/latent-painter-demo: "
+    )
+    assert files_under(tmp_path) == ["afile"]
+
+
+def test_demo_refusing_its_input_leaves_no_directory(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notimage.png").write_text("not a picture")
+    assert main(["demo", "--out-dir", "d", "--image", "notimage.png"]) == 2
+    assert "not an image" in one_line_error(capsys)
+    assert main(["demo", "--out-dir", "d/e/f", "--size", "100x100"]) == 2
+    assert "not a positive multiple of 8" in one_line_error(capsys)
+    assert files_under(tmp_path) == ["notimage.png"]
+
+
+def test_bad_database_urls_are_one_line_without_the_password(workdir: Path, monkeypatch, capsys) -> None:
+    for url in ("garbage", "postgresql+asyncpg//u:hunter2@host/db"):
+        monkeypatch.setenv("LATENT_PAINTER_DATABASE_URL", url)
+        for argv in (["db", "current"], ["db", "upgrade"], ["jobs"]):
+            assert main(argv) == 2, (url, argv)
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and "[database] url" in err[0] and "cannot be parsed" in err[0], err
+            assert "hunter2" not in err[0]
+    assert files_under(workdir) == []
+
+
+def test_the_terminal_shows_only_the_error(tmp_path: Path) -> None:
+    env = {"LATENT_PAINTER_STORAGE_DATA_DIR": str(tmp_path / "data"), "LATENT_PAINTER_DATABASE_URL": ""}
+    # An unknown hub id: huggingface_hub's deprecation warning came before the error.
+    done = run_cli("paint", "x", "--model", "someone/notamodel", "--size", "64x64", env=env, cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "latent-painter: error: cannot load model 'someone/notamodel': "
+        "someone/notamodel does not appear to have a file named model_index.json."
+    ]
+    # Result ids look the trails up in the database: Alembic logged its plugins at INFO.
+    done = run_cli("transition", "ZZZZZZZZ", "YYYYYYYY", "--out", "t.mp4", env=env, cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "latent-painter: error: no result with id ZZZZZZZZ: the queue's database is empty"
+    ]
+
+
+def test_the_demo_still_paints_a_good_picture_after_checking_it(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    Image.new("RGB", (40, 40), (10, 200, 30)).save(tmp_path / "ok.png")
+    assert main(["demo", "--out-dir", "d", "--image", "ok.png", "--size", "64x64", "--duration", "1"]) == 0
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["demo.heatmap.png", "demo.mp4", "demo.png"]
