@@ -439,6 +439,11 @@ def _cancel(args: argparse.Namespace) -> int:
             await db.dispose()
 
     job = asyncio.run(cancel())
+    if job.status == "cancelled":  # it never reached a worker, which deletes its picture otherwise
+        from bot.artifacts import LocalArtifactStore
+        from bot.worker import forget_input
+
+        forget_input(LocalArtifactStore(settings.data_dir / "artifacts"), job)
     state = "cancel requested (it stops at its next step)" if job.status == "running" else job.status
     print(f"job {job.id}: {state}")
     return EXIT_OK

@@ -40,6 +40,7 @@ from PIL import Image
 
 from bot.progress import Tracked, interaction_webhook, token_usable
 from bot.text import quote
+from bot.worker import forget_input
 from db.models import Job, Result, utcnow
 from db.results import result_for_job, set_result_message
 
@@ -627,10 +628,5 @@ class JobWatcher:
             await self._forget_upload(job)
 
     async def _forget_upload(self, job: Job) -> None:
-        # A picture uploaded for /paint is only needed until its job has ended for good.
-        key = job.params.get("image_key")
-        if isinstance(key, str) and key.startswith("uploads/"):
-            try:
-                await asyncio.to_thread(self.bot.store.delete, key)
-            except (OSError, ValueError) as exc:
-                log.warning("job %s: could not delete upload %s: %s", job.id, key, exc)
+        # A job cancelled while queued never reached a worker, which deletes it otherwise.
+        await asyncio.to_thread(forget_input, self.bot.store, job)

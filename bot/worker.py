@@ -139,6 +139,20 @@ class WorkerListener:
     async def job_cancelled(self, job: Any) -> None: ...
 
 
+def forget_input(store: ArtifactStore, job: Any) -> None:
+    """Delete the picture uploaded for a job (``uploads/…``), once the job has ended for good.
+
+    /paint and ``latent-painter submit`` store it only for the runner to read; no retry
+    or later job needs it after that. Errors are logged: the result matters more.
+    """
+    key = (job.params or {}).get("image_key")
+    if isinstance(key, str) and key.startswith("uploads/"):
+        try:
+            store.delete(key)
+        except (OSError, ValueError) as exc:
+            log.warning("job %s: could not delete upload %s: %s", job.id, key, exc)
+
+
 def load_runner(spec: str) -> Runner:
     """Import a runner given as ``module:function`` (``bot.jobs:run_job`` by default)."""
     module_name, sep, attribute = spec.partition(":")
@@ -470,6 +484,7 @@ class Worker:
 
     async def _confirm_cancel(self, lease: Lease) -> None:
         job = await self.queue.confirm_cancel(lease)
+        await asyncio.to_thread(forget_input, self.store, job)
         await asyncio.to_thread(self.store.delete_prefix, job_prefix(job.id))
         log.info("worker %s: job %s cancelled", self.worker_id, job.id)
         await self._notify("job_cancelled", job)
@@ -489,6 +504,7 @@ class Worker:
         if job.status != "queued":
             # Final: no attempt of this job will ever need the files of earlier attempts.
             await asyncio.to_thread(self.store.delete_prefix, job_prefix(job.id))
+            await asyncio.to_thread(forget_input, self.store, job)
             await self._notify("job_cancelled" if job.status == "cancelled" else "job_failed", job)
 
     async def _deliver(self, lease: Lease, output: JobOutput) -> None:
@@ -518,6 +534,7 @@ class Worker:
             await self._record_failure(lease, exc)
             return
         await asyncio.to_thread(self._delete_other_attempts, lease)
+        await asyncio.to_thread(forget_input, self.store, lease.job)
         log.info("worker %s: job %s done, result %s", self.worker_id, lease.job_id, result.public_id)
         await self._notify("job_finished", lease.job_id, result)
 

@@ -200,6 +200,16 @@ def test_submit_a_picture_to_paint_from(
     assert Image.open(image).convert("RGB").resize((1, 1)).getpixel((0, 0)) == pytest.approx(
         (30, 90, 200), abs=12
     )
+    # The submitted picture was needed only for the job: it is gone once the job is done.
+    assert not (config.parent / "data" / "artifacts" / key).exists()
+
+    # Cancelled while queued (no worker ever saw it): the cancel deletes it.
+    code, out, err = run(capsys, "submit", "again", *paint, "--image", str(picture), "--json", *c)
+    assert code == 0, err
+    job = json.loads(out)
+    assert (config.parent / "data" / "artifacts" / job["params"]["image_key"]).is_file()
+    assert run(capsys, "cancel", str(job["id"]), *c)[0] == 0
+    assert not (config.parent / "data" / "artifacts" / job["params"]["image_key"]).exists()
 
 
 def test_a_picture_that_is_not_one_is_refused_before_anything_is_written(
