@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -189,8 +190,8 @@ def output_paths(out: str | Path) -> tuple[Path, Path, Path, Path]:
     )
 
 
-def check_writable(path: Path) -> None:
-    """Refuse an output directory that does not exist or cannot be written, before any work."""
+def check_writable(path: Path, what: str = "the animation") -> None:
+    """Refuse an output path that cannot be written, before any work, in one line."""
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise CaptureError(f"output directory {parent} does not exist")
@@ -201,6 +202,14 @@ def check_writable(path: Path) -> None:
     if path.exists() and not path.is_file():
         # Outputs are written beside and renamed over: a device or a pipe would be replaced.
         raise CaptureError(f"output path {path} exists and is not a regular file")
+    # os.access says yes to root anywhere, also where nothing can be made (/sys, /proc,
+    # a read-only mount): writing a file there is the only sure test.
+    try:
+        handle, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=parent)
+    except OSError as exc:
+        raise CaptureError(f"cannot write {what}: {path}: {exc.strerror or exc}") from None
+    os.close(handle)
+    os.unlink(probe)
 
 
 def new_seed() -> int:

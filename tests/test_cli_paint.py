@@ -412,7 +412,7 @@ def test_a_job_failing_mid_animation_leaves_no_file(env_for, tmp_path):
     assert outputs.trail_path == tmp_path / "job.trail.safetensors"
 
 
-def test_an_analytic_paint_records_its_picture_and_no_sampler_guidance_or_seed(tmp_path):
+def test_an_analytic_paint_records_its_picture_and_no_sampler_guidance_or_seed(tmp_path, capsys):
     """The closed-form model has no sampler, guidance or seed: its PNG says which picture it painted."""
     picture = tmp_path / "harbour.png"
     art = np.zeros((64, 64, 3), np.uint8)
@@ -422,6 +422,7 @@ def test_an_analytic_paint_records_its_picture_and_no_sampler_guidance_or_seed(t
     out = tmp_path / "h.mp4"
     args = ["paint", "", "--model", "analytic", "--image", str(picture), "--size", "64x64"]
     assert main([*args, "--seed", "7", "--fps", "10", "--duration", "1", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.startswith("model analytic, 30 steps")  # no seed printed either
     info = Image.open(tmp_path / "h.png").text
     parameters = info["parameters"]
     for absent in ("Sampler", "CFG scale", "Seed", "Negative prompt"):
