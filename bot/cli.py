@@ -339,22 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions whose message is meant for the user: one line, non-zero exit."""
-    from painter.animate import AnimationError
-    from painter.capture import CaptureError
-    from painter.images import ImageInputError
-    from painter.models import ModelError
-    from painter.trail import TrailError
+    from painter import input_errors
 
-    return (
-        UsageError,
-        FileError,
-        ConfigError,
-        CaptureError,
-        ModelError,
-        AnimationError,
-        ImageInputError,
-        TrailError,
-    )
+    return (UsageError, FileError, ConfigError, *input_errors())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -54,22 +54,9 @@ def job_settings(base: Settings, params: dict[str, Any]) -> Settings:
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Failures that retrying cannot fix: bad input, or a stored input that is gone."""
     from bot.artifacts import ArtifactKeyError, ArtifactNotFound
-    from painter.animate import AnimationError
-    from painter.capture import CaptureError
-    from painter.images import ImageInputError
-    from painter.models import ModelError
-    from painter.trail import TrailError
+    from painter import input_errors
 
-    return (
-        ConfigError,
-        CaptureError,
-        ModelError,
-        AnimationError,
-        ImageInputError,
-        TrailError,
-        ArtifactKeyError,
-        ArtifactNotFound,
-    )
+    return (ConfigError, *input_errors(), ArtifactKeyError, ArtifactNotFound)
 
 
 class _Reporter:

@@ -424,7 +424,8 @@ def fit_to_budget(
         finally:
             attempt.unlink(missing_ok=True)
             master.unlink(missing_ok=True)
-    cur_fps, cur_w, cur_h = float(fps), width, height
+    levels = _levels(fps, width, height)
+    cur_fps, cur_w, cur_h = next(levels)
     # Leave room for the container and rate-control overshoot.
     bitrate = int(max_bytes * 8 * 0.85 / duration)
     bitrate_tries = 0
@@ -442,14 +443,10 @@ def fit_to_budget(
                 # GIF has no rate control; the others shrink in proportion to the overshoot.
                 bitrate = max(MIN_BITRATE, int(bitrate * 0.9 * max_bytes / size))
                 bitrate_tries += 1
-            elif cur_fps > 10:
-                cur_fps = max(10.0, cur_fps / 2)
-            elif cur_w > MIN_SIDE and cur_h > MIN_SIDE:
-                cur_w, cur_h = _even(cur_w * 0.7), _even(cur_h * 0.7)
-            elif cur_fps > MIN_FPS:
-                cur_fps = float(MIN_FPS)
+            elif (level := next(levels, None)) is not None:
+                cur_fps, cur_w, cur_h = level
             else:
-                bitrate = MIN_BITRATE
+                bitrate = MIN_BITRATE  # as small as it gets: the floor test takes the next try
     finally:
         attempt.unlink(missing_ok=True)
         master.unlink(missing_ok=True)

@@ -9,6 +9,7 @@ covered by ``test_bot_e2e.py``. The rest are plain unit tests of ``bot.delivery`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import time
 from collections.abc import AsyncIterator
@@ -102,22 +103,15 @@ def scripted_runner(ctx: JobContext) -> JobOutput:
     return JobOutput(files=files, result=result)
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def world(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> AsyncIterator[World]:
+@contextlib.asynccontextmanager
+async def scripted_world(data: Path, **env: str) -> AsyncIterator[World]:
+    """A bot on the stand-in whose worker runs :func:`scripted_runner` (no model), with ``env``."""
     import discord.gateway
     import discord.http
 
     saved = discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
-    data = new_data_dir(tmp_path_factory.mktemp("bot-delivery"), data_dir)
     async with DiscordStandIn(token=TOKEN) as standin:
-        env = bot_env(
-            data,
-            standin,
-            LATENT_PAINTER_DISCORD_PREVIEW_SECONDS="1",
-            LATENT_PAINTER_QUEUE_MAX_ATTEMPTS="2",
-            LATENT_PAINTER_QUEUE_BACKOFF_SECONDS="3",
-        )
-        world = World(standin, load_settings(env=env), runner=scripted_runner)
+        world = World(standin, load_settings(env=bot_env(data, standin, **env)), runner=scripted_runner)
         await world.start()
         try:
             yield world
@@ -125,6 +119,18 @@ async def world(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Asy
             await world.stop()
             discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = saved
         standin.assert_clean()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def world(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> AsyncIterator[World]:
+    data = new_data_dir(tmp_path_factory.mktemp("bot-delivery"), data_dir)
+    async with scripted_world(
+        data,
+        LATENT_PAINTER_DISCORD_PREVIEW_SECONDS="1",
+        LATENT_PAINTER_QUEUE_MAX_ATTEMPTS="2",
+        LATENT_PAINTER_QUEUE_BACKOFF_SECONDS="3",
+    ) as world:
+        yield world
 
 
 @on_world

@@ -16,11 +16,10 @@ import pytest
 import pytest_asyncio
 from sqlalchemy import delete, update
 
-from bot.config import load_settings
 from db.gallery import browse, count_entries
 from db.models import GalleryEntry, Result
 from db.results import new_public_id
-from tests.discord_standin import DiscordStandIn, InteractionHandle, StoredMessage
+from tests.discord_standin import InteractionHandle, StoredMessage
 from tests.discord_standin.world import (
     ALICE_ID,
     BOB_ID,
@@ -33,31 +32,20 @@ from tests.discord_standin.world import (
     Permission,
     StandInMember,
 )
-from tests.test_bot_delivery import recorded_message, scripted_runner
-from tests.test_bot_e2e import TOKEN, World, bot_env, custom_ids, delivered, new_data_dir, result_id
+from tests.test_bot_delivery import recorded_message, scripted_world
+from tests.test_bot_e2e import World, custom_ids, delivered, new_data_dir, result_id
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def world(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> AsyncIterator[World]:
-    import discord.gateway
-    import discord.http
-
-    saved = discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
     data = new_data_dir(tmp_path_factory.mktemp("bot-gallery-history"), data_dir)
-    async with DiscordStandIn(token=TOKEN) as standin:
-        world = World(standin, load_settings(env=bot_env(data, standin)), runner=scripted_runner)
-        await world.start()
+    async with scripted_world(data) as world:
         # The bot syncs to the test server ([discord] sync_guild); a deployment syncs globally,
         # which is what makes the commands usable in direct messages. Offer them there too.
-        standin.global_commands.extend(standin.guild_commands[GUILD_ID])
-        try:
-            yield world
-        finally:
-            await world.stop()
-            discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = saved
-        standin.assert_clean()
+        world.standin.global_commands.extend(world.standin.guild_commands[GUILD_ID])
+        yield world
 
 
 async def paint(world: World, prompt: str, **envelope: object) -> tuple[str, StoredMessage]:
