@@ -124,6 +124,10 @@ def capture(
 
         pipe = AutoPipelineForImage2Image.from_pipe(pipe)
         pipe.set_progress_bar_config(disable=True)
+        if pipe.vae.dtype != model.dtype:
+            # A Decoder upcast the shared VAE (one whose config asks for fp32, as SDXL's does):
+            # img2img encodes the picture in the pipeline's dtype (SDXL's upcasts by itself).
+            pipe.vae.to(dtype=model.dtype)
     scheduler = pipe.scheduler
     latents: list[torch.Tensor] = []
     timesteps: list[torch.Tensor] = []

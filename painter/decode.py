@@ -89,6 +89,7 @@ class Decoder:
     @torch.inference_mode()
     def decode_float(self, canvases: torch.Tensor) -> torch.Tensor:
         """RGB in [0, 1], ``[B, 3, H, W]`` on the decoder's device, float32."""
+        self._keep_vae_in_dtype()
         out = []
         size = self.chunk_size(canvases)
         done = 0
@@ -109,6 +110,17 @@ class Decoder:
             out.append(((rgb.float() + 1) / 2).clamp_(0, 1))
             done += chunk.shape[0]
         return torch.cat(out)
+
+    def _keep_vae_in_dtype(self) -> None:
+        """Put the VAE back on this decoder's device and dtype if someone re-cast it.
+
+        The VAE is the pipeline's own, shared: SDXL's img2img casts it to fp32 to encode
+        its picture and back to the pipeline's fp16 afterwards, so a decoder made before
+        that generation (a job's is) would feed fp32 latents to fp16 weights.
+        """
+        vae = self.vae
+        if vae is not None and (vae.dtype != self.dtype or vae.device != self.device):
+            vae.to(self.device, self.dtype)
 
     def _vae_decode(self, chunk: torch.Tensor, size: int) -> torch.Tensor:
         assert self._decode is not None

@@ -5,7 +5,8 @@ Production loads a hub id or a local directory through diffusers' own
 small random weights and a tokenizer made from a local byte-level vocabulary; it
 is built once, written with ``save_pretrained`` and then loaded back through the
 same ``from_pretrained`` path as a real checkpoint, so tests exercise the real
-loading code without any download.
+loading code without any download. ``build_tiny_sdxl_pipeline`` does the same for
+the SDXL architecture (two text encoders, size-conditioned UNet, SDXL's VAE settings).
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ def build_tiny_pipeline(
     none (``"flag-none"``), so the checking path runs for real in tests.
     """
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextModel
 
     path = Path(path)
     torch.manual_seed(seed)
@@ -135,20 +136,7 @@ def build_tiny_pipeline(
         attention_head_dim=8,
         norm_num_groups=16,
     )
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            bos_token_id=512,
-            eos_token_id=513,
-            pad_token_id=513,
-            hidden_size=32,
-            intermediate_size=37,
-            layer_norm_eps=1e-5,
-            num_attention_heads=4,
-            num_hidden_layers=2,
-            vocab_size=514,
-            max_position_embeddings=77,
-        )
-    )
+    text_encoder = CLIPTextModel(_tiny_clip_text_config())
     torch.manual_seed(seed if vae_seed is None else vae_seed)
     # Four blocks give SD's 8x spatial factor, so a tiny trail has SD's latent geometry.
     vae = AutoencoderKL(
@@ -218,7 +206,14 @@ def save_sd_pipeline(
         feature_extractor=extractor,
         requires_safety_checker=checker is not None,
     )
-    # Build beside the target and rename, so a crash never leaves a half-written model.
+    return _save_atomically(pipe, path)
+
+
+def _save_atomically(pipe: Any, path: Path) -> Path:
+    """``save_pretrained`` beside ``path`` and rename, so a crash never leaves a half-written model.
+
+    A model already at ``path`` (another process built it first) is kept as it is.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=path.parent))
     try:
@@ -231,6 +226,119 @@ def save_sd_pipeline(
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return path
+
+
+def _tiny_clip_text_config(**extra: Any) -> Any:
+    """The tiny CLIP text encoder's config, sized for the byte-level tokenizer."""
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        bos_token_id=512,
+        eos_token_id=513,
+        pad_token_id=513,
+        hidden_size=32,
+        intermediate_size=37,
+        layer_norm_eps=1e-5,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        vocab_size=514,
+        max_position_embeddings=77,
+        **extra,
+    )
+
+
+def build_tiny_sdxl_pipeline(
+    path: str | Path,
+    *,
+    seed: int = 0,
+    vae_seed: int | None = None,
+    prediction_type: str = "epsilon",
+) -> Path:
+    """Create a tiny SDXL-architecture pipeline with random weights and save it to ``path``.
+
+    A real ``StableDiffusionXLPipeline``: two text encoders (``CLIPTextModel`` and
+    ``CLIPTextModelWithProjection``) whose penultimate hidden states are concatenated
+    for cross-attention, a UNet conditioned on the pooled text embedding and the six
+    size/crop numbers (``addition_embed_type="text_time"``), SDXL's VAE settings
+    (``scaling_factor`` 0.13025, ``force_upcast``) and its Euler scheduler. ``seed``
+    sets the UNet and text encoder weights, ``vae_seed`` (default: ``seed``) the VAE's.
+    """
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    path = Path(path)
+    hidden, projection, time_dim = 32, 32, 8
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(_tiny_clip_text_config())
+    text_encoder_2 = CLIPTextModelWithProjection(_tiny_clip_text_config(projection_dim=projection))
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        transformer_layers_per_block=(1, 2),
+        use_linear_projection=True,
+        # Cross-attention reads both encoders' hidden states side by side.
+        cross_attention_dim=2 * hidden,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=time_dim,
+        # The added embedding: text_encoder_2's pooled projection, then original size,
+        # crop corner and target size (six numbers), each embedded in time_dim.
+        projection_class_embeddings_input_dim=6 * time_dim + projection,
+        norm_num_groups=16,
+    )
+    torch.manual_seed(seed if vae_seed is None else vae_seed)
+    vae = AutoencoderKL(
+        block_out_channels=(16, 16, 32, 32),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=8,
+        sample_size=64,
+        # SDXL's VAE: its own latent scale, and it overflows in fp16 (decoded in fp32).
+        scaling_factor=0.13025,
+        force_upcast=True,
+    )
+    with tempfile.TemporaryDirectory() as tok_dir:
+        _tiny_tokenizer_files(Path(tok_dir))
+        tokenizer = CLIPTokenizer.from_pretrained(tok_dir, model_max_length=77)
+        # SDXL's second tokenizer pads with "!" rather than the end token.
+        tokenizer_2 = CLIPTokenizer.from_pretrained(tok_dir, model_max_length=77, pad_token="!")
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        prediction_type=prediction_type,
+        steps_offset=1,
+        timestep_spacing="leading",
+        interpolation_type="linear",
+        use_karras_sigmas=False,
+    )
+    pipe = StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2,
+        unet=unet,
+        scheduler=scheduler,
+        force_zeros_for_empty_prompt=True,
+        add_watermarker=False,
+    )
+    return _save_atomically(pipe, path)
 
 
 def _tiny_safety_checker(mode: str) -> tuple[Any, Any]:

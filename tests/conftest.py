@@ -13,7 +13,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from painter.models import build_tiny_pipeline  # noqa: E402
+from painter.models import build_tiny_pipeline, build_tiny_sdxl_pipeline  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -28,6 +28,18 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_model(data_dir: Path) -> Path:
     """The tiny epsilon-prediction SD pipeline directory."""
     return data_dir / "models" / "tiny"
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_model(data_dir: Path) -> Path:
+    """The tiny SDXL pipeline directory (two text encoders, text_time UNet, SDXL's VAE settings)."""
+    return build_tiny_sdxl_pipeline(data_dir / "models" / "tiny-sdxl")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_same_vae(tiny_sdxl_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second tiny SDXL checkpoint: other UNet and text encoders, the same VAE as ``tiny_sdxl_model``."""
+    return build_tiny_sdxl_pipeline(tmp_path_factory.mktemp("sdxl") / "b", seed=1, vae_seed=0)
 
 
 @pytest.fixture(scope="session")

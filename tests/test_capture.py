@@ -139,3 +139,131 @@ def test_unreadable_model_path(tmp_path):
         load_pipeline(str(tmp_path / "nowhere"), device="cpu")
     with pytest.raises(ModelError, match="unknown scheduler"):
         set_scheduler(object(), "fancy")
+
+
+# SDXL: a real StableDiffusionXLPipeline (two text encoders, size/crop conditioning,
+# VAE scaling 0.13025 with force_upcast), tiny and offline, loaded by path.
+XL_GEN = Generation("a lighthouse in a storm", seed=3, steps=4, width=64, height=64, guidance=5.0)
+
+
+@pytest.fixture(scope="module")
+def sdxl(tiny_sdxl_model):
+    return load_pipeline(str(tiny_sdxl_model), device="cpu")
+
+
+def test_sdxl_trail_decodes_to_the_pipelines_own_picture(sdxl, tiny_sdxl_model):
+    from painter.decode import Decoder
+    from painter.models import vae_fingerprint
+
+    assert type(sdxl.pipeline).__name__ == "StableDiffusionXLPipeline"
+    final, trail = capture(sdxl, XL_GEN)
+    assert trail.latents.shape == (4, 4, 8, 8)
+    assert torch.equal(trail.latents[-1], final)
+    dist = (trail.latents - final).flatten(1).norm(dim=1)
+    assert dist[0] > dist[-2] > 0
+    m = trail.meta
+    assert m.model_id == str(tiny_sdxl_model.resolve())
+    assert m.vae_id == sdxl.vae_id == vae_fingerprint(sdxl.pipeline.vae)
+    assert m.scheduler == "EulerDiscreteScheduler"
+    assert m.scaling_factor == pytest.approx(0.13025)
+    assert (m.width, m.height, m.steps, m.seed, m.prompt) == (64, 64, 4, 3, "a lighthouse in a storm")
+    # The trail's last x0-hat, decoded with the trail's own scaling, is the picture the
+    # SDXL pipeline itself decodes for the same request.
+    decoder = Decoder(sdxl.vae, scaling_factor=m.scaling_factor, shift_factor=m.shift_factor)
+    ours = decoder.decode_float(trail.final[None])
+    with torch.inference_mode():
+        theirs = sdxl.pipeline(
+            prompt=XL_GEN.prompt,
+            num_inference_steps=XL_GEN.steps,
+            guidance_scale=XL_GEN.guidance,
+            height=64,
+            width=64,
+            generator=torch.Generator("cpu").manual_seed(XL_GEN.seed),
+            output_type="pt",
+        ).images
+    assert ours.shape == theirs.shape == (1, 3, 64, 64)
+    assert torch.allclose(ours, theirs, atol=1e-4)
+    # SDXL's VAE overflows in fp16: its config asks for fp32, and the decoder obeys.
+    assert Decoder(sdxl.vae, scaling_factor=m.scaling_factor, dtype=torch.float16).dtype == torch.float32
+
+
+def test_sdxl_img2img_from_a_picture(sdxl):
+    picture = Image.new("RGB", (64, 64), (200, 40, 40))
+    gen = Generation("a red square", seed=2, steps=6, width=64, height=64, image=picture, strength=0.5)
+    final, trail = capture(sdxl, gen)
+    assert len(trail) == 3  # SDEdit: steps × strength
+    assert trail.meta.strength == 0.5 and trail.meta.vae_id == sdxl.vae_id
+    assert torch.equal(trail.final, final)
+    # The picture steers the result: another picture, same seed and prompt, paints otherwise.
+    other = Generation(**{**gen.__dict__, "image": Image.new("RGB", (64, 64), (20, 40, 220))})
+    assert not torch.allclose(capture(sdxl, other)[0], final, atol=1e-3)
+
+
+@pytest.mark.parametrize("checkpoint", ["tiny_sdxl_model", "tiny_model"])
+def test_fp16_img2img_after_the_decoder_upcast_its_vae(checkpoint, request):
+    """A job makes its decoder (which upcasts a VAE whose config asks, as SDXL's does, to
+    fp32) before it generates. SDXL's img2img casts the shared VAE back to fp16 after
+    encoding, SD's encodes in fp16 with it: both generate, and decoding still works."""
+    from painter.decode import Decoder
+
+    path = str(request.getfixturevalue(checkpoint))
+    half = load_pipeline(path, device="cpu", dtype="float16", scheduler="euler")
+    decoder = Decoder(half.vae, scaling_factor=half.vae.config.scaling_factor, dtype=torch.float16)
+    assert decoder.dtype == torch.float32
+    picture = Image.new("RGB", (64, 64), (40, 160, 40))
+    gen = Generation("a green field", seed=1, steps=4, width=64, height=64, image=picture, strength=0.5)
+    final, trail = capture(half, gen)
+    assert len(trail) == 2
+    rgb = decoder.decode(trail.latents)
+    assert rgb.shape == (2, 64, 64, 3)
+    assert half.vae.dtype == torch.float32
+    assert torch.isfinite(final).all()
+
+
+def test_sdxl_paint_command_writes_the_animation(tiny_sdxl_model, env_for, tmp_path):
+    """`latent-painter paint --model <SDXL directory>` end to end: load, capture, decode, MP4."""
+    import numpy as np
+
+    from bot.cli import main
+    from painter.trail import Trail
+    from painter.video import read_frames
+
+    out = tmp_path / "xl.mp4"
+    trail_path = tmp_path / "xl.safetensors"
+    args = ["paint", "a lighthouse", "--model", str(tiny_sdxl_model), "--size", "64x64", "--steps", "4"]
+    args += ["--seed", "5", "--fps", "8", "--duration", "1"]
+    args += ["--out", str(out), "--save-trail", str(trail_path)]
+    assert main(args) == 0
+    meta, frames = read_frames(out)
+    assert len(frames) == 8 and frames[0].shape == (64, 64, 3)
+    trail = Trail.load(trail_path)
+    assert trail.meta.model_id == str(tiny_sdxl_model.resolve())
+    assert trail.meta.scaling_factor == pytest.approx(0.13025)
+    assert trail.latents.shape == (4, 4, 8, 8)
+    final = np.asarray(Image.open(tmp_path / "xl.png").convert("RGB")).astype(np.float64)
+    luma = np.array([0.299, 0.587, 0.114])
+    mse = np.mean((frames[-1].astype(np.float64) @ luma - final @ luma) ** 2)
+    assert 10 * np.log10(255.0**2 / max(mse, 1e-12)) >= 30  # the video ends on the picture
+
+
+def test_sdxl_transition_between_checkpoints_sharing_a_vae(sdxl, tiny_sdxl_same_vae, model, tmp_path):
+    from painter.animate import AnimationSpec, animate
+    from painter.decode import Decoder
+    from painter.transition import TransitionError, build_plan
+
+    other = load_pipeline(str(tiny_sdxl_same_vae), device="cpu")
+    assert other.vae_id == sdxl.vae_id and other.model_id != sdxl.model_id
+    _, src = capture(sdxl, XL_GEN)
+    _, dst = capture(other, Generation(**{**XL_GEN.__dict__, "prompt": "a forest", "seed": 4}))
+    plan = build_plan(src, dst)
+    assert torch.equal(plan.start, src.final) and torch.equal(plan.plan[-1], dst.final)
+    assert plan.meta.model_ids == [sdxl.model_id, other.model_id]
+    decoder = Decoder(sdxl.vae, scaling_factor=plan.meta.scaling_factor)
+    spec = AnimationSpec(effect="fade", fps=8, duration=1.0, hold=0.0, lead_in=0.25)
+    result = animate(plan.plan, decoder, spec, tmp_path / "t.mp4", start=plan.start)
+    assert result.video.path.exists() and result.last_frame.shape == (64, 64, 3)
+    # An SD 1.x trail decodes with another VAE (and scaling): no transition to SDXL.
+    set_scheduler(model.pipeline, "ddim")
+    _, sd_trail = capture(model, Generation("a forest", steps=2, width=64, height=64))
+    with pytest.raises(TransitionError, match="different VAEs"):
+        build_plan(src, sd_trail)
