@@ -15,10 +15,13 @@ served least recently first (round-robin), then priority (lower first), then age
 from __future__ import annotations
 
 import functools
+import heapq
+import itertools
 import random
 import statistics
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -150,6 +153,34 @@ def _rescue_statement() -> Any:
         )
         .execution_options(synchronize_session=False)
     )
+
+
+def _jobs_claimed_before(job_id: int, queued: Sequence[Any], served: dict[int, datetime]) -> int:
+    """How many of the ``queued`` jobs (rows of id, user_id, priority) the claim takes before ``job_id``.
+
+    Replays the claim's order exactly: the user whose latest job started longest ago (or
+    never) first, then priority, then id — and a user who was just served goes to the back.
+    """
+    per_user: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    for row in queued:
+        per_user[row.user_id].append((row.priority, row.id))
+    heap = []
+    for user, jobs in per_user.items():
+        jobs.sort(reverse=True)  # popped from the end: best first
+        started = served.get(user)
+        # Never served sorts first (the claim's NULLS FIRST), then by when they last were.
+        turn = (0, 0.0) if started is None else (1, started.timestamp())
+        heap.append((turn, jobs[-1], user))
+    heapq.heapify(heap)
+    for claimed in itertools.count():
+        _, (_, picked), user = heapq.heappop(heap)
+        if picked == job_id:
+            return claimed
+        jobs = per_user[user]
+        jobs.pop()
+        if jobs:
+            heapq.heappush(heap, ((2, claimed), jobs[-1], user))
+    raise AssertionError("unreachable")  # pragma: no cover - job_id is among the queued
 
 
 @functools.cache
@@ -557,21 +588,7 @@ class JobQueue:
                 eta = remaining(job.started_at, job.progress_frame, job.progress_total)
             return QueuePosition(job.id, job.status, 0, len(running), workers, typical, eta)
 
-        mine = sorted((row.priority, row.id) for row in queued if row.user_id == job.user_id)
-        turns = mine.index((job.priority, job.id))
-        per_user: dict[int, int] = defaultdict(int)
-        for row in queued:
-            per_user[row.user_id] += 1
-        epoch = datetime.min.replace(tzinfo=now.tzinfo)
-
-        def last(user: int) -> datetime:
-            return served.get(user) or epoch
-
-        ahead = turns
-        for user, count in per_user.items():
-            if user != job.user_id:
-                before_me = (last(user), user) < (last(job.user_id), job.user_id)
-                ahead += min(count, turns + (1 if before_me else 0))
+        ahead = _jobs_claimed_before(job.id, queued, served)
         eta = None
         if typical is not None:
             busy = sum(remaining(r.started_at, r.progress_frame, r.progress_total) for r in running)

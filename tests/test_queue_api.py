@@ -259,6 +259,26 @@ async def test_position_and_eta(queue: JobQueue) -> None:
         await queue.position(12345)
 
 
+async def test_positions_follow_the_claim_order(queue: JobQueue) -> None:
+    """What each member is told ("N jobs ahead") is the order the workers really take them in."""
+    queue.policy = QueuePolicy(per_user_cap=10)
+    # User 5 was served before; 9 and 2 never were (the first claim breaks their tie by job id).
+    served = (await queue.enqueue("paint", paint(), user_id=5)).job.id
+    lease = await queue.claim("w")
+    assert lease.job_id == served
+    await queue.finish(lease, new_result())
+    ids = []
+    for user in (9, 2, 9, 5, 2, 9, 5):
+        ids.append((await queue.enqueue("paint", paint(), user_id=user)).job.id)
+    told = {job_id: (await queue.position(job_id)).ahead for job_id in ids}
+    order = []
+    while (lease := await queue.claim("w")) is not None:
+        order.append(lease.job_id)
+        await queue.finish(lease, new_result())
+    assert sorted(order) == sorted(ids)
+    assert {job_id: order.index(job_id) for job_id in ids} == told
+
+
 async def test_list_and_count_jobs(queue: JobQueue) -> None:
     await queue.enqueue("paint", paint(), user_id=1)
     trails = {"from_trail": "jobs/1/1/trail.safetensors", "to_trail": "jobs/2/1/trail.safetensors"}
