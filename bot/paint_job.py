@@ -485,9 +485,20 @@ def animate_to(
 @torch.inference_mode()
 def encode_picture(model: LoadedModel, picture: Any) -> torch.Tensor:
     """The VAE latent of a picture, as the first canvas for ``--start-from-image``."""
+    from painter.decode import asks_for_upcast
+
     vae = model.vae
-    pixels = image_to_tensor(picture)[None].to(model.device, vae.dtype)
-    latent = vae.encode(pixels).latent_dist.mean
+    dtype = vae.dtype
+    # A VAE that overflows in fp16 (SDXL's) encodes in fp32, as its pipelines do.
+    upcast = dtype != torch.float32 and asks_for_upcast(vae)
+    if upcast:
+        vae.to(torch.float32)
+    try:
+        pixels = image_to_tensor(picture)[None].to(model.device, vae.dtype)
+        latent = vae.encode(pixels).latent_dist.mean
+    finally:
+        if upcast:
+            vae.to(dtype)
     config = vae.config
     shift = float(config.get("shift_factor", 0.0) or 0.0)
     scale = float(config.get("scaling_factor", 1.0) or 1.0)

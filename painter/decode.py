@@ -72,7 +72,7 @@ class Decoder:
         self.scaling_factor = 1.0 if self.tiny else scaling_factor
         self.shift_factor = 0.0 if self.tiny else shift_factor
         self.dtype = dtype
-        if vae is not None and dtype == torch.float16 and _asks_for_upcast(vae):
+        if vae is not None and dtype == torch.float16 and asks_for_upcast(vae):
             self.dtype = torch.float32
         if vae is not None:
             if vae.device != self.device or vae.dtype != self.dtype:
@@ -237,7 +237,7 @@ def _root_cause(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
-def _asks_for_upcast(vae: Any) -> bool:
+def asks_for_upcast(vae: Any) -> bool:
     """Whether the VAE's own config says it overflows in fp16 (SDXL's does).
 
     diffusers defaults ``force_upcast`` to True for configs that never mention it (SD

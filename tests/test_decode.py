@@ -7,7 +7,7 @@ import shutil
 
 from diffusers import AutoencoderKL
 
-from painter.decode import _asks_for_upcast
+from painter.decode import asks_for_upcast
 
 
 def test_upcast_only_when_the_config_says_so(tiny_model, tmp_path):
@@ -21,7 +21,7 @@ def test_upcast_only_when_the_config_says_so(tiny_model, tmp_path):
         else:
             config["force_upcast"] = value  # SDXL's says True
         config_path.write_text(json.dumps(config))
-        assert _asks_for_upcast(AutoencoderKL.from_pretrained(vae_dir)) is expected, value
+        assert asks_for_upcast(AutoencoderKL.from_pretrained(vae_dir)) is expected, value
 
 
 def test_compiled_decoder_matches_eager_and_is_compiled_once(tiny_model):
