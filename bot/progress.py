@@ -5,6 +5,9 @@ changed, which keeps well inside Discord's rate limits for one interaction (disc
 still waits out any 429). A small preview of the canvas is attached at most every
 ``[discord] preview_seconds``, when the worker runs in this process and its runner
 offers frames (:class:`PreviewBox`).
+
+Each edit carries the job's Cancel button (``lp:cancel:<job id>``) while the job can still
+be cancelled.
 """
 
 from __future__ import annotations
@@ -112,6 +115,8 @@ class ProgressReporter:
     async def status(self, job: Job) -> str:
         """Where the job stands, in words: position and ETA, retry, step or frame."""
         max_attempts = job.max_attempts
+        if job.cancel_requested:
+            return "Cancelling: the job stops at its next step."
         if job.status == "queued" and job.attempts > 0 and job.error:
             return (
                 f"Attempt {job.attempts} of {max_attempts} failed on our side; "
@@ -145,7 +150,14 @@ class ProgressReporter:
             frame = self.previews.take(job.id)
         if text == tracked.last_text and frame is None:
             return
-        kwargs: dict[str, Any] = {"content": text, "allowed_mentions": discord.AllowedMentions.none()}
+        from bot.views import cancel_view
+
+        kwargs: dict[str, Any] = {
+            "content": text,
+            "allowed_mentions": discord.AllowedMentions.none(),
+            # Sent with every edit: a job being cancelled loses its button.
+            "view": None if job.cancel_requested else cancel_view(job.id),
+        }
         if frame is not None:
             data = await asyncio.to_thread(preview_png, frame)
             embed = discord.Embed(colour=discord.Colour.dark_teal())

@@ -1,11 +1,11 @@
 """Persistent buttons and menus: the ``custom_id`` carries what they act on, so they outlive restarts.
 
 Each control is a :class:`discord.ui.DynamicItem` whose ``custom_id`` encodes a result id
-(``lp:repaint:K3F97QXM``), a gallery entry id (``lp:vote:12``) or a page. discord.py
-rebuilds the item from the ``custom_id`` of every click, so a message the bot sent before
-a restart still works, with no per-message state kept anywhere. The items only parse and
-route: the cog of each feature does the work, and errors are answered by
-:func:`bot.cogs.common.reports_errors`.
+(``lp:repaint:K3F97QXM``), a job id (``lp:cancel:42``), a gallery entry id (``lp:vote:12``)
+or a page. discord.py rebuilds the item from the ``custom_id`` of every click, so a message
+the bot sent before a restart still works, with no per-message state kept anywhere. The
+items only parse and route: the cog of each feature does the work, and errors are answered
+by :func:`bot.cogs.common.reports_errors`.
 """
 
 from __future__ import annotations
@@ -63,6 +63,28 @@ class RepaintSelect(discord.ui.DynamicItem[discord.ui.Select], template=rf"lp:re
     @reports_errors
     async def callback(self, interaction: discord.Interaction) -> None:  # type: ignore[override]
         await _cog(interaction, "Paint").repaint(interaction, self.public_id, self.item.values[0])
+
+
+class CancelButton(discord.ui.DynamicItem[discord.ui.Button], template=r"lp:cancel:(?P<job>[0-9]{1,18})"):
+    """ "Cancel" under a job's progress reply: its requester takes the job back."""
+
+    def __init__(self, job_id: int) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label="Cancel", style=discord.ButtonStyle.secondary, custom_id=f"lp:cancel:{job_id}"
+            )
+        )
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str]
+    ):  # type: ignore[override]
+        return cls(int(match["job"]))
+
+    @reports_errors
+    async def callback(self, interaction: discord.Interaction) -> None:  # type: ignore[override]
+        await _cog(interaction, "Paint").cancel(interaction, self.job_id)
 
 
 class TransitionButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"lp:transition:{RESULT_ID}"):
@@ -222,6 +244,7 @@ class GalleryPageButton(
 DYNAMIC_ITEMS: tuple[type[discord.ui.DynamicItem[Any]], ...] = (
     RepaintSelect,
     TransitionButton,
+    CancelButton,
     SubmitButton,
     DeleteButton,
     VoteButton,
@@ -250,6 +273,13 @@ def result_view(public_id: str, *, in_guild: bool = True) -> discord.ui.View:
     if in_guild:
         view.add_item(SubmitButton(public_id))
     view.add_item(DeleteButton(public_id))
+    return _inert(view)
+
+
+def cancel_view(job_id: int) -> discord.ui.View:
+    """The Cancel button under a live job's progress reply."""
+    view = discord.ui.View(timeout=None)
+    view.add_item(CancelButton(job_id))
     return _inert(view)
 
 

@@ -22,6 +22,7 @@ from discord.ext import commands
 from bot.cogs.common import (
     GuildRules,
     UserError,
+    answer,
     check_cap,
     defer_publicly,
     no_trail,
@@ -32,7 +33,7 @@ from bot.cogs.common import (
 from bot.config import EFFECTS
 from bot.text import quote
 from bot.text import size as size_text
-from db.queue import QueueFull
+from db.queue import JobNotFound, QueueFull
 from db.results import ResultNotFound, get_result
 
 if TYPE_CHECKING:
@@ -348,6 +349,54 @@ class PaintCog(commands.Cog, name="Paint"):
             "effect": effect,
         }
         await start_job(interaction, "paint", {k: v for k, v in params.items() if v is not None}, rules)
+
+    # -- "Cancel" under a progress reply -------------------------------------------------
+
+    async def cancel(self, interaction: discord.Interaction, job_id: int) -> None:
+        """Cancel a job from its progress reply: only its requester may.
+
+        A queued job ends at once, a running one at the worker's next step. The reply is
+        edited in the same answer (the click's own token, so this works after the command's
+        token expired); the watcher then delivers the cancellation as for any finished job.
+        """
+        from bot.delivery import failure_text
+        from bot.progress import heading
+
+        bot = painter_bot(interaction)
+        try:
+            job = await bot.queue.get(job_id)
+        except LookupError:
+            raise UserError(f"Job {job_id} no longer exists; there is nothing to cancel.") from None
+        if job.user_id != interaction.user.id:
+            raise UserError(f"Only <@{job.user_id}>, who asked for it, can cancel job {job_id}.")
+        if not job.is_live:
+            what = {"done": "it has finished", "failed": "it has failed", "cancelled": "it was cancelled"}
+            await interaction.response.edit_message(view=None)  # a stale button goes
+            await answer(
+                interaction, f"Job {job_id} cannot be cancelled: {what.get(job.status, job.status)} already."
+            )
+            return
+        try:
+            job = await bot.queue.cancel(job_id, user_id=interaction.user.id)
+        except JobNotFound:
+            raise UserError(f"Job {job_id} no longer exists; there is nothing to cancel.") from None
+        if job.status == "cancelled":
+            text = failure_text(job)  # the same words the delivery will use
+        elif job.is_live:
+            text = "Cancelling: the job stops at its next step."
+        else:  # it finished between the two reads
+            await interaction.response.edit_message(view=None)
+            await answer(interaction, f"Job {job_id} finished before it could be cancelled.")
+            return
+        log.info("job %s cancelled by its requester %s", job_id, interaction.user.id)
+        await interaction.response.edit_message(
+            content=f"{heading(job)}\n{text}",
+            embeds=[],
+            attachments=[],
+            view=None,
+            allowed_mentions=discord.AllowedMentions.none(),
+        )
+        bot.watcher.wake()
 
 
 async def setup(bot: LatentPainterBot) -> None:

@@ -1,0 +1,165 @@
+"""While a member waits: the Cancel button under the progress reply.
+
+The bot here runs no worker of its own (``[discord] run_worker = false``), so a job stays
+queued until a test runs :func:`bot.worker.run_worker` with the scripted runner of
+``test_bot_delivery.py`` — which makes "queued" and "running" states a test can rely on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from bot.worker import run_worker
+from db.models import Job
+from tests.discord_standin.world import ALICE_ID, BOB_ID
+from tests.test_bot_delivery import scripted_runner, scripted_world
+from tests.test_bot_e2e import CHANNEL_POST, FOLLOWUP, World, custom_ids, delivered, new_data_dir, result_id
+
+on_world = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def world(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> AsyncIterator[World]:
+    data = new_data_dir(tmp_path_factory.mktemp("bot-waiting"), data_dir)
+    async with scripted_world(
+        data,
+        LATENT_PAINTER_DISCORD_RUN_WORKER="false",
+        LATENT_PAINTER_QUEUE_PER_USER_CAP="1",
+    ) as world:
+        yield world
+
+
+def work(world: World) -> asyncio.Task[int]:
+    """A worker painting with the scripted runner until the queue is empty; returns jobs handled."""
+    return asyncio.create_task(
+        run_worker(world.settings, runner=scripted_runner, exit_when_idle=True, handle_signals=False)
+    )
+
+
+async def until(check: Callable[[], object], what: str, timeout: float = 15.0) -> None:
+    """Wait for ``check()`` (sync or async) to be true."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def queued_paint(world: World, prompt: str) -> tuple[object, int]:
+    """/paint as Alice; returns the handle and the job id once the reply shows a Cancel button."""
+    handle = await world.standin.send_slash("paint", {"prompt": prompt})
+    assert (await handle.response(timeout=5)).callback_type == 5
+
+    def cancel_shown() -> bool:
+        original = handle.original  # type: ignore[attr-defined]
+        return original is not None and any(c.startswith("lp:cancel:") for c in custom_ids(original))
+
+    await until(cancel_shown, "the progress reply's Cancel button")
+    [custom_id] = custom_ids(handle.original)  # type: ignore[attr-defined]
+    return handle, int(custom_id.rsplit(":", 1)[1])
+
+
+async def job(world: World, job_id: int) -> Job:
+    return await world.bot.queue.get(job_id)
+
+
+# -- Cancel ---------------------------------------------------------------------------------
+
+
+@on_world
+async def test_the_requester_cancels_a_queued_job_which_frees_their_place(world: World) -> None:
+    standin = world.standin
+    handle, job_id = await queued_paint(world, "a wrong prompt")
+    original = handle.original  # type: ignore[attr-defined]
+    assert original.components[0]["components"][0]["label"] == "Cancel"
+    full = await standin.send_slash("paint", {"prompt": "the right prompt"})
+    assert (await full.response(timeout=5)).callback_type == 4  # per-user cap of 1 reached
+
+    # Someone else's click is refused, naming who can; the job stays queued.
+    other = await standin.send_component(f"lp:cancel:{job_id}", message=original, user=BOB_ID)
+    refusal = await other.response(timeout=5)
+    assert refusal.callback_type == 4 and refusal.ephemeral
+    assert refusal.content == f"Only <@{ALICE_ID}>, who asked for it, can cancel job {job_id}."
+    assert (await job(world, job_id)).status == "queued"
+
+    # The button is persistent: it works after a restart.
+    await world.restart()
+    click = await standin.send_component(f"lp:cancel:{job_id}", message=original, user=ALICE_ID)
+    answer = await click.response(timeout=5)
+    assert answer.callback_type == 7  # the reply itself is edited
+    assert answer.content.endswith(f"\nJob {job_id} was cancelled.") and not answer.json["data"]["components"]
+    cancelled = await job(world, job_id)
+    assert cancelled.status == "cancelled" and cancelled.started_at is None
+    # The watcher's delivery says the same in the reply.
+    await handle.wait_for(  # type: ignore[attr-defined]
+        lambda r: r.method == "PATCH" and r.content == f"Job {job_id} was cancelled.", timeout=10
+    )
+
+    # The place is free again: a new /paint is accepted, and only it is painted.
+    retry = await standin.send_slash("paint", {"prompt": "the right prompt"})
+    assert (await retry.response(timeout=5)).callback_type == 5
+    assert await work(world) == 1
+    assert result_id((await delivered(retry, timeout=30)).content)
+    assert (await job(world, job_id)).started_at is None
+
+
+@on_world
+async def test_the_requester_cancels_a_running_job_at_its_next_step(world: World) -> None:
+    handle, job_id = await queued_paint(world, "slow and unwanted")
+    worker = work(world)
+    await until(lambda: _status(world, job_id, "running"), "the job to start")
+    started = time.monotonic()
+    click = await world.standin.send_component(
+        f"lp:cancel:{job_id}",
+        message=handle.original,  # type: ignore[attr-defined]
+    )
+    answer = await click.response(timeout=5)
+    assert answer.callback_type == 7 and "Cancelling: the job stops at its next step." in answer.content
+    await until(lambda: _status(world, job_id, "cancelled"), "the worker to stop the job")
+    # The scripted runner takes 3 s in all; it stopped at its next frame (0.5 s apart).
+    assert time.monotonic() - started < 2.5
+    assert await asyncio.wait_for(worker, 30) == 1
+    told = await handle.wait_for(lambda r: r.route == FOLLOWUP, timeout=10)  # type: ignore[attr-defined]
+    assert told[0].content == f"<@{ALICE_ID}> Job {job_id} was cancelled." and not told[0].files
+    assert not handle.original.components  # type: ignore[attr-defined]
+
+
+async def _status(world: World, job_id: int, status: str) -> bool:
+    return (await job(world, job_id)).status == status
+
+
+@on_world
+async def test_cancel_after_the_job_finished_says_so_and_drops_the_button(world: World) -> None:
+    standin = world.standin
+    # Delivered in place: the reply loses its button with the delivery.
+    handle, job_id = await queued_paint(world, "a finished job")
+    assert await work(world) == 1
+    await delivered(handle, timeout=30)
+    await until(lambda: not handle.original.components, "the Cancel button to go")  # type: ignore[attr-defined]
+
+    # Delivered in the channel (the token expired): the reply keeps its button, which still
+    # answers, since a click brings its own token.
+    mark = standin.mark()
+    handle, job_id = await queued_paint(world, "finished after the token expired")
+    handle.expire()  # type: ignore[attr-defined]
+    assert await work(world) == 1
+    await standin.wait_for(lambda r: r.route == CHANNEL_POST and bool(r.files), since=mark, timeout=30)
+    original = handle.original  # type: ignore[attr-defined]
+    assert custom_ids(original) == [f"lp:cancel:{job_id}"]
+    click = await standin.send_component(f"lp:cancel:{job_id}", message=original)
+    assert (await click.response(timeout=5)).callback_type == 7
+    note = await click.followup(timeout=5)
+    assert note.ephemeral and note.content == f"Job {job_id} cannot be cancelled: it has finished already."
+    assert not handle.original.components  # type: ignore[attr-defined]
+    assert (await job(world, job_id)).status == "done"
