@@ -7,7 +7,9 @@ still waits out any 429). A small preview of the canvas is attached at most ever
 offers frames (:class:`PreviewBox`).
 
 Each edit carries the job's Cancel button (``lp:cancel:<job id>``) while the job can still
-be cancelled.
+be cancelled. The interaction token that allows these edits expires after 15 minutes, so the
+edits in the job's last :data:`FAREWELL_SECONDS` before the token is given up say where the
+result will go; the Cancel button stays, since a click comes with its own token.
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ log = logging.getLogger("latent_painter.bot.progress")
 
 PREVIEW_SIDE = 160
 PREVIEW_NAME = "preview.png"
+# The last edits before the interaction token is given up (``Job.token_expires_at``) say
+# where the result will go; a minute leaves room for several ticks and a slow edit.
+FAREWELL_SECONDS = 60.0
+FAREWELL = "Still working on it — I'll post the result in this channel and mention you."
 
 
 class PreviewBox:
@@ -112,6 +118,12 @@ class ProgressReporter:
         self.every = bot.settings.discord.progress_seconds
         self.preview_every = bot.settings.discord.preview_seconds
 
+    @staticmethod
+    def token_ending(job: Job) -> bool:
+        """Whether the job's reply is in its last edits (its token is about to be given up)."""
+        expires = job.token_expires_at
+        return expires is not None and (expires - utcnow()).total_seconds() <= FAREWELL_SECONDS
+
     async def status(self, job: Job) -> str:
         """Where the job stands, in words: position and ETA, retry, step or frame."""
         max_attempts = job.max_attempts
@@ -145,6 +157,8 @@ class ProgressReporter:
         if now - tracked.last_edit < self.every:
             return
         text = f"{heading(job)}\n{await self.status(job)}"
+        if self.token_ending(job):
+            text += f"\n{FAREWELL}"
         frame = None
         if now - tracked.last_preview >= self.preview_every:
             frame = self.previews.take(job.id)

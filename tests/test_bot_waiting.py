@@ -1,4 +1,5 @@
-"""While a member waits: the Cancel button under the progress reply.
+"""While a member waits: the Cancel button under the progress reply, and the reply's last
+word before its interaction token expires.
 
 The bot here runs no worker of its own (``[discord] run_worker = false``), so a job stays
 queued until a test runs :func:`bot.worker.run_worker` with the scripted runner of
@@ -10,13 +11,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from sqlalchemy import update
 
+from bot.progress import FAREWELL
 from bot.worker import run_worker
-from db.models import Job
+from db.models import Job, utcnow
 from tests.discord_standin.world import ALICE_ID, BOB_ID
 from tests.test_bot_delivery import scripted_runner, scripted_world
 from tests.test_bot_e2e import CHANNEL_POST, FOLLOWUP, World, custom_ids, delivered, new_data_dir, result_id
@@ -163,3 +167,35 @@ async def test_cancel_after_the_job_finished_says_so_and_drops_the_button(world:
     assert note.ephemeral and note.content == f"Job {job_id} cannot be cancelled: it has finished already."
     assert not handle.original.components  # type: ignore[attr-defined]
     assert (await job(world, job_id)).status == "done"
+
+
+# -- the reply's last edit before its token expires --------------------------------------------
+
+
+@on_world
+async def test_the_reply_says_where_the_result_will_go_before_its_token_expires(world: World) -> None:
+    standin = world.standin
+    handle, job_id = await queued_paint(world, "a long wait")
+    assert not any(FAREWELL in r.content for r in handle.requests if r.method == "PATCH")  # type: ignore[attr-defined]
+    # As if the job had waited 14 minutes: the bot stops using the token in 30 s.
+    async with world.bot.db.write() as session:
+        await session.execute(
+            update(Job).where(Job.id == job_id).values(token_expires_at=utcnow() + timedelta(seconds=30))
+        )
+    world.bot.watcher.wake()
+    [last] = await handle.wait_for(  # type: ignore[attr-defined]
+        lambda r: r.method == "PATCH" and r.ok and FAREWELL in r.content, timeout=10
+    )
+    assert last.content.startswith("**Painting** a long wait\nQueued")
+    original = handle.original  # type: ignore[attr-defined]
+    assert original.content.endswith(FAREWELL)
+    assert custom_ids(original) == [f"lp:cancel:{job_id}"]  # still works once the token is gone
+
+    mark = standin.mark()
+    handle.expire()  # type: ignore[attr-defined]
+    assert await work(world) == 1
+    posted = await standin.wait_for(
+        lambda r: r.route == CHANNEL_POST and bool(r.files), since=mark, timeout=30
+    )
+    assert posted.content.startswith(f"<@{ALICE_ID}> your painting")
+    assert handle.original.content.endswith(FAREWELL)  # type: ignore[attr-defined]
