@@ -40,7 +40,7 @@ from PIL import Image
 
 from bot.progress import Tracked, interaction_webhook, token_usable
 from bot.text import quote
-from bot.worker import forget_input
+from bot.worker import forget_input, member_message
 from db.models import Job, Result, utcnow
 from db.results import result_for_job, set_result_message
 
@@ -255,17 +255,42 @@ def safety_action(flagged: bool, policy: str, age_restricted: bool) -> str:
     return "refuse"
 
 
+def job_title(job: Job) -> str:
+    """What the member asked for, in their words (escaped): ``Your painting “a red boat”``."""
+    p = job.params or {}
+    if job.kind == "transition":
+        source, destination = (quote(p.get(k) or "?", 20) for k in ("from_result", "to_result"))
+        return f"Your transition {source} → {destination}"
+    prompt = quote(p.get("prompt"), 200)
+    if p.get("trail_key"):
+        effect = quote(p.get("effect") or "strokes", 20)
+        return f"Your repaint with {effect} of “{prompt}”" if prompt else f"Your repaint with {effect}"
+    return f"Your painting “{prompt}”" if prompt else "Your painting"
+
+
+def member_fault(job: Job) -> bool:
+    """Whether the job failed because of the member's own request (told to them privately)."""
+    return job.status == "failed" and member_message(job.error) is not None
+
+
 def failure_text(job: Job) -> str:
-    """Why a job ended without a result, for the member: their own mistake in full, ours briefly."""
-    error = job.error or ""
+    """Why a job ended without a result, for the member: their own mistake in full, ours briefly.
+
+    Never the job's database id (members never see it) nor our internals: a storage key,
+    a path or a model's name stays in the job's error column and the log.
+    """
+    title = job_title(job)
     if job.status == "cancelled":
+        # The Cancel button's own answer (bot/views.py) names the job id; this one matches it.
         return f"Job {job.id} was cancelled."
-    kind, _, detail = error.partition(": ")
-    if kind == "PermanentJobError" and detail:
-        return f"Job {job.id} could not be painted: {quote(detail, 600)}. It will not be retried."
+    mine = member_message(job.error)
+    if mine is not None:
+        return f"{title} could not be painted: {quote(mine, 600)}. It will not be retried."
+    # A permanent error of ours was not retried: "after 1 attempt" would say nothing.
+    when = f" after {job.attempts} attempts" if job.attempts > 1 else ""
     return (
-        f"Job {job.id} failed on our side after {job.attempts} attempt{'s' if job.attempts != 1 else ''} "
-        "and will not be retried. It has been logged; please try again later."
+        f"{title} failed on our side{when} and will not be retried. "
+        "It has been logged; please try again later."
     )
 
 
@@ -297,6 +322,8 @@ class Outcome:
     notes: tuple[str, ...] = ()
     left_out: tuple[str, ...] = ()  # roles of files too large to attach
     result_id: int | None = None  # the result row the message delivers
+    private: bool = False  # the member's own mistake: told only to them (ephemeral)
+    replaces_reply: bool = False  # once sent, the reply (a stale status line) is deleted
 
     @property
     def text(self) -> str:
@@ -326,7 +353,10 @@ class Deliverer:
         mention = f"<@{job.user_id}>"
         if job.status != "done":
             text = failure_text(job)
-            return Outcome(status=text, content=f"{mention} {text}")
+            if member_fault(job):
+                return Outcome(status=text, content=text, private=True)
+            failed = job.status == "failed"
+            return Outcome(status=text, content=f"{mention} {text}", replaces_reply=failed)
         result = await result_for_job(self.bot.db, job.id)
         if result is None:
             log.error("job %s is done but has no result row", job.id)
@@ -362,7 +392,8 @@ class Deliverer:
         if result.video_key and not any(f.role == "video" for f in files):
             left_out = ("video",)
         return Outcome(
-            status=f"Done: `{result.public_id}` is below.",
+            # Not "below": in a busy channel other messages come between.
+            status=f"Done: result `{result.public_id}`.",
             content=f"{mention} your {what} `{result.public_id}` is ready.",
             embed=result_embed(result, None if spoiler else image_name),
             files=tuple(files),
@@ -405,9 +436,47 @@ class Deliverer:
         outcome = await self.outcome(job)
         files = list(outcome.files)
         if tracked is None or not tracked.token_dead:
-            if token_usable(job) and await self._in_place(job, outcome, files):
-                return True
+            if token_usable(job):
+                if outcome.private:
+                    if await self._privately(job, outcome):
+                        return True
+                elif await self._in_place(job, outcome, files):
+                    return True
+        if outcome.private:
+            # The channel is the only way left: a message that mentions only the requester.
+            outcome = replace(outcome, content=f"<@{job.user_id}> {outcome.content}")
         return await self._in_channel(job, outcome, files)
+
+    async def _privately(self, job: Job, outcome: Outcome) -> bool:
+        """The member's own mistake, for their eyes only; False when the token no longer works.
+
+        The deferred reply is public, so it goes first (as :func:`bot.cogs.common.answer`
+        does): while it is still "thinking…" a follow-up would replace it and be public too.
+        """
+        assert job.interaction_token is not None
+        webhook = interaction_webhook(self.bot, job.interaction_token)
+        # It is the interaction's webhook; discord.py sends ephemeral messages only from one
+        # it knows to be an application's (a partial webhook is taken for an incoming one).
+        webhook.type = discord.WebhookType.application
+        try:
+            await webhook.delete_message("@original")  # type: ignore[arg-type]
+        except discord.HTTPException as exc:
+            if exc.status == 401:
+                return False
+            log.info("job %s: reply not deletable (%s %s)", job.id, exc.status, exc.code)
+        try:
+            await webhook.send(
+                content=outcome.text,
+                ephemeral=True,
+                wait=True,
+                allowed_mentions=discord.AllowedMentions.none(),
+            )
+        except discord.HTTPException as exc:
+            if exc.status in (401, 404):
+                return False
+            raise
+        log.info("job %s: its failure was told to the requester privately", job.id)
+        return True
 
     async def _in_place(self, job: Job, outcome: Outcome, files: list[Attachment]) -> bool:
         """The interaction follow-up; False when the token no longer works (use the channel)."""
@@ -442,6 +511,12 @@ class Deliverer:
             raise
         log.info("job %s delivered as an interaction follow-up", job.id)
         await self._remember(outcome, message.id)
+        if outcome.replaces_reply:
+            # One message says it all: the status line above it would only repeat it.
+            try:
+                await webhook.delete_message("@original")  # type: ignore[arg-type]
+            except discord.HTTPException as exc:  # 404: gone already; anything else: it stays
+                log.info("job %s: reply not deleted (%s %s)", job.id, exc.status, exc.code)
         return True
 
     async def _in_channel(self, job: Job, outcome: Outcome, files: list[Attachment]) -> bool:

@@ -14,7 +14,7 @@ from typing import Any
 
 from bot.config import ConfigError, Settings, load_settings, with_overrides
 from bot.paint_job import ModelCache, PaintRequest, run_paint
-from bot.worker import JobContext, JobOutput, PermanentJobError
+from bot.worker import JobContext, JobOutput, MemberError, PermanentJobError
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +51,24 @@ def job_settings(base: Settings, params: dict[str, Any]) -> Settings:
     return with_overrides(base, overrides, "job parameter")
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Failures that retrying cannot fix: bad input, or a stored input that is gone."""
-    from bot.artifacts import ArtifactKeyError, ArtifactNotFound
-    from painter import input_errors
+def _member_errors() -> tuple[type[BaseException], ...]:
+    """The painter's input errors the member caused (their picture, prompt or parameters).
 
-    return (ConfigError, *input_errors(), ArtifactKeyError, ArtifactNotFound)
+    A :class:`~painter.models.ModelError` is the server's model or its configuration, not
+    the member's doing: it is among :func:`_server_errors`.
+    """
+    from painter import input_errors
+    from painter.models import ModelError
+
+    return tuple(e for e in input_errors() if not issubclass(e, ModelError))
+
+
+def _server_errors() -> tuple[type[BaseException], ...]:
+    """Permanent failures of ours: the model, the configuration, the store's own files."""
+    from bot.artifacts import ArtifactKeyError, ArtifactNotFound
+    from painter.models import ModelError
+
+    return (ConfigError, ModelError, ArtifactKeyError, ArtifactNotFound)
 
 
 class _Reporter:
@@ -69,7 +81,8 @@ class _Reporter:
     def step(self, done: int, total: int) -> None:
         self.ctx.raise_if_cancelled()
         self.steps = done
-        self.ctx.progress(done, 0, 0)
+        # The painter's own count: img2img with a strength runs fewer steps than asked for.
+        self.ctx.progress(done, 0, total)
 
     def frame(self, done: int, total: int, image: Any = None) -> None:
         self.ctx.raise_if_cancelled()
@@ -86,10 +99,37 @@ def _store(settings: Settings):
     return LocalArtifactStore(settings.data_dir / "artifacts")
 
 
-def _read_artifact(settings: Settings, key: str, into: Path) -> Path:
-    with _store(settings).open(key) as src:
-        into.write_bytes(src.read())
+def _read_artifact(settings: Settings, key: str, into: Path, *, gone: str | None = None) -> Path:
+    """Copy a stored input into the work directory.
+
+    ``gone`` is what to tell the member when it is missing (a result they chose was
+    deleted); without it a missing input is our fault, not theirs.
+    """
+    from bot.artifacts import ArtifactNotFound
+
+    try:
+        with _store(settings).open(key) as src:
+            into.write_bytes(src.read())
+    except ArtifactNotFound as exc:
+        if gone is None:
+            raise
+        # Named MemberError (not a subclass): the bot reads the class name from the error column.
+        raise MemberError(gone, detail=str(exc)) from exc
     return into
+
+
+def _deleted(public_id: str | None, what: str, prompt: str | None = None) -> str:
+    """``result ABCD was deleted before it could be repainted``; by its prompt when the id is unknown.
+
+    Plain text: the bot escapes the whole message when it shows it.
+    """
+    if public_id:
+        name = f"result {public_id}"
+    elif prompt:
+        name = f"the painting “{prompt[:100]}{'…' if len(prompt) > 100 else ''}”"
+    else:
+        name = "the result you chose"
+    return f"{name} was deleted before {what}"
 
 
 def warm_up(settings: Settings | None) -> None:
@@ -126,12 +166,19 @@ def run_job(ctx: JobContext) -> JobOutput:
     base = ctx.settings if ctx.settings is not None else load_settings()
     try:
         settings = job_settings(base, ctx.params)
+    except ConfigError as exc:
+        # The job's own parameters (the worker's settings loaded above, outside this try).
+        raise MemberError(str(exc)) from exc
+    try:
         if ctx.kind == "paint":
             return _paint(ctx, settings)
         if ctx.kind == "transition":
             return _transition(ctx, settings)
-    except _user_errors() as exc:
-        raise PermanentJobError(str(exc)) from exc
+    except _member_errors() as exc:
+        raise MemberError(str(exc)) from exc
+    except _server_errors() as exc:
+        # Its text (a model path, a storage key) is for operators: the error column keeps it.
+        raise PermanentJobError(f"{type(exc).__name__}: {exc}") from exc
     raise PermanentJobError(f"unknown job kind {ctx.kind!r}")
 
 
@@ -144,7 +191,13 @@ def _paint(ctx: JobContext, settings: Settings) -> JobOutput:
         from bot.paint_job import repaint
         from painter.trail import Trail
 
-        source = _read_artifact(settings, params["trail_key"], ctx.workdir / "source.trail.safetensors")
+        source = _read_artifact(
+            settings,
+            params["trail_key"],
+            ctx.workdir / "source.trail.safetensors",
+            # Repaint jobs queued before they carried from_result name their prompt instead.
+            gone=_deleted(params.get("from_result"), "it could be repainted", params.get("prompt")),
+        )
         trail = Trail.load(source)
         outputs = repaint(settings, trail, out, models=MODELS, on_frame=reporter.frame)
         # The new result keeps its own copy, so it can be repainted or transitioned too, and
@@ -182,7 +235,16 @@ def _transition(ctx: JobContext, settings: Settings) -> JobOutput:
     keys = [params.get("from_trail"), params.get("to_trail")]
     if not all(keys):
         raise PermanentJobError("a transition job needs the trail artifacts of both results")
-    trails = [_read_artifact(settings, key, ctx.workdir / f"hop{i}.trail") for i, key in enumerate(keys)]
+    ids = [params.get("from_result"), params.get("to_result")]
+    trails = [
+        _read_artifact(
+            settings,
+            key,
+            ctx.workdir / f"hop{i}.trail",
+            gone=_deleted(public_id, "the transition could be made"),
+        )
+        for i, (key, public_id) in enumerate(zip(keys, ids, strict=True))
+    ]
     out = ctx.workdir / f"transition.{settings.render.format}"
     reporter = _Reporter(ctx)
     outputs = run_transition(

@@ -53,9 +53,41 @@ class JobCancelled(Exception):
 
 
 class PermanentJobError(Exception):
-    """A failure that retrying cannot fix (bad input found while running): no retry."""
+    """A failure that retrying cannot fix: no retry.
+
+    Its text is for operators (the job's error column, ``latent-painter jobs``, the log);
+    a member is told only that it failed on our side. Failures the member caused and can
+    fix are :class:`MemberError`.
+    """
 
     retryable = False
+
+
+# Between a MemberError's message for the member and its detail for operators, in the
+# job's error column (one line, so ``latent-painter jobs`` shows both).
+DETAIL_SEPARATOR = " || for operators: "
+
+
+class MemberError(PermanentJobError):
+    """A permanent failure the member caused (a bad picture, a prompt or parameter problem,
+    a result deleted before the job could use it); ``message`` is written for them.
+
+    ``detail`` (a storage key, a path) is for operators only: it is kept in the job's error
+    column after :data:`DETAIL_SEPARATOR` and never shown to the member.
+    """
+
+    def __init__(self, message: str, detail: str | None = None) -> None:
+        super().__init__(f"{message}{DETAIL_SEPARATOR}{detail}" if detail else message)
+        self.message = message
+        self.detail = detail
+
+
+def member_message(error: str | None) -> str | None:
+    """The member's part of a job's error column when a :class:`MemberError` ended it, else None."""
+    kind, _, text = (error or "").partition(": ")
+    if kind != MemberError.__name__ or not text:
+        return None
+    return text.partition(DETAIL_SEPARATOR)[0] or None
 
 
 @dataclass

@@ -23,7 +23,7 @@ from PIL import Image
 from bot.config import load_settings
 from bot.delivery import DeliveryLedger, failure_text, fitted_files, safety_action, shrink_picture
 from bot.text import quote
-from bot.worker import JobContext, JobOutput, PermanentJobError, run_worker
+from bot.worker import JobContext, JobOutput, MemberError, PermanentJobError, run_worker
 from db.models import Job, Result
 from painter.video import FrameEncoder, read_frames
 from tests.discord_standin import DiscordStandIn
@@ -64,7 +64,14 @@ def scripted_runner(ctx: JobContext) -> JobOutput:
     if "crash" in words:
         raise RuntimeError("the GPU caught fire")
     if "bad-picture" in words:
-        raise PermanentJobError("the attached picture is not an image")
+        raise MemberError("the attached picture is not an image")
+    if "gone-source" in words:
+        raise MemberError(
+            "result K3F97QXM was deleted before it could be repainted",
+            detail="no artifact 'jobs/1/1/trail.safetensors'",
+        )
+    if "broken-model" in words:
+        raise PermanentJobError("model path '/srv/models/sd15' is not a readable diffusers pipeline")
     frames = 6
     pause = 0.5 if "slow" in words else 0.0
     for frame in range(1, frames + 1):
@@ -161,22 +168,80 @@ async def test_a_flagged_result_is_withheld_by_default(world: World) -> None:
     assert not any(m.attachments for m in handle.messages)
 
 
+async def _settled(handle: object, seconds: float = 0.5) -> None:
+    """Give the bot a moment after its last request (to catch anything it would still send)."""
+    count = -1
+    while count != len(handle.requests):  # type: ignore[attr-defined]
+        count = len(handle.requests)  # type: ignore[attr-defined]
+        await asyncio.sleep(seconds)
+
+
 @on_world
-async def test_the_requester_is_told_when_a_job_fails(world: World) -> None:
+async def test_a_failure_of_ours_is_one_public_message_naming_the_prompt(world: World) -> None:
     standin = world.standin
-    crash = await standin.send_slash("paint", {"prompt": "crash now"})
-    told = await crash.wait_for(lambda r: r.route == FOLLOWUP, timeout=30)
-    assert "failed on our side after 2 attempts and will not be retried" in told[0].content
+    crash = await standin.send_slash("paint", {"prompt": "crash **now**"})
+    [told] = await crash.wait_for(lambda r: r.route == FOLLOWUP, timeout=30)
+    await _settled(crash)
+    assert told.content == (
+        f"<@{ALICE_ID}> Your painting “crash \\*\\*now\\*\\*” failed on our side after 2 attempts "
+        "and will not be retried. It has been logged; please try again later."
+    )
+    assert not told.ephemeral and told.allowed_mentions["users"] == [ALICE_ID]
     edits = [r.content for r in crash.requests if r.method == "PATCH"]
     assert any("Attempt 1 of 2 failed on our side; it will be retried" in text for text in edits), edits
-    assert "GPU" not in told[0].content  # our internals stay in the log
+    assert "GPU" not in told.content and "Job" not in told.content  # internals stay in the log
+    # One message: the reply that said the same is gone, and nothing else was posted.
+    assert crash.original is None
+    assert [m.content for m in crash.messages] == [told.content]
 
-    refused = await standin.send_slash("paint", {"prompt": "bad-picture please"})
-    told = await refused.wait_for(lambda r: r.route == FOLLOWUP, timeout=30)
-    assert (
-        "could not be painted: the attached picture is not an image. It will not be retried."
-        in told[0].content
+    # A permanent fault of ours (a model path, say) is not retried and not shown either.
+    broken = await standin.send_slash("paint", {"prompt": "broken-model sunset"})
+    [told] = await broken.wait_for(lambda r: r.route == FOLLOWUP, timeout=30)
+    assert told.content == (
+        f"<@{ALICE_ID}> Your painting “broken-model sunset” failed on our side and will not be "
+        "retried. It has been logged; please try again later."
     )
+    job = await world.bot.queue.get(max(j.id for j in await world.bot.queue.list_jobs(status="failed")))
+    assert "/srv/models/sd15" in (job.error or "")  # operators still read it
+
+
+@on_world
+async def test_the_members_own_mistake_is_told_to_them_alone(world: World) -> None:
+    standin = world.standin
+    mark = standin.mark()
+    refused = await standin.send_slash("paint", {"prompt": "bad-picture please"})
+    [told] = await refused.wait_for(lambda r: r.route == FOLLOWUP, timeout=30)
+    await _settled(refused)
+    assert told.ephemeral
+    assert told.content == (
+        "Your painting “bad-picture please” could not be painted: the attached picture is not "
+        "an image. It will not be retried."
+    )
+    # The public "thinking…"/progress reply went first, so the channel shows nothing of it.
+    deleted = [r for r in refused.requests if r.method == "DELETE"]
+    assert deleted and deleted[0].at < told.at
+    assert refused.original is None
+    assert not any("bad-picture" in m.content for m in standin.channel_messages("general"))
+    assert not [r for r in standin.requests[mark:] if r.route == CHANNEL_POST]
+
+    # A result deleted before its repaint ran: said in the member's terms, no storage key.
+    gone = await standin.send_slash("paint", {"prompt": "gone-source"})
+    [told] = await gone.wait_for(lambda r: r.route == FOLLOWUP, timeout=30)
+    assert told.ephemeral and "result K3F97QXM was deleted before it could be repainted" in told.content
+    assert "jobs/" not in told.content and "artifact" not in told.content
+
+
+@on_world
+async def test_a_members_mistake_after_the_token_expired_mentions_only_them(world: World) -> None:
+    standin = world.standin
+    mark = standin.mark()
+    handle = await standin.send_slash("paint", {"prompt": "bad-picture slow"})
+    assert (await handle.response(timeout=5)).callback_type == 5
+    handle.expire()
+    posted = await standin.wait_for(lambda r: r.route == CHANNEL_POST, since=mark, timeout=30)
+    assert posted.content.startswith(f"<@{ALICE_ID}> Your painting “bad-picture slow” could not be painted")
+    assert posted.allowed_mentions["users"] == [ALICE_ID]
+    assert not posted.allowed_mentions.get("parse")
 
 
 @on_world
@@ -295,11 +360,72 @@ def test_safety_policy(flagged: bool, policy: str, age_restricted: bool, action:
 
 
 def test_failure_text_shows_member_errors_and_hides_ours() -> None:
-    ours = Job(id=3, status="failed", attempts=3, error="RuntimeError: CUDA out of memory at 0x7f")
-    theirs = Job(id=4, status="failed", attempts=1, error="PermanentJobError: the picture is **huge**")
-    assert "CUDA" not in failure_text(ours) and "will not be retried" in failure_text(ours)
-    assert "the picture is \\*\\*huge\\*\\*" in failure_text(theirs)
+    params = {"prompt": "a red boat"}
+    ours = Job(
+        id=3, kind="paint", params=params, status="failed", attempts=3, error="RuntimeError: CUDA at 0x7f"
+    )
+    theirs = Job(
+        id=4, kind="paint", params=params, status="failed", attempts=1, error="MemberError: **huge**"
+    )
+    assert failure_text(ours) == (
+        "Your painting “a red boat” failed on our side after 3 attempts and will not be retried. "
+        "It has been logged; please try again later."
+    )
+    assert failure_text(theirs) == (
+        "Your painting “a red boat” could not be painted: \\*\\*huge\\*\\*. It will not be retried."
+    )
     assert failure_text(Job(id=5, status="cancelled", attempts=0, error=None)) == "Job 5 was cancelled."
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        # The worker's own checks, a model, the configuration, a stored file: all ours.
+        "PermanentJobError: runner's video file /srv/lp/work/1/painting.mp4 does not exist",
+        "PermanentJobError: ModelError: model path '/srv/models/sd15' is not a readable diffusers pipeline",
+        "PermanentJobError: ConfigError: [model] device: 'cuda:3' is not available",
+        "PermanentJobError: ArtifactNotFound: no artifact 'uploads/7/in.png'",
+    ],
+)
+def test_failure_text_never_shows_our_paths_keys_or_models(error: str) -> None:
+    job = Job(id=9, kind="paint", params={"prompt": "x"}, status="failed", attempts=1, error=error)
+    text = failure_text(job)
+    assert text == (
+        "Your painting “x” failed on our side and will not be retried. "
+        "It has been logged; please try again later."
+    )
+
+
+def test_failure_text_keeps_the_members_part_of_a_member_error_only() -> None:
+    from bot.worker import MemberError
+
+    error = MemberError(
+        "result K3F9 was deleted before it could be repainted", detail="no artifact 'jobs/1/1/t'"
+    )
+    job = Job(
+        id=9,
+        kind="paint",
+        params={"prompt": "moon", "trail_key": "jobs/1/1/t", "effect": "glow"},
+        status="failed",
+        attempts=1,
+        error=f"{type(error).__name__}: {error}",
+    )
+    assert "jobs/1/1/t" in job.error  # operators keep it
+    assert failure_text(job) == (
+        "Your repaint with glow of “moon” could not be painted: result K3F9 was deleted before it "
+        "could be repainted. It will not be retried."
+    )
+    transition = Job(
+        id=10,
+        kind="transition",
+        params={"from_result": "AAAA", "to_result": "BBBB"},
+        status="failed",
+        attempts=2,
+        error="RuntimeError: boom",
+    )
+    assert failure_text(transition).startswith(
+        "Your transition AAAA → BBBB failed on our side after 2 attempts"
+    )
 
 
 def test_quote_makes_member_text_inert_and_short() -> None:

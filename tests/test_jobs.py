@@ -11,7 +11,7 @@ from PIL import Image
 from bot.artifacts import LocalArtifactStore
 from bot.config import load_settings
 from bot.jobs import run_job
-from bot.worker import JobContext, Worker
+from bot.worker import JobContext, MemberError, PermanentJobError, Worker, member_message
 from db.engine import Database
 from db.models import Job
 from db.queue import JobQueue, QueuePolicy
@@ -154,21 +154,127 @@ def test_a_paint_job_reports_every_step_then_every_frame(setup, tmp_path):
     )
     ctx.workdir.mkdir()
     run_job(ctx)
-    steps = [c for c in calls if c[2] == 0]
-    frames = [c for c in calls if c[2] != 0]
-    assert steps == [(i, 0, 0) for i in range(1, 5)]
+    steps = [c for c in calls if c[1] == 0]
+    frames = [c for c in calls if c[1] != 0]
+    assert steps == [(i, 0, 4) for i in range(1, 5)]  # step i of the painter's own 4
     assert calls[: len(steps)] == steps  # the steps come first, then the frames
     assert [c[1] for c in frames] == list(range(1, 9)) and all(c == (4, c[1], 8) for c in frames)
 
 
-async def test_user_errors_fail_without_retry(setup):
+def _context(tmp_path: Path, params: dict, kind: str = "paint", settings=None) -> JobContext:
+    ctx = JobContext(
+        job_id=1,
+        kind=kind,
+        params=params,
+        attempt=1,
+        workdir=tmp_path / "job",
+        user_id=7,
+        guild_id=None,
+        settings=settings if settings is not None else load_settings(),
+    )
+    ctx.workdir.mkdir(exist_ok=True)
+    return ctx
+
+
+def test_img2img_progress_counts_the_painters_own_steps(setup, tmp_path):
+    # With strength 0.5, 4 asked-for steps run as 2: progress reads step 1/2, 2/2 (not n/4).
+    del setup
+    calls: list[tuple[int, int, int]] = []
+
+    class Recording(JobContext):
+        def progress(self, step: int, frame: int, total: int) -> None:
+            calls.append((step, frame, total))
+
+    picture = tmp_path / "in.png"
+    Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(picture)
+    store = LocalArtifactStore(load_settings().data_dir / "artifacts")
+    store.put_file("uploads/7/in.png", picture)
+    ctx = Recording(
+        job_id=1,
+        kind="paint",
+        params={"prompt": "a boat", "seed": 3, "image_key": "uploads/7/in.png", "strength": 0.5, **SMALL},
+        attempt=1,
+        workdir=tmp_path / "job",
+        user_id=7,
+        guild_id=None,
+        settings=load_settings(),
+    )
+    ctx.workdir.mkdir()
+    run_job(ctx)
+    steps = [c for c in calls if c[1] == 0]
+    assert steps and all(total == len(steps) for _, _, total in steps), steps
+    assert len(steps) < SMALL["steps"] and steps[-1][0] == len(steps)
+
+
+async def test_a_deleted_source_result_fails_once_with_a_member_message(setup):
     db, queue, worker, store = setup
     job, result = await run_one(
-        db, queue, worker, "paint", {"prompt": "x", "trail_key": "nowhere/trail.safetensors", **SMALL}
+        db,
+        queue,
+        worker,
+        "paint",
+        {"prompt": "a red boat", "trail_key": "jobs/9/1/trail.safetensors", **SMALL},
     )
     assert job.status == "failed" and job.attempts == 1
     assert result is None
-    assert "nowhere/trail.safetensors" in job.error
+    # The member reads which result went; operators (the error column) read the key too.
+    assert member_message(job.error) == "the painting “a red boat” was deleted before it could be repainted"
+    assert "jobs/9/1/trail.safetensors" in job.error
+
+
+def test_deleted_transition_inputs_name_the_result_that_went(setup, tmp_path):
+    del setup
+    ctx = _context(
+        tmp_path,
+        {"from_result": "AAAA1111", "to_result": "BBBB2222", "from_trail": "a/t", "to_trail": "b/t"},
+        kind="transition",
+    )
+    with pytest.raises(MemberError) as caught:
+        run_job(ctx)
+    assert caught.value.message == "result AAAA1111 was deleted before the transition could be made"
+    assert "a/t" in str(caught.value)  # the key, for the error column
+
+
+def test_a_repaint_that_names_its_source_says_which_result_went(setup, tmp_path):
+    del setup
+    ctx = _context(
+        tmp_path, {"prompt": "x", "trail_key": "jobs/9/1/trail.safetensors", "from_result": "K3F9"}
+    )
+    with pytest.raises(MemberError) as caught:
+        run_job(ctx)
+    assert caught.value.message == "result K3F9 was deleted before it could be repainted"
+
+
+def test_member_input_problems_are_member_errors(setup, tmp_path):
+    del setup
+    # A picture that is not one: the member's own upload.
+    store = LocalArtifactStore(load_settings().data_dir / "artifacts")
+    store.put_bytes("uploads/7/notes.png", b"this is not a picture")
+    with pytest.raises(MemberError) as caught:
+        run_job(_context(tmp_path, {"prompt": "x", "image_key": "uploads/7/notes.png", **SMALL}))
+    assert caught.value.detail is None and "uploads/" not in caught.value.message
+    # A parameter out of range: the job's own choice.
+    with pytest.raises(MemberError) as caught:
+        run_job(_context(tmp_path, {"prompt": "x", **SMALL, "steps": -3}))
+    assert "steps" in caught.value.message
+
+
+def test_server_faults_are_ours_not_the_members(setup, tmp_path):
+    del setup
+    # The model the server is configured with cannot be read.
+    broken = tmp_path / "not-a-model"
+    broken.mkdir()
+    with pytest.raises(PermanentJobError) as caught:
+        run_job(_context(tmp_path, {"prompt": "x", "model": str(broken), **SMALL}))
+    assert not isinstance(caught.value, MemberError) and "ModelError" in str(caught.value)
+    # An uploaded picture missing from our own store: not the member's doing.
+    with pytest.raises(PermanentJobError) as caught:
+        run_job(_context(tmp_path, {"prompt": "x", "image_key": "uploads/7/gone.png", **SMALL}))
+    assert not isinstance(caught.value, MemberError) and "uploads/7/gone.png" in str(caught.value)
+    # A stored key that is not even valid.
+    with pytest.raises(PermanentJobError) as caught:
+        run_job(_context(tmp_path, {"prompt": "x", "trail_key": "../etc/passwd", **SMALL}))
+    assert not isinstance(caught.value, MemberError)
 
 
 async def test_safety_checker_verdict_is_recorded(setup, tmp_path, monkeypatch):
