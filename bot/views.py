@@ -109,9 +109,8 @@ class TransitionButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"lp
 
     @reports_errors
     async def callback(self, interaction: discord.Interaction) -> None:  # type: ignore[override]
-        from bot.cogs.transition import TransitionModal
-
-        await interaction.response.send_modal(TransitionModal(self.public_id))
+        # The member may not use this result (or it is gone): say so before they type anything.
+        await _cog(interaction, "Transition").open_modal(interaction, self.public_id)
 
 
 class SubmitButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"lp:submit:{RESULT_ID}"):

@@ -1,5 +1,5 @@
-"""While a member waits: the Cancel button under the progress reply, and the reply's last
-word before its interaction token expires.
+"""While a member waits: the Cancel button, the reply's last word before its token expires,
+and plain refusals on result buttons for members who do not own the result.
 
 The bot here runs no worker of its own (``[discord] run_worker = false``), so a job stays
 queued until a test runs :func:`bot.worker.run_worker` with the scripted runner of
@@ -21,6 +21,7 @@ from sqlalchemy import update
 from bot.progress import FAREWELL
 from bot.worker import run_worker
 from db.models import Job, utcnow
+from db.results import delete_result
 from tests.discord_standin.world import ALICE_ID, BOB_ID
 from tests.test_bot_delivery import scripted_runner, scripted_world
 from tests.test_bot_e2e import CHANNEL_POST, FOLLOWUP, World, custom_ids, delivered, new_data_dir, result_id
@@ -199,3 +200,44 @@ async def test_the_reply_says_where_the_result_will_go_before_its_token_expires(
     )
     assert posted.content.startswith(f"<@{ALICE_ID}> your painting")
     assert handle.original.content.endswith(FAREWELL)  # type: ignore[attr-defined]
+
+
+# -- result buttons for members who do not own the result ------------------------------------
+
+
+@on_world
+async def test_result_buttons_refuse_other_members_plainly_and_before_the_modal(world: World) -> None:
+    standin = world.standin
+    handle, _ = await queued_paint(world, "alice's own picture")
+    assert await work(world) == 1
+    followup = await delivered(handle, timeout=30)
+    rid = result_id(followup.content)
+    message = next(m for m in standin.messages.all() if f"lp:repaint:{rid}" in custom_ids(m))
+
+    repaint = await standin.send_component(f"lp:repaint:{rid}", message=message, values=["glow"], user=BOB_ID)
+    refusal = await repaint.response(timeout=5)
+    assert refusal.callback_type == 4 and refusal.ephemeral
+    assert refusal.content == (
+        f"Only <@{ALICE_ID}> can repaint this result; it is private (not in this server's gallery)."
+    )
+    assert refusal.json["data"]["allowed_mentions"]["parse"] == []
+
+    # No modal: Bob is told before he types a destination.
+    transition = await standin.send_component(f"lp:transition:{rid}", message=message, user=BOB_ID)
+    refusal = await transition.response(timeout=5)
+    assert refusal.callback_type == 4 and refusal.ephemeral
+    assert refusal.content.startswith(f"Only <@{ALICE_ID}> can transition from this result;")
+
+    # Alice may use it; the scripted runner keeps no trail, which she is told before the
+    # modal too (test_bot_e2e shows the modal for a result with a trail).
+    own = await standin.send_component(f"lp:transition:{rid}", message=message, user=ALICE_ID)
+    answer = await own.response(timeout=5)
+    assert answer.callback_type == 4 and answer.content.startswith(f"{rid} has no stored trail")
+
+    # A result deleted elsewhere (its message stays): said plainly, to its owner too.
+    await delete_result(world.bot.db, rid, ALICE_ID)
+    for user in (ALICE_ID, BOB_ID):
+        gone = await standin.send_component(f"lp:repaint:{rid}", message=message, values=["fade"], user=user)
+        assert (await gone.response(timeout=5)).content == f"That result ({rid}) was deleted."
+    gone = await standin.send_component(f"lp:transition:{rid}", message=message, user=BOB_ID)
+    assert (await gone.response(timeout=5)).content == f"That result ({rid}) was deleted."

@@ -18,9 +18,9 @@ import discord
 
 from bot.text import plural
 from db.gallery import GalleryError, get_settings
-from db.models import Job
+from db.models import Job, Result
 from db.queue import QueueFull
-from db.results import ResultNotFound
+from db.results import ResultNotFound, get_result
 
 if TYPE_CHECKING:
     from bot.discord_bot import LatentPainterBot
@@ -195,6 +195,30 @@ def no_trail(result: Any) -> str:
     return (
         f"{result.public_id} has no stored trail (it was repainted before repaints kept one); "
         "use the result it was repainted from."
+    )
+
+
+async def result_for_button(interaction: discord.Interaction, public_id: str, action: str) -> Result:
+    """The result under a button, if the clicking member may ``action`` it (e.g. "repaint").
+
+    A result message is seen by the whole channel, so a refusal names the owner rather than
+    saying "not found": the result is theirs and not in this server's gallery, or it was deleted.
+    """
+    bot = painter_bot(interaction)
+    try:
+        return await get_result(
+            bot.db, public_id, viewer_id=interaction.user.id, guild_id=interaction.guild_id
+        )
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    except ResultNotFound:
+        pass
+    try:
+        result = await get_result(bot.db, public_id)
+    except ResultNotFound:
+        raise UserError(f"That result ({public_id}) was deleted.") from None
+    raise UserError(
+        f"Only <@{result.owner_id}> can {action} this result; it is private (not in this server's gallery)."
     )
 
 

@@ -27,6 +27,7 @@ from bot.cogs.common import (
     defer_publicly,
     no_trail,
     painter_bot,
+    result_for_button,
     rules_for,
     start_job,
 )
@@ -34,7 +35,6 @@ from bot.config import EFFECTS
 from bot.text import quote
 from bot.text import size as size_text
 from db.queue import JobNotFound, QueueFull
-from db.results import ResultNotFound, get_result
 
 if TYPE_CHECKING:
     from bot.discord_bot import LatentPainterBot
@@ -328,18 +328,10 @@ class PaintCog(commands.Cog, name="Paint"):
 
     async def repaint(self, interaction: discord.Interaction, public_id: str, effect: str) -> None:
         """Paint a stored result's trail again with another effect: no new generation."""
-        bot = painter_bot(interaction)
         rules = await rules_for(interaction)
         if effect not in EFFECTS:
             raise UserError(f"Unknown effect; pick one of {', '.join(EFFECTS)}.")
-        try:
-            result = await get_result(
-                bot.db, public_id, viewer_id=interaction.user.id, guild_id=interaction.guild_id
-            )
-        except ValueError as exc:
-            raise UserError(str(exc)) from None
-        except ResultNotFound:
-            raise UserError(f"Result {public_id} is not one you can use (it is private or gone).") from None
+        result = await result_for_button(interaction, public_id, "repaint")
         if not result.trail_key:
             raise UserError(no_trail(result))
         params = {

@@ -15,7 +15,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.cogs.common import UserError, no_trail, painter_bot, rules_for, start_job
+from bot.cogs.common import UserError, no_trail, painter_bot, result_for_button, rules_for, start_job
 from bot.cogs.paint import effect_choices
 from bot.config import EFFECTS
 from bot.text import CHOICE_NAME_LIMIT, one_line
@@ -124,6 +124,18 @@ class TransitionCog(commands.Cog, name="Transition"):
             if not needle or needle in r.public_id.lower() or needle in (r.prompt or "").lower()
         ]
         return [app_commands.Choice(name=result_label(r), value=r.public_id) for r in picked[:MAX_CHOICES]]
+
+    async def open_modal(self, interaction: discord.Interaction, public_id: str) -> None:
+        """ "Transition from this": ask for the destination, once the source is known usable.
+
+        The checks come first so a member who may not use the result (or whose channel is
+        not allowed) is told so before typing a destination.
+        """
+        await rules_for(interaction)
+        source = await result_for_button(interaction, public_id, "transition from")
+        if not source.trail_key:
+            raise UserError(no_trail(source))
+        await interaction.response.send_modal(TransitionModal(source.public_id))
 
     async def start(
         self,
