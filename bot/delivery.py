@@ -598,6 +598,10 @@ class JobWatcher:
         self._wake = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
+        # One task per job at a time, so one member's rate limit (discord.py waits out a
+        # 429 inside the call) or a slow upload holds up nobody else's job.
+        self._jobs: dict[int, asyncio.Task[None]] = {}
+        self._delivering: set[int] = set()
 
     def track(self, job_id: int) -> None:
         """Follow a job queued for an interaction this bot has acknowledged."""
@@ -614,7 +618,7 @@ class JobWatcher:
         self._task = asyncio.create_task(self._run(), name="latent-painter-job-watcher")
 
     async def stop(self, grace: float = 30.0) -> None:
-        """Let the current delivery finish (so it is recorded), then stop."""
+        """Let the current deliveries finish (so they are recorded), then stop."""
         self._stopping = True
         self._wake.set()
         if self._task is None:
@@ -625,6 +629,15 @@ class JobWatcher:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        for job_id, task in list(self._jobs.items()):
+            if job_id not in self._delivering:
+                task.cancel()  # a progress edit: nobody needs it now
+        if self._jobs:
+            done, pending = await asyncio.wait(list(self._jobs.values()), timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
 
     async def recover(self) -> None:
         """Track every job made from Discord that is live, or ended and is not yet delivered."""
@@ -660,20 +673,53 @@ class JobWatcher:
             self.heartbeat_path.write_text(f"{time.time():.0f}\n")
 
     async def tick(self) -> None:
-        """Edit progress of live jobs and deliver finished ones."""
+        """Start a progress edit for each live job and a delivery for each finished one.
+
+        Each job's work runs in its own task, at most one per job at a time; a job whose
+        previous work is still under way is left for a later tick. A progress edit still
+        waiting (out a rate limit, say) when its job ends is cancelled: it is stale, and
+        a reply must never go back to "Queued…" after its result.
+        """
         for job_id, tracked in list(self.tracked.items()):
             try:
                 job = await self.bot.queue.get(job_id)
             except LookupError:
                 self.tracked.pop(job_id, None)
                 continue
+            running = self._jobs.get(job_id)
+            busy = running is not None and not running.done()
             if job.status in FINISHED:
-                await self._finish(job, tracked)
-            else:
-                try:
-                    await self.progress.update(job, tracked)
-                except discord.HTTPException as exc:
-                    log.warning("job %s: progress edit failed: %s", job.id, exc)
+                if busy and job_id in self._delivering:
+                    continue  # its delivery is under way
+                if busy:
+                    assert running is not None
+                    running.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await running
+                self._spawn(job_id, self._finish(job, tracked), delivering=True)
+            elif not busy:
+                self._spawn(job_id, self._update(job, tracked), delivering=False)
+
+    def _spawn(self, job_id: int, work: Awaitable[None], *, delivering: bool) -> None:
+        task = asyncio.ensure_future(work)
+        self._jobs[job_id] = task
+        if delivering:
+            self._delivering.add(job_id)
+
+        def done(finished: asyncio.Task[None]) -> None:
+            if self._jobs.get(job_id) is finished:
+                self._jobs.pop(job_id, None)
+                self._delivering.discard(job_id)
+            if not finished.cancelled() and finished.exception() is not None:
+                log.error("job %s: watcher work failed", job_id, exc_info=finished.exception())
+
+        task.add_done_callback(done)
+
+    async def _update(self, job: Job, tracked: Tracked) -> None:
+        try:
+            await self.progress.update(job, tracked)
+        except discord.HTTPException as exc:
+            log.warning("job %s: progress edit failed: %s", job.id, exc)
 
     async def _finish(self, job: Job, tracked: Tracked) -> None:
         if job.id in self.ledger:

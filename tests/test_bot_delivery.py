@@ -245,6 +245,28 @@ async def test_a_members_mistake_after_the_token_expired_mentions_only_them(worl
 
 
 @on_world
+async def test_one_members_rate_limit_holds_up_nobody_else(world: World) -> None:
+    """A 429 on Alice's progress edit (8 s) does not delay Mod's job, nor edit Alice's reply late."""
+    from tests.discord_standin.world import MOD_ID
+
+    standin = world.standin
+    alice = await standin.send_slash("paint", {"prompt": "slow alice"})
+    await alice.wait_for(lambda r: r.method == "PATCH" and r.ok, timeout=10)
+    token = alice.requests[-1].token
+    standin.rate_limit(lambda r: r.method == "PATCH" and r.token == token, times=1, retry_after=8.0)
+    armed = time.monotonic()
+    mod = await standin.send_slash("paint", {"prompt": "mod's quick one"}, user=MOD_ID)
+    await delivered(mod, timeout=30)
+    # Alice's job runs 3 s and Mod's waits behind it: well under the 8 s Alice waits out.
+    assert time.monotonic() - armed < 7.5
+    followup = await delivered(alice, timeout=30)
+    await _settled(alice)
+    late = [r for r in alice.requests if r.method == "PATCH" and r.at > followup.at]
+    assert all(not r.content.startswith("**Painting**") for r in late), [r.content for r in late]
+    assert alice.original is not None and alice.original.content.startswith("Done: result")
+
+
+@on_world
 async def test_a_separate_worker_paints_and_the_bot_delivers(world: World) -> None:
     """``[discord] run_worker = false``: the bot queues and delivers, a `latent-painter worker` paints."""
     from dataclasses import replace
