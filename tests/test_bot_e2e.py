@@ -494,7 +494,7 @@ async def test_every_bad_input_is_answered_ephemerally(world: World) -> None:
     assert "Only the member who made it" in await refused(
         await standin.send_component(f"lp:delete:{first}", message=message, user=BOB_ID)
     )
-    assert "not one you can use" in await refused(
+    assert "can repaint this result; it is private" in await refused(
         await standin.send_component(f"lp:repaint:{first}", message=message, values=["glow"], user=BOB_ID)
     )
     assert len(await bot.queue.list_jobs(limit=1000)) == jobs_before  # nothing was queued
