@@ -145,7 +145,8 @@ class ProgressReporter:
             share = 100 * job.progress_frame / job.progress_total
             return f"Painting frame {job.progress_frame}/{job.progress_total} ({share:.0f}%).{eta}"
         if job.progress_step:
-            steps = job.params.get("steps") or self.bot.settings.painter.steps
+            # The painter's own count (an img2img run takes steps × strength of them).
+            steps = job.progress_total or job.params.get("steps") or self.bot.settings.painter.steps
             return f"Generating: step {min(job.progress_step, steps)}/{steps}.{eta}"
         return f"Starting…{eta}"
 

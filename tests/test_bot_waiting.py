@@ -241,3 +241,18 @@ async def test_result_buttons_refuse_other_members_plainly_and_before_the_modal(
         assert (await gone.response(timeout=5)).content == f"That result ({rid}) was deleted."
     gone = await standin.send_component(f"lp:transition:{rid}", message=message, user=BOB_ID)
     assert (await gone.response(timeout=5)).content == f"That result ({rid}) was deleted."
+
+
+async def test_the_step_count_shown_is_the_painters_own(world: World) -> None:
+    """An img2img run takes steps × strength steps: the reply counts those, not the steps asked for."""
+    bot = world.bot
+    job = (await bot.queue.enqueue("paint", {"prompt": "from a photo", "steps": 30}, user_id=BOB_ID)).job
+    try:
+        lease = await bot.queue.claim("test-worker")
+        assert lease is not None and lease.job_id == job.id
+        await bot.queue.progress(lease, 3, 0, 12)  # what the runner reports: step 3 of the painter's 12
+        running = await bot.queue.get(job.id)
+        # (An ETA follows once some job has finished.)
+        assert (await bot.watcher.progress.status(running)).startswith("Generating: step 3/12.")
+    finally:
+        await bot.queue.cancel(job.id)
