@@ -82,8 +82,10 @@ SCHEMAS: dict[str, dict[str, Field]] = {
         "height": Field(int, low=64, high=4096, check=_multiple_of_8),
         "scheduler": Field(str, choices=SCHEDULERS),
         "model": Field(str, high=500, check=_not_blank),
-        # "Repaint with…": paint this stored trail again, no new generation.
+        # "Repaint with…": paint this stored trail again, no new generation; the result it
+        # came from (its public id), to name it if it is deleted before the job runs.
         "trail_key": _ARTIFACT_KEY,
+        "from_result": Field(str, high=32, check=_not_blank),
         # Paint from a picture (SDEdit): the uploaded image, how much is repainted, and
         # whether the canvas starts at the picture instead of blank paper.
         "image_key": _ARTIFACT_KEY,

@@ -797,6 +797,9 @@ async def test_a_repainted_result_can_be_transitioned_and_outlives_its_source(wo
     message = next(m for m in standin.messages.all() if f"lp:repaint:{source}" in custom_ids(m))
     click = await standin.send_component(f"lp:repaint:{source}", message=message, values=["fade"])
     repainted = result_id((await delivered(click)).content)
+    # The job names its source, so a source deleted before it runs is named to the member.
+    jobs = await world.bot.queue.list_jobs(user_id=ALICE_ID, limit=1000)
+    assert any(j.params.get("from_result") == source for j in jobs)
     stored = await bot_result(world.bot, repainted)
     assert stored.trail_key and stored.trail_key != (await bot_result(world.bot, source)).trail_key
 

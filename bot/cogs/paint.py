@@ -338,6 +338,7 @@ class PaintCog(commands.Cog, name="Paint"):
             "prompt": result.prompt or f"repaint of {result.public_id}",
             "negative_prompt": result.negative_prompt or None,
             "trail_key": result.trail_key,
+            "from_result": result.public_id,
             "effect": effect,
         }
         await start_job(interaction, "paint", {k: v for k, v in params.items() if v is not None}, rules)
