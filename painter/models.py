@@ -103,6 +103,25 @@ def _tiny_tokenizer_files(directory: Path) -> None:
     (directory / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
 
 
+def _tiny_vae(**config: Any) -> Any:
+    """A tiny random-weight AutoencoderKL; ``config`` adds to its settings."""
+    from diffusers import AutoencoderKL
+
+    # Four blocks give SD's 8x spatial factor, so a tiny trail has SD's latent geometry.
+    return AutoencoderKL(
+        block_out_channels=(16, 16, 32, 32),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=8,
+        sample_size=64,
+        **config,
+    )
+
+
 def build_tiny_pipeline(
     path: str | Path,
     *,
@@ -119,7 +138,7 @@ def build_tiny_pipeline(
     ``safety`` adds a tiny safety checker that flags every picture (``"flag-all"``) or
     none (``"flag-none"``), so the checking path runs for real in tests.
     """
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel
 
     path = Path(path)
@@ -138,18 +157,7 @@ def build_tiny_pipeline(
     )
     text_encoder = CLIPTextModel(_tiny_clip_text_config())
     torch.manual_seed(seed if vae_seed is None else vae_seed)
-    # Four blocks give SD's 8x spatial factor, so a tiny trail has SD's latent geometry.
-    vae = AutoencoderKL(
-        block_out_channels=(16, 16, 32, 32),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        latent_channels=4,
-        layers_per_block=1,
-        norm_num_groups=8,
-        sample_size=64,
-    )
+    vae = _tiny_vae()
     return save_sd_pipeline(
         path,
         unet=unet,
@@ -264,7 +272,6 @@ def build_tiny_sdxl_pipeline(
     sets the UNet and text encoder weights, ``vae_seed`` (default: ``seed``) the VAE's.
     """
     from diffusers import (
-        AutoencoderKL,
         EulerDiscreteScheduler,
         StableDiffusionXLPipeline,
         UNet2DConditionModel,
@@ -297,20 +304,8 @@ def build_tiny_sdxl_pipeline(
         norm_num_groups=16,
     )
     torch.manual_seed(seed if vae_seed is None else vae_seed)
-    vae = AutoencoderKL(
-        block_out_channels=(16, 16, 32, 32),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        latent_channels=4,
-        layers_per_block=1,
-        norm_num_groups=8,
-        sample_size=64,
-        # SDXL's VAE: its own latent scale, and it overflows in fp16 (decoded in fp32).
-        scaling_factor=0.13025,
-        force_upcast=True,
-    )
+    # SDXL's VAE: its own latent scale, and it overflows in fp16 (decoded in fp32).
+    vae = _tiny_vae(scaling_factor=0.13025, force_upcast=True)
     with tempfile.TemporaryDirectory() as tok_dir:
         _tiny_tokenizer_files(Path(tok_dir))
         tokenizer = CLIPTokenizer.from_pretrained(tok_dir, model_max_length=77)
