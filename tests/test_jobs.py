@@ -135,25 +135,9 @@ def test_a_paint_job_reports_every_step_then_every_frame(setup, tmp_path):
     # What the bot's progress reply shows, call by call (the worker saves the latest one on
     # each heartbeat; which of them a reply catches depends on timing, these do not).
     del setup  # used for the data directory and database it points load_settings() at
-    calls: list[tuple[int, int, int]] = []
-
-    class Recording(JobContext):
-        def progress(self, step: int, frame: int, total: int) -> None:
-            calls.append((step, frame, total))
-            super().progress(step, frame, total)
-
-    ctx = Recording(
-        job_id=1,
-        kind="paint",
-        params={"prompt": "a red boat", "seed": 3, **SMALL},
-        attempt=1,
-        workdir=tmp_path / "job",
-        user_id=7,
-        guild_id=None,
-        settings=load_settings(),
-    )
-    ctx.workdir.mkdir()
+    ctx = _context(tmp_path, {"prompt": "a red boat", "seed": 3, **SMALL}, cls=Recording)
     run_job(ctx)
+    calls = ctx.calls
     steps = [c for c in calls if c[1] == 0]
     frames = [c for c in calls if c[1] != 0]
     assert steps == [(i, 0, 4) for i in range(1, 5)]  # step i of the painter's own 4
@@ -161,8 +145,18 @@ def test_a_paint_job_reports_every_step_then_every_frame(setup, tmp_path):
     assert [c[1] for c in frames] == list(range(1, 9)) and all(c == (4, c[1], 8) for c in frames)
 
 
-def _context(tmp_path: Path, params: dict, kind: str = "paint", settings=None) -> JobContext:
-    ctx = JobContext(
+class Recording(JobContext):
+    """A job context that keeps every progress report the runner makes."""
+
+    calls: list[tuple[int, int, int]]
+
+    def progress(self, step: int, frame: int, total: int) -> None:
+        self.calls.append((step, frame, total))
+        super().progress(step, frame, total)
+
+
+def _context(tmp_path: Path, params: dict, kind: str = "paint", settings=None, cls=JobContext) -> JobContext:
+    ctx = cls(
         job_id=1,
         kind=kind,
         params=params,
@@ -173,35 +167,21 @@ def _context(tmp_path: Path, params: dict, kind: str = "paint", settings=None) -
         settings=settings if settings is not None else load_settings(),
     )
     ctx.workdir.mkdir(exist_ok=True)
+    ctx.calls = []
     return ctx
 
 
 def test_img2img_progress_counts_the_painters_own_steps(setup, tmp_path):
     # With strength 0.5, 4 asked-for steps run as 2: progress reads step 1/2, 2/2 (not n/4).
     del setup
-    calls: list[tuple[int, int, int]] = []
-
-    class Recording(JobContext):
-        def progress(self, step: int, frame: int, total: int) -> None:
-            calls.append((step, frame, total))
-
     picture = tmp_path / "in.png"
     Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(picture)
     store = LocalArtifactStore(load_settings().data_dir / "artifacts")
     store.put_file("uploads/7/in.png", picture)
-    ctx = Recording(
-        job_id=1,
-        kind="paint",
-        params={"prompt": "a boat", "seed": 3, "image_key": "uploads/7/in.png", "strength": 0.5, **SMALL},
-        attempt=1,
-        workdir=tmp_path / "job",
-        user_id=7,
-        guild_id=None,
-        settings=load_settings(),
-    )
-    ctx.workdir.mkdir()
+    params = {"prompt": "a boat", "seed": 3, "image_key": "uploads/7/in.png", "strength": 0.5, **SMALL}
+    ctx = _context(tmp_path, params, cls=Recording)
     run_job(ctx)
-    steps = [c for c in calls if c[1] == 0]
+    steps = [c for c in ctx.calls if c[1] == 0]
     assert steps and all(total == len(steps) for _, _, total in steps), steps
     assert len(steps) < SMALL["steps"] and steps[-1][0] == len(steps)
 
