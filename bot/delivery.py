@@ -281,8 +281,7 @@ def failure_text(job: Job) -> str:
     """
     title = job_title(job)
     if job.status == "cancelled":
-        # The Cancel button's own answer (bot/views.py) names the job id; this one matches it.
-        return f"Job {job.id} was cancelled."
+        return f"{title} was cancelled."
     mine = member_message(job.error)
     if mine is not None:
         return f"{title} could not be painted: {quote(mine, 600)}. It will not be retried."

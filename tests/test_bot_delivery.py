@@ -396,7 +396,10 @@ def test_failure_text_shows_member_errors_and_hides_ours() -> None:
     assert failure_text(theirs) == (
         "Your painting “a red boat” could not be painted: \\*\\*huge\\*\\*. It will not be retried."
     )
-    assert failure_text(Job(id=5, status="cancelled", attempts=0, error=None)) == "Job 5 was cancelled."
+    cancelled = Job(
+        id=5, kind="paint", status="cancelled", attempts=0, error=None, params={"prompt": "a cat"}
+    )
+    assert failure_text(cancelled) == "Your painting “a cat” was cancelled."  # no database id
 
 
 @pytest.mark.parametrize(

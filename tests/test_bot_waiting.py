@@ -95,7 +95,7 @@ async def test_the_requester_cancels_a_queued_job_which_frees_their_place(world:
     other = await standin.send_component(f"lp:cancel:{job_id}", message=original, user=BOB_ID)
     refusal = await other.response(timeout=5)
     assert refusal.callback_type == 4 and refusal.ephemeral
-    assert refusal.content == f"Only <@{ALICE_ID}>, who asked for it, can cancel job {job_id}."
+    assert refusal.content == f"Only <@{ALICE_ID}>, who asked for it, can cancel this job."
     assert (await job(world, job_id)).status == "queued"
 
     # The button is persistent: it works after a restart.
@@ -103,12 +103,16 @@ async def test_the_requester_cancels_a_queued_job_which_frees_their_place(world:
     click = await standin.send_component(f"lp:cancel:{job_id}", message=original, user=ALICE_ID)
     answer = await click.response(timeout=5)
     assert answer.callback_type == 7  # the reply itself is edited
-    assert answer.content.endswith(f"\nJob {job_id} was cancelled.") and not answer.json["data"]["components"]
+    assert (
+        answer.content.endswith("\nYour painting “a wrong prompt” was cancelled.")
+        and not answer.json["data"]["components"]
+    )
     cancelled = await job(world, job_id)
     assert cancelled.status == "cancelled" and cancelled.started_at is None
     # The watcher's delivery says the same in the reply.
     await handle.wait_for(  # type: ignore[attr-defined]
-        lambda r: r.method == "PATCH" and r.content == f"Job {job_id} was cancelled.", timeout=10
+        lambda r: r.method == "PATCH" and r.content == "Your painting “a wrong prompt” was cancelled.",
+        timeout=10,
     )
 
     # The place is free again: a new /paint is accepted, and only it is painted.
@@ -136,7 +140,8 @@ async def test_the_requester_cancels_a_running_job_at_its_next_step(world: World
     assert time.monotonic() - started < 2.5
     assert await asyncio.wait_for(worker, 30) == 1
     told = await handle.wait_for(lambda r: r.route == FOLLOWUP, timeout=10)  # type: ignore[attr-defined]
-    assert told[0].content == f"<@{ALICE_ID}> Job {job_id} was cancelled." and not told[0].files
+    expected = f"<@{ALICE_ID}> Your painting “slow and unwanted” was cancelled."
+    assert told[0].content == expected and not told[0].files
     assert not handle.original.components  # type: ignore[attr-defined]
 
 
@@ -165,7 +170,10 @@ async def test_cancel_after_the_job_finished_says_so_and_drops_the_button(world:
     click = await standin.send_component(f"lp:cancel:{job_id}", message=original)
     assert (await click.response(timeout=5)).callback_type == 7
     note = await click.followup(timeout=5)
-    assert note.ephemeral and note.content == f"Job {job_id} cannot be cancelled: it has finished already."
+    expected = (
+        "Your painting “finished after the token expired” cannot be cancelled: it has finished already."
+    )
+    assert note.ephemeral and note.content == expected
     assert not handle.original.components  # type: ignore[attr-defined]
     assert (await job(world, job_id)).status == "done"
 

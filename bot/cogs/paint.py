@@ -352,34 +352,33 @@ class PaintCog(commands.Cog, name="Paint"):
         edited in the same answer (the click's own token, so this works after the command's
         token expired); the watcher then delivers the cancellation as for any finished job.
         """
-        from bot.delivery import failure_text
+        from bot.delivery import failure_text, job_title
         from bot.progress import heading
 
         bot = painter_bot(interaction)
         try:
             job = await bot.queue.get(job_id)
         except LookupError:
-            raise UserError(f"Job {job_id} no longer exists; there is nothing to cancel.") from None
+            raise UserError("That job no longer exists; there is nothing to cancel.") from None
         if job.user_id != interaction.user.id:
-            raise UserError(f"Only <@{job.user_id}>, who asked for it, can cancel job {job_id}.")
+            raise UserError(f"Only <@{job.user_id}>, who asked for it, can cancel this job.")
         if not job.is_live:
             what = {"done": "it has finished", "failed": "it has failed", "cancelled": "it was cancelled"}
             await interaction.response.edit_message(view=None)  # a stale button goes
-            await answer(
-                interaction, f"Job {job_id} cannot be cancelled: {what.get(job.status, job.status)} already."
-            )
+            why = what.get(job.status, job.status)
+            await answer(interaction, f"{job_title(job)} cannot be cancelled: {why} already.")
             return
         try:
             job = await bot.queue.cancel(job_id, user_id=interaction.user.id)
         except JobNotFound:
-            raise UserError(f"Job {job_id} no longer exists; there is nothing to cancel.") from None
+            raise UserError("That job no longer exists; there is nothing to cancel.") from None
         if job.status == "cancelled":
             text = failure_text(job)  # the same words the delivery will use
         elif job.is_live:
             text = "Cancelling: the job stops at its next step."
         else:  # it finished between the two reads
             await interaction.response.edit_message(view=None)
-            await answer(interaction, f"Job {job_id} finished before it could be cancelled.")
+            await answer(interaction, f"{job_title(job)} finished before it could be cancelled.")
             return
         log.info("job %s cancelled by its requester %s", job_id, interaction.user.id)
         await interaction.response.edit_message(
