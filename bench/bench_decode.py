@@ -49,7 +49,7 @@ def decode_chunk(decoder: Decoder, chunk: torch.Tensor) -> torch.Tensor:
     """One VAE call on ``chunk``, as ``Decoder.decode_float`` makes it (which picks its own
     chunk size: one canvas at a time on the CPU)."""
     z = chunk.to(decoder.device, decoder.dtype)
-    rgb = decoder.vae.decode(z / decoder.scaling_factor + decoder.shift_factor).sample
+    rgb = decoder.vae.decode(decoder.scaling.to_vae(z)).sample
     return ((rgb.float() + 1) / 2).clamp_(0, 1)
 
 

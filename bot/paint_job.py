@@ -24,7 +24,7 @@ from bot.config import Settings
 from bot.quiet import quiet_loaded
 from painter.animate import Animation, AnimationSpec, decode_image, save_png
 from painter.capture import CaptureError, Generation, capture, validate_generation
-from painter.decode import Decoder, parse_colour
+from painter.decode import Decoder, LatentScaling, parse_colour
 from painter.images import image_to_tensor, load_image
 from painter.models import ANALYTIC_ID, LoadedModel, ModelError, load_pipeline, load_taesd, set_scheduler
 from painter.trail import Trail, TrailMeta
@@ -101,11 +101,9 @@ class ModelCache:
                     quiet_loaded()
                     self._taesd[m.taesd_id] = load_taesd(m.taesd_id, device=model.device, dtype=model.dtype)
                 vae = self._taesd[m.taesd_id]
-        config = model.vae.config
         return Decoder(
             vae,
-            scaling_factor=float(config.get("scaling_factor", 1.0) or 1.0),
-            shift_factor=float(config.get("shift_factor", 0.0) or 0.0),
+            **LatentScaling.of(model.vae.config).kwargs(),
             device=model.device,
             dtype=model.dtype,
             batch_size=settings.render.batch_size,
@@ -499,10 +497,7 @@ def encode_picture(model: LoadedModel, picture: Any) -> torch.Tensor:
     finally:
         if upcast:
             vae.to(dtype)
-    config = vae.config
-    shift = float(config.get("shift_factor", 0.0) or 0.0)
-    scale = float(config.get("scaling_factor", 1.0) or 1.0)
-    return ((latent - shift) * scale)[0].float()
+    return LatentScaling.of(vae.config).to_unet(latent)[0].float()
 
 
 def picture_name(request: PaintRequest) -> str | None:

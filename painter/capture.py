@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from painter.decode import LatentScaling
 from painter.models import LoadedModel
 from painter.trail import Trail, TrailMeta
 
@@ -164,12 +165,10 @@ def capture(
     latents[-1] = final
     stacked = torch.stack([x0.to("cpu") for x0 in latents])
     steps_at = torch.stack([t.to("cpu", torch.float32).reshape(()) for t in timesteps])
-    vae_config = model.vae.config
     meta = TrailMeta(
         model_id=model.model_id,
         vae_id=model.vae_id,
-        scaling_factor=float(vae_config.get("scaling_factor", 1.0) or 1.0),
-        shift_factor=float(vae_config.get("shift_factor", 0.0) or 0.0),
+        **LatentScaling.of(model.vae.config).kwargs(),
         space="latent",
         scheduler=type(scheduler).__name__,
         prediction_type=str(scheduler.config.get("prediction_type", "epsilon")),

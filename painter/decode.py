@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from functools import partial
 from typing import Any
 
@@ -27,6 +28,70 @@ def parse_colour(text: str) -> tuple[int, int, int]:
         return (int(value[0:2], 16), int(value[2:4], 16), int(value[4:6], 16))
     except ValueError:
         raise ValueError(f"colour {text!r} must be #rrggbb") from None
+
+
+@dataclass(frozen=True)
+class LatentScaling:
+    """How a VAE's latents are scaled into the space the UNet denoises, and back.
+
+    diffusers' pipelines decode ``latent / scaling_factor + shift_factor`` (SD 1.x/2.x,
+    SDXL, SD3), or, for VAEs whose config carries per-channel ``latents_mean`` and
+    ``latents_std`` (Playground v2.5 and other SDXL fine-tunes),
+    ``latent * latents_std / scaling_factor + latents_mean``. Decoding such a VAE's
+    latents with the scalar rule alone gives washed-out, colour-shifted pictures.
+    """
+
+    scaling_factor: float = 1.0
+    shift_factor: float = 0.0
+    latents_mean: tuple[float, ...] | None = None
+    latents_std: tuple[float, ...] | None = None
+
+    @classmethod
+    def of(cls, vae_config: Any) -> LatentScaling:
+        """The scaling a VAE's ``config`` asks for (the rule its pipelines apply)."""
+        get = vae_config.get if hasattr(vae_config, "get") else lambda k, d=None: getattr(vae_config, k, d)
+        mean, std = get("latents_mean", None), get("latents_std", None)
+        per_channel = mean is not None and std is not None  # diffusers needs both, as here
+        return cls(
+            scaling_factor=float(get("scaling_factor", 1.0) or 1.0),
+            shift_factor=float(get("shift_factor", 0.0) or 0.0),
+            latents_mean=tuple(float(v) for v in mean) if per_channel else None,
+            latents_std=tuple(float(v) for v in std) if per_channel else None,
+        )
+
+    def kwargs(self) -> dict[str, Any]:
+        """The fields as keyword arguments (for :class:`Decoder` and ``TrailMeta``)."""
+        out = asdict(self)
+        for key in ("latents_mean", "latents_std"):
+            out[key] = list(out[key]) if out[key] is not None else None
+        return out
+
+    def _per_channel(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        assert self.latents_mean is not None and self.latents_std is not None
+        channels = like.shape[-3]
+        if len(self.latents_mean) != channels or len(self.latents_std) != channels:
+            raise ValueError(
+                f"the VAE's latents_mean/latents_std have {len(self.latents_mean)}/{len(self.latents_std)} "
+                f"values, but its latents have {channels} channels"
+            )
+        shape = (channels, 1, 1)
+        mean = torch.tensor(self.latents_mean, device=like.device, dtype=like.dtype).view(shape)
+        std = torch.tensor(self.latents_std, device=like.device, dtype=like.dtype).view(shape)
+        return mean, std
+
+    def to_vae(self, latents: torch.Tensor) -> torch.Tensor:
+        """The UNet's latents ``[..., C, h, w]`` as the VAE's decoder reads them."""
+        if self.latents_mean is None:
+            return latents / self.scaling_factor + self.shift_factor
+        mean, std = self._per_channel(latents)
+        return latents * std / self.scaling_factor + mean
+
+    def to_unet(self, z: torch.Tensor) -> torch.Tensor:
+        """The VAE encoder's latents ``[..., C, h, w]`` in the space the UNet denoises."""
+        if self.latents_mean is None:
+            return (z - self.shift_factor) * self.scaling_factor
+        mean, std = self._per_channel(z)
+        return (z - mean) * self.scaling_factor / std
 
 
 class Decoder:
@@ -58,6 +123,8 @@ class Decoder:
         *,
         scaling_factor: float = 1.0,
         shift_factor: float = 0.0,
+        latents_mean: Sequence[float] | None = None,
+        latents_std: Sequence[float] | None = None,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
         batch_size: int = 8,
@@ -69,8 +136,17 @@ class Decoder:
         self.batch_size = batch_size
         self.tiny = vae is not None and type(vae).__name__ == "AutoencoderTiny"
         # TAESD reads the UNet's scaled latents as they are.
-        self.scaling_factor = 1.0 if self.tiny else scaling_factor
-        self.shift_factor = 0.0 if self.tiny else shift_factor
+        per_channel = latents_mean is not None and latents_std is not None
+        self.scaling = (
+            LatentScaling()
+            if self.tiny
+            else LatentScaling(
+                scaling_factor=scaling_factor,
+                shift_factor=shift_factor,
+                latents_mean=tuple(latents_mean) if per_channel else None,  # type: ignore[arg-type]
+                latents_std=tuple(latents_std) if per_channel else None,  # type: ignore[arg-type]
+            )
+        )
         self.dtype = dtype
         if vae is not None and dtype == torch.float16 and asks_for_upcast(vae):
             self.dtype = torch.float32
@@ -128,7 +204,7 @@ class Decoder:
         if self.compiled and count < size:
             # A compiled decode is specialised to its batch size: pad rather than recompile.
             chunk = torch.cat([chunk, chunk.new_zeros(size - count, *chunk.shape[1:])])
-        z = chunk / self.scaling_factor + self.shift_factor
+        z = self.scaling.to_vae(chunk)
         try:
             return self._decode(z).sample[:count]
         except torch.cuda.OutOfMemoryError:
@@ -170,7 +246,7 @@ class Decoder:
         if key in known:
             return known[key]
         sizes = [b for b in (1, 2, 4, 8, 16, 32, 64, 128, 256) if b < self.batch_size] + [self.batch_size]
-        z = one.to(self.device, self.dtype) / self.scaling_factor + self.shift_factor
+        z = self.scaling.to_vae(one.to(self.device, self.dtype))
         torch.cuda.synchronize(self.device)
         before = torch.cuda.memory_allocated(self.device)
         allowed = max(self.memory_bytes, torch.cuda.max_memory_allocated(self.device) - before)

@@ -30,9 +30,12 @@ class TrailMeta:
 
     model_id: str = ""
     vae_id: str = ""
-    # Latent scaling of the VAE: decode(latent / scaling_factor + shift_factor).
+    # Latent scaling of the VAE (painter.decode.LatentScaling): decode(latent / scaling_factor
+    # + shift_factor), or per channel latent * latents_std / scaling_factor + latents_mean.
     scaling_factor: float = 1.0
     shift_factor: float = 0.0
+    latents_mean: list[float] | None = None
+    latents_std: list[float] | None = None
     # "latent" (decode with the VAE) or "pixel" (RGB in [-1, 1], no decoder).
     space: str = "latent"
     scheduler: str = ""

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 import torch
 import torch.nn.functional as F
 
-from painter.trail import Trail, TrailError
+from painter.trail import Trail, TrailError, TrailMeta
 
 GUIDANCES = ("schedule", "interpolate")
 # Pixels per latent cell when the trail metadata does not say (SD VAEs downsample by 8).
@@ -61,6 +61,8 @@ class TransitionMeta:
     height: int
     resized: bool = False
     extra: dict[str, object] = field(default_factory=dict)
+    latents_mean: list[float] | None = None
+    latents_std: list[float] | None = None
 
     @property
     def source_model_id(self) -> str:
@@ -97,11 +99,35 @@ def _latent_size(trail: Trail) -> str:
     return f"{w}×{h}"
 
 
+def _scaling_values(meta: TrailMeta) -> list[float]:
+    values = [meta.scaling_factor, meta.shift_factor]
+    if meta.latents_mean is not None and meta.latents_std is not None:
+        values += [*meta.latents_mean, *meta.latents_std]
+    return values
+
+
+def _same_scaling(s: TrailMeta, d: TrailMeta) -> bool:
+    a, b = _scaling_values(s), _scaling_values(d)
+    if len(a) != len(b):
+        return False
+    return all(math.isclose(x, y, rel_tol=1e-6, abs_tol=1e-9) for x, y in zip(a, b, strict=True))
+
+
+def _scaling_text(meta: TrailMeta) -> str:
+    text = f"{meta.scaling_factor:g}/shift {meta.shift_factor:g}"
+    if meta.latents_mean is not None and meta.latents_std is not None:
+        mean = ", ".join(f"{v:g}" for v in meta.latents_mean)
+        std = ", ".join(f"{v:g}" for v in meta.latents_std)
+        text += f"/per-channel mean [{mean}] std [{std}]"
+    return text
+
+
 def check_compatible(src: Trail, dst: Trail, *, resize: bool = False) -> None:
     """Raise :class:`TransitionError` unless ``dst`` can follow ``src`` in one animation.
 
     Compatible means: both trails are non-empty, in the same space, decode with the same
-    VAE (same ``vae_id``, ``scaling_factor`` and ``shift_factor``), have the same number
+    VAE (same ``vae_id`` and latent scaling: ``scaling_factor``, ``shift_factor`` and any
+    per-channel ``latents_mean``/``latents_std``), have the same number
     of latent channels, and the same spatial size (or ``resize`` allows resampling the
     destination). Different UNet checkpoints (``model_id``) are fine.
     """
@@ -119,16 +145,10 @@ def check_compatible(src: Trail, dst: Trail, *, resize: bool = False) -> None:
             f"cannot transition: the source is in {s.space} space (model {s.model_id!r}) and the "
             f"destination in {d.space} space (model {d.model_id!r})"
         )
-    same_scaling = math.isclose(s.scaling_factor, d.scaling_factor, rel_tol=1e-6, abs_tol=1e-9) and (
-        math.isclose(s.shift_factor, d.shift_factor, rel_tol=1e-6, abs_tol=1e-9)
-    )
-    if s.vae_id != d.vae_id or not same_scaling:
+    if s.vae_id != d.vae_id or not _same_scaling(s, d):
         detail = ""
         if s.vae_id == d.vae_id:
-            detail = (
-                f" (same id, but latent scaling {s.scaling_factor:g}/shift {s.shift_factor:g} vs "
-                f"{d.scaling_factor:g}/shift {d.shift_factor:g})"
-            )
+            detail = f" (same id, but latent scaling {_scaling_text(s)} vs {_scaling_text(d)})"
         raise TransitionError(
             f"cannot transition: the trails decode with different VAEs{detail} — source VAE {s.vae_id!r} "
             f"(model {s.model_id!r}) vs destination VAE {d.vae_id!r} (model {d.model_id!r}); "
@@ -306,6 +326,8 @@ def _join(
         vae_id=m.vae_id,
         scaling_factor=m.scaling_factor,
         shift_factor=m.shift_factor,
+        latents_mean=m.latents_mean,
+        latents_std=m.latents_std,
         space=m.space,
         width=m.width,
         height=m.height,

@@ -187,6 +187,93 @@ def test_sdxl_trail_decodes_to_the_pipelines_own_picture(sdxl, tiny_sdxl_model):
     assert Decoder(sdxl.vae, scaling_factor=m.scaling_factor, dtype=torch.float16).dtype == torch.float32
 
 
+PLAYGROUND_STATS = {
+    "scaling_factor": 0.5,
+    "latents_mean": [-1.6574, 1.886, -1.383, 2.5155],
+    "latents_std": [8.4927, 5.9022, 6.5498, 5.2299],
+}
+PLAYGROUND_SCHEDULER = {
+    "_class_name": "EDMDPMSolverMultistepScheduler",
+    "algorithm_type": "dpmsolver++",
+    "final_sigmas_type": "zero",
+    "prediction_type": "epsilon",
+    "rho": 7.0,
+    "sigma_data": 0.5,
+    "sigma_max": 80.0,
+    "sigma_min": 0.002,
+    "solver_order": 2,
+    "solver_type": "midpoint",
+}
+
+
+@pytest.fixture(scope="module")
+def sdxl_with_latent_stats(tiny_sdxl_model, tmp_path_factory):
+    """The tiny SDXL laid out like Playground v2.5: per-channel latent statistics in its
+    VAE config and its EDM DPM-Solver++ scheduler (that checkpoint's published configs)."""
+    import json
+    import shutil
+
+    def update(relative: str, **values: object) -> None:
+        config_path = path / relative
+        config_path.write_text(json.dumps({**json.loads(config_path.read_text()), **values}))
+
+    path = tmp_path_factory.mktemp("xl-stats") / "playground-like"
+    shutil.copytree(tiny_sdxl_model, path)
+    update("vae/config.json", **PLAYGROUND_STATS)
+    update("model_index.json", scheduler=["diffusers", "EDMDPMSolverMultistepScheduler"])
+    (path / "scheduler" / "scheduler_config.json").write_text(json.dumps(PLAYGROUND_SCHEDULER))
+    return load_pipeline(str(path), device="cpu")
+
+
+def test_per_channel_latent_statistics_decode_as_the_pipeline_does(sdxl_with_latent_stats, sdxl, tmp_path):
+    """Playground-v2.5-like checkpoints. A trail of a VAE with latents_mean/latents_std
+    records them, keeps them through its file, and decodes (as a job's decoder does) to the
+    pipeline's own picture; img2img's --start-from-image encodes with their inverse."""
+    from bot.config import load_settings
+    from bot.paint_job import ModelCache, encode_picture
+    from painter.decode import Decoder, LatentScaling
+    from painter.images import image_to_tensor
+    from painter.trail import Trail
+    from painter.transition import TransitionError, build_plan
+
+    xl = sdxl_with_latent_stats
+    final, trail = capture(xl, XL_GEN)
+    # The EDM solver's own data prediction is the x0-hat: it settles on the output.
+    assert trail.meta.scheduler == "EDMDPMSolverMultistepScheduler"
+    dist = (trail.latents - final).flatten(1).norm(dim=1)
+    assert dist[0] > dist[-2] > 0
+    m = Trail.load(trail.save(tmp_path / "t.safetensors")).meta
+    assert (m.scaling_factor, m.latents_mean, m.latents_std) == tuple(PLAYGROUND_STATS.values())
+    with torch.inference_mode():
+        theirs = xl.pipeline(
+            prompt=XL_GEN.prompt,
+            num_inference_steps=XL_GEN.steps,
+            guidance_scale=XL_GEN.guidance,
+            height=64,
+            width=64,
+            generator=torch.Generator("cpu").manual_seed(XL_GEN.seed),
+            output_type="pt",
+        ).images
+    from_meta = Decoder(xl.vae, **{k: getattr(m, k) for k in LatentScaling.__dataclass_fields__})
+    assert torch.allclose(from_meta.decode_float(final[None]), theirs, atol=1e-4)
+    job_decoder = ModelCache().decoder(load_settings(None, env={}), xl)
+    assert torch.allclose(job_decoder.decode_float(final[None]), theirs, atol=1e-4)
+    # The scalar rule alone (what these trails were decoded with before) is another picture.
+    scalar = Decoder(xl.vae, scaling_factor=m.scaling_factor).decode_float(final[None])
+    assert (scalar - theirs).abs().mean() > 0.05
+    # Encoding a picture is the exact inverse of decoding's scaling.
+    picture = Image.new("RGB", (64, 64), (200, 60, 40))
+    with torch.inference_mode():
+        z = xl.vae.encode(image_to_tensor(picture)[None]).latent_dist.mean
+    mean, std = (torch.tensor(v).view(1, 4, 1, 1) for v in (m.latents_mean, m.latents_std))
+    expected = (z - mean) * 0.5 / std
+    assert torch.allclose(encode_picture(xl, picture), expected[0], atol=1e-5)
+    # A plain SDXL trail does not decode alike: no transition between them.
+    _, plain = capture(sdxl, XL_GEN)
+    with pytest.raises(TransitionError, match="different VAEs"):
+        build_plan(trail, plain)
+
+
 def test_sdxl_img2img_from_a_picture(sdxl):
     picture = Image.new("RGB", (64, 64), (200, 40, 40))
     gen = Generation("a red square", seed=2, steps=6, width=64, height=64, image=picture, strength=0.5)

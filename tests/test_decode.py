@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
 from diffusers import AutoencoderKL
 
 from painter.decode import asks_for_upcast
@@ -135,3 +136,27 @@ def test_a_batch_that_runs_out_of_gpu_memory_is_halved_and_retried(tiny_model):
         assert one.batch_size == 1  # halved down to one frame, which still did not fit
     else:
         raise AssertionError("a frame that does not fit must fail the decode")
+
+
+def test_per_channel_latent_scaling_round_trips_and_follows_diffusers():
+    """VAEs with per-channel latents_mean/latents_std (Playground v2.5): the UNet's latents
+    reach the decoder as ``latent * std / scaling_factor + mean`` (diffusers' SDXL rule) and
+    an encoded picture comes back as ``(z - mean) * scaling_factor / std``."""
+    import torch
+
+    from painter.decode import LatentScaling
+
+    mean, std = [-1.6574, 1.886, -1.383, 2.5155], [8.4927, 5.9022, 6.5498, 5.2299]
+    config = {"scaling_factor": 0.5, "shift_factor": None, "latents_mean": mean, "latents_std": std}
+    scaling = LatentScaling.of(config)
+    assert scaling.latents_mean == tuple(mean) and scaling.latents_std == tuple(std)
+    x = torch.randn(2, 4, 3, 3, generator=torch.Generator().manual_seed(0))
+    z = scaling.to_vae(x)
+    expected = x * torch.tensor(std).view(1, 4, 1, 1) / 0.5 + torch.tensor(mean).view(1, 4, 1, 1)
+    assert torch.allclose(z, expected)
+    assert torch.allclose(scaling.to_unet(z), x, atol=1e-5)
+    # Only both together mean per channel, as in diffusers; otherwise the scalar rule.
+    scalar = LatentScaling.of({"scaling_factor": 0.13025, "latents_mean": mean, "latents_std": None})
+    assert scalar.latents_mean is None and torch.allclose(scalar.to_vae(x), x / 0.13025)
+    with pytest.raises(ValueError, match="4/4 values, but its latents have 3 channels"):
+        scaling.to_vae(x[:, :3])

@@ -168,6 +168,24 @@ def test_same_vae_id_with_different_scaling_is_refused() -> None:
         check_compatible(src, dst)
 
 
+def test_same_vae_id_with_different_per_channel_statistics_is_refused() -> None:
+    """Playground-v2.5-style VAEs scale each latent channel by its own mean and std: two
+    trails that agree on the scalar factor but not on those do not decode alike."""
+    stats = {
+        "latents_mean": [-1.6574, 1.886, -1.383, 2.5155],
+        "latents_std": [8.4927, 5.9022, 6.5498, 5.2299],
+    }
+    src = make_trail(4, seed=15, scaling_factor=0.5)
+    dst = make_trail(4, seed=16, scaling_factor=0.5)
+    dst.meta.latents_mean, dst.meta.latents_std = stats["latents_mean"], stats["latents_std"]
+    expected = r"latent scaling 0\.5/shift 0 vs 0\.5/shift 0/per-channel mean \[-1\.6574"
+    with pytest.raises(TransitionError, match=expected):
+        check_compatible(src, dst)
+    src.meta.latents_mean, src.meta.latents_std = list(stats["latents_mean"]), list(stats["latents_std"])
+    plan = build_plan(src, dst)
+    assert (plan.meta.latents_mean, plan.meta.latents_std) == (stats["latents_mean"], stats["latents_std"])
+
+
 def test_missing_vae_id_or_mixed_spaces_are_refused() -> None:
     with pytest.raises(TransitionError, match="records no VAE id"):
         check_compatible(make_trail(3, seed=17, vae_id=""), make_trail(3, seed=18))
