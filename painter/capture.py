@@ -10,6 +10,7 @@ model output for epsilon, v or sample prediction.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -91,6 +92,21 @@ def record_x0(scheduler: Any, on_step: Callable[[torch.Tensor, Any], None]):
         del scheduler.step  # the instance attribute shadowed the class method
 
 
+def img2img_steps(steps: int, strength: float) -> int:
+    """Denoising steps an SDEdit run takes: diffusers' img2img runs ``int(steps × strength)``."""
+    return int(steps * strength)
+
+
+def check_img2img_steps(steps: int, strength: float) -> None:
+    """Refuse an SDEdit request whose ``steps × strength`` rounds down to no step at all."""
+    if img2img_steps(steps, strength) < 1:
+        needed = math.ceil(1 / strength - 1e-9) if strength > 0 else 1
+        raise CaptureError(
+            f"with strength {strength:g}, {steps} step{'s repaint' if steps != 1 else ' repaints'} nothing "
+            f"(steps × strength must reach 1): use at least {needed} steps or a higher strength"
+        )
+
+
 def validate_generation(gen: Generation, *, max_side: int = 1024, max_steps: int = 100) -> None:
     """Refuse requests the pipeline would fail on, with a message naming the allowed values."""
     if not gen.prompt or not gen.prompt.strip():
@@ -104,6 +120,8 @@ def validate_generation(gen: Generation, *, max_side: int = 1024, max_steps: int
         raise CaptureError(f"guidance {gen.guidance} must be between 0 and 50")
     if gen.image is not None and not 0.0 < gen.strength <= 1.0:
         raise CaptureError(f"strength {gen.strength} must be in (0, 1]")
+    if gen.image is not None:
+        check_img2img_steps(gen.steps, gen.strength)
     if not 0 <= gen.seed < 2**63:
         raise CaptureError(f"seed {gen.seed} must be between 0 and 2^63-1")
 
@@ -132,7 +150,7 @@ def capture(
     scheduler = pipe.scheduler
     latents: list[torch.Tensor] = []
     timesteps: list[torch.Tensor] = []
-    expected = gen.steps if gen.image is None else max(1, int(gen.steps * gen.strength))
+    expected = gen.steps if gen.image is None else max(1, img2img_steps(gen.steps, gen.strength))
 
     def keep(x0: torch.Tensor, timestep: Any) -> None:
         # Kept on the pipeline's device until the end: a copy to the CPU here would wait for
@@ -158,9 +176,9 @@ def capture(
         kwargs.update(image=gen.image.convert("RGB").resize((gen.width, gen.height)), strength=gen.strength)
     with record_x0(scheduler, keep), torch.inference_mode():
         output = pipe(**kwargs)
-    final = output.images[0].to("cpu", torch.float32)
     if not latents:
         raise CaptureError("the pipeline ran no denoising step (steps × strength rounds to zero)")
+    final = output.images[0].to("cpu", torch.float32)
     # The last entry is the output itself, so an animation of the trail ends on the image.
     latents[-1] = final
     stacked = torch.stack([x0.to("cpu") for x0 in latents])

@@ -127,6 +127,10 @@ def test_on_step_reports_and_can_stop(model):
         ({"height": 4096}, "multiple of 8 between 64 and 1024"),
         ({"steps": 0}, "steps 0 must be between 1 and 100"),
         ({"guidance": -1.0}, "guidance"),
+        # SDEdit runs int(steps × strength) steps: none at all is the member's mistake, said
+        # up front, not an IndexError retried three times by the worker.
+        ({"image": Image.new("RGB", (8, 8)), "steps": 10, "strength": 0.05}, "use at least 20 steps"),
+        ({"image": Image.new("RGB", (8, 8)), "steps": 1, "strength": 0.5}, "1 step repaints nothing"),
     ],
 )
 def test_bad_generation_is_refused(change, message):
