@@ -7,6 +7,8 @@ runs, it edits the deferred reply with progress (:mod:`bot.progress`); when the 
 
 - with an interaction follow-up while the interaction token is valid (15 minutes), else
   with a channel message that mentions the requester;
+- a cancelled job only has its reply edited to say so (the member usually clicked Cancel
+  themselves): a message follows only when the reply cannot be edited;
 - ``allowed_mentions`` lets the message ping the requester and nobody else, whatever
   the prompt says;
 - the files together fit the interaction's attachment limit (the job was rendered for
@@ -323,6 +325,9 @@ class Outcome:
     result_id: int | None = None  # the result row the message delivers
     private: bool = False  # the member's own mistake: told only to them (ephemeral)
     replaces_reply: bool = False  # once sent, the reply (a stale status line) is deleted
+    # The status line in the reply says it all (a cancellation, usually the member's own
+    # click): the message is sent only when the reply cannot be edited.
+    reply_only: bool = False
 
     @property
     def text(self) -> str:
@@ -355,7 +360,12 @@ class Deliverer:
             if member_fault(job):
                 return Outcome(status=text, content=text, private=True)
             failed = job.status == "failed"
-            return Outcome(status=text, content=f"{mention} {text}", replaces_reply=failed)
+            return Outcome(
+                status=text,
+                content=f"{mention} {text}",
+                replaces_reply=failed,
+                reply_only=job.status == "cancelled",
+            )
         result = await result_for_job(self.bot.db, job.id)
         if result is None:
             log.error("job %s is done but has no result row", job.id)
@@ -478,7 +488,11 @@ class Deliverer:
         return True
 
     async def _in_place(self, job: Job, outcome: Outcome, files: list[Attachment]) -> bool:
-        """The interaction follow-up; False when the token no longer works (use the channel)."""
+        """The interaction follow-up; False when the token no longer works (use the channel).
+
+        An outcome told by the reply alone (``reply_only``) sends the follow-up only when
+        the reply could not be edited (deleted, say).
+        """
         assert job.interaction_token is not None
         webhook = interaction_webhook(self.bot, job.interaction_token)
         try:
@@ -497,6 +511,11 @@ class Deliverer:
                 return False
             # 404: the reply was deleted; a follow-up still works.
             log.info("job %s: reply not editable (%s %s)", job.id, exc.status, exc.code)
+        else:
+            if outcome.reply_only:
+                # A follow-up would repeat the reply and ping the member for their own click.
+                log.info("job %s: its reply says how it ended", job.id)
+                return True
         try:
             message = await self._send_fitting(
                 lambda **kwargs: webhook.send(wait=True, **kwargs), job, outcome, files

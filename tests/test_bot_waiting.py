@@ -100,6 +100,7 @@ async def test_the_requester_cancels_a_queued_job_which_frees_their_place(world:
 
     # The button is persistent: it works after a restart.
     await world.restart()
+    mark = standin.mark()
     click = await standin.send_component(f"lp:cancel:{job_id}", message=original, user=ALICE_ID)
     answer = await click.response(timeout=5)
     assert answer.callback_type == 7  # the reply itself is edited
@@ -109,11 +110,12 @@ async def test_the_requester_cancels_a_queued_job_which_frees_their_place(world:
     )
     cancelled = await job(world, job_id)
     assert cancelled.status == "cancelled" and cancelled.started_at is None
-    # The watcher's delivery says the same in the reply.
+    # The watcher's delivery says the same in the reply, and posts nothing: she knows.
     await handle.wait_for(  # type: ignore[attr-defined]
         lambda r: r.method == "PATCH" and r.content == "Your painting “a wrong prompt” was cancelled.",
         timeout=10,
     )
+    await told_only_in_the_reply(world, handle, job_id, mark)
 
     # The place is free again: a new /paint is accepted, and only it is painted.
     retry = await standin.send_slash("paint", {"prompt": "the right prompt"})
@@ -126,6 +128,7 @@ async def test_the_requester_cancels_a_queued_job_which_frees_their_place(world:
 @on_world
 async def test_the_requester_cancels_a_running_job_at_its_next_step(world: World) -> None:
     handle, job_id = await queued_paint(world, "slow and unwanted")
+    mark = world.standin.mark()
     worker = work(world)
     await until(lambda: _status(world, job_id, "running"), "the job to start")
     started = time.monotonic()
@@ -139,10 +142,47 @@ async def test_the_requester_cancels_a_running_job_at_its_next_step(world: World
     # The scripted runner takes 3 s in all; it stopped at its next frame (0.5 s apart).
     assert time.monotonic() - started < 2.5
     assert await asyncio.wait_for(worker, 30) == 1
-    told = await handle.wait_for(lambda r: r.route == FOLLOWUP, timeout=10)  # type: ignore[attr-defined]
-    expected = f"<@{ALICE_ID}> Your painting “slow and unwanted” was cancelled."
-    assert told[0].content == expected and not told[0].files
-    assert not handle.original.components  # type: ignore[attr-defined]
+    await told_only_in_the_reply(world, handle, job_id, mark)
+    original = handle.original  # type: ignore[attr-defined]
+    assert original.content == "Your painting “slow and unwanted” was cancelled."
+    assert not original.components and not original.embeds
+
+
+@on_world
+async def test_a_cancellation_the_reply_cannot_show_is_posted_mentioning_the_requester(world: World) -> None:
+    """Cancelled by an operator (``latent-painter cancel``) when the reply cannot say so."""
+    standin = world.standin
+    expected = f"<@{ALICE_ID}> Your painting “{{}}” was cancelled."
+
+    # The reply's token has expired: a channel message, as the reply's last edit promised.
+    handle, job_id = await queued_paint(world, "cancelled after the token expired")
+    handle.expire()  # type: ignore[attr-defined]
+    mark = standin.mark()
+    await world.bot.queue.cancel(job_id)
+    world.bot.watcher.wake()
+    posted = await standin.wait_for(lambda r: r.route == CHANNEL_POST, since=mark, timeout=10)
+    assert posted.content == expected.format("cancelled after the token expired")
+    assert standin.messages.get(int(posted.response["id"])).mentions.users == (ALICE_ID,)  # type: ignore[union-attr,index]
+
+    # The reply was deleted (a moderator, say): the news goes to the channel all the same.
+    handle, job_id = await queued_paint(world, "cancelled after the reply was deleted")
+    handle.original.deleted = True  # type: ignore[attr-defined]
+    mark = standin.mark()
+    await world.bot.queue.cancel(job_id)
+    world.bot.watcher.wake()
+    posted = await standin.wait_for(
+        lambda r: r.route in (FOLLOWUP, CHANNEL_POST) and r.method == "POST", since=mark, timeout=10
+    )
+    assert posted.ok and posted.content == expected.format("cancelled after the reply was deleted")
+
+
+async def told_only_in_the_reply(world: World, handle: object, job_id: int, mark: int) -> None:
+    """Wait for the cancelled job's delivery; it edited the reply and posted nothing."""
+    await until(lambda: job_id in world.bot.watcher.ledger, "the cancellation to be delivered")
+    posted = world.standin.recorder.matching(lambda r: r.route in (FOLLOWUP, CHANNEL_POST), since=mark)
+    assert not posted, [r.content for r in posted]
+    original = handle.original  # type: ignore[attr-defined]
+    assert original.content.endswith(" was cancelled.") and not original.mentions.users
 
 
 async def _status(world: World, job_id: int, status: str) -> bool:
