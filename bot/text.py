@@ -2,13 +2,15 @@
 
 A prompt is written by a member and shown by the bot in embeds, replies and error
 messages. Shown raw, ``**bold**`` would format, ``@everyone`` or ``<@&role>`` would read
-as a mention, and a long prompt would break an embed's limits. :func:`quote` is the one
-way user text reaches a message.
+as a mention, a right-to-left override would reverse the bot's own words after it, and a
+long prompt would break an embed's limits. :func:`quote` is the one way user text
+reaches a message.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from datetime import datetime
 
 import discord
@@ -22,17 +24,57 @@ CHOICE_NAME_LIMIT = 100
 # Line-start markdown that escape_markdown leaves alone: headings, quotes, list bullets.
 _LINE_START = re.compile(r"(?m)^(\s*)([#>\-*]|\d+\.)")
 
+# Bidirectional embeddings, overrides and isolates (U+202A-U+202E, U+2066-U+2069) and the
+# direction marks (U+200E, U+200F, U+061C). In a member's text they reorder what follows
+# it, the bot's own words included ("… was cancelled." shown backwards); right-to-left
+# scripts need none of them to read right. The zero-width joiner of emoji stays.
+_BIDI_CONTROLS = dict.fromkeys(
+    map(ord, "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+)
+
+# What a text that draws nothing is shown as, so "Your painting “”" never happens.
+INVISIBLE_TEXT = "(invisible text)"
+# Characters that draw nothing but are letters, symbols or marks to Unicode: the Hangul
+# fillers, the blank braille pattern, the grapheme joiner, variation selectors and the
+# Mongolian and Khmer ones that only shape their neighbours.
+_BLANK = frozenset("\u115f\u1160\u3164\uffa0\u2800\u034f\u17b4\u17b5\u180b\u180c\u180d\u180f")
+
+
+def _draws(char: str) -> bool:
+    if char in _BLANK or "\ufe00" <= char <= "\ufe0f" or "\U000e0100" <= char <= "\U000e01ef":
+        return False
+    # Spaces, separators, controls and format characters (zero-width space, word joiner,
+    # soft hyphen, tags...). Unassigned code points count as drawing: to this Python they
+    # include emoji newer than its Unicode tables.
+    return unicodedata.category(char) not in ("Zs", "Zl", "Zp", "Cc", "Cf", "Cs")
+
+
+def visible(text: str | None) -> bool:
+    """Whether ``text`` has a character that draws something (not only spaces and zero-width ones)."""
+    return any(_draws(char) for char in str(text or ""))
+
+
+def without_bidi_controls(text: str) -> str:
+    """``text`` without the controls that would reorder the text around it."""
+    return text.translate(_BIDI_CONTROLS)
+
 
 def quote(text: str | None, limit: int = FIELD_VALUE_LIMIT) -> str:
-    """``text`` with markdown and mentions escaped, cut to ``limit`` characters with an ellipsis.
+    """``text`` made inert, cut to ``limit`` characters with an ellipsis.
 
-    Escaping happens before cutting is measured, so the result never exceeds ``limit``
-    and never ends in half an escape sequence.
+    Markdown and mentions are escaped and bidirectional controls removed; a text of only
+    invisible characters is shown as :data:`INVISIBLE_TEXT`. Escaping happens before
+    cutting is measured, so the result never exceeds ``limit`` and never ends in half an
+    escape sequence.
     """
     if not text:
         return ""
-    escaped = discord.utils.escape_mentions(discord.utils.escape_markdown(str(text)))
-    escaped = _LINE_START.sub(lambda m: m.group(1) + "\\" + m.group(2), escaped)
+    plain = without_bidi_controls(str(text))
+    if not visible(plain):
+        escaped = INVISIBLE_TEXT
+    else:
+        escaped = discord.utils.escape_mentions(discord.utils.escape_markdown(plain))
+        escaped = _LINE_START.sub(lambda m: m.group(1) + "\\" + m.group(2), escaped)
     if len(escaped) <= limit:
         return escaped
     cut = escaped[: max(0, limit - 1)]
@@ -43,7 +85,7 @@ def quote(text: str | None, limit: int = FIELD_VALUE_LIMIT) -> str:
 
 def one_line(text: str | None, limit: int) -> str:
     """Plain text on one line, cut to ``limit`` characters (for autocomplete labels, not markdown)."""
-    flat = " ".join(str(text or "").split())
+    flat = " ".join(without_bidi_controls(str(text or "")).split())
     return flat if len(flat) <= limit else flat[: max(0, limit - 1)] + "…"
 
 

@@ -2,8 +2,8 @@
 
 The bot sessions here run a scripted job runner (real files, no model) so failures,
 safety flags and previews can be asked for through the prompt; the painting itself is
-covered by ``test_bot_e2e.py``. The rest are plain unit tests of ``bot.delivery`` and
-``bot.text``.
+covered by ``test_bot_e2e.py``. The rest are plain unit tests of ``bot.delivery``
+(``bot.text`` has ``test_bot_text.py``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from PIL import Image
 
 from bot.config import load_settings
 from bot.delivery import DeliveryLedger, failure_text, fitted_files, safety_action, shrink_picture
-from bot.text import quote
 from bot.worker import JobContext, JobOutput, MemberError, PermanentJobError, run_worker
 from db.models import Job, Result
 from painter.video import FrameEncoder, read_frames
@@ -451,14 +450,6 @@ def test_failure_text_keeps_the_members_part_of_a_member_error_only() -> None:
     assert failure_text(transition).startswith(
         "Your transition AAAA → BBBB failed on our side after 2 attempts"
     )
-
-
-def test_quote_makes_member_text_inert_and_short() -> None:
-    text = quote("# Title\n> @everyone **bold** <@&123> `code`", 1000)
-    assert "@\u200beveryone" in text and "\\*\\*bold\\*\\*" in text and "\\`code\\`" in text
-    assert text.startswith("\\# Title") and "\n\\> " in text
-    long = quote("*" * 50, 20)
-    assert len(long) <= 20 and long.endswith("…") and not long[:-1].endswith("\\")
 
 
 def _video(path: Path, frames: np.ndarray) -> Path:

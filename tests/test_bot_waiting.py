@@ -176,6 +176,19 @@ async def test_a_cancellation_the_reply_cannot_show_is_posted_mentioning_the_req
     assert posted.ok and posted.content == expected.format("cancelled after the reply was deleted")
 
 
+@on_world
+async def test_a_prompt_cannot_reverse_the_bots_own_words_around_it(world: World) -> None:
+    """A right-to-left override in a prompt is left out wherever the bot quotes the prompt."""
+    handle, job_id = await queued_paint(world, "a cat \u202eyrtnuoc eht ni esuoh")
+    original = handle.original  # type: ignore[attr-defined]
+    assert original.content.startswith("**Painting** a cat yrtnuoc eht ni esuoh\n")
+    click = await world.standin.send_component(f"lp:cancel:{job_id}", message=original)
+    told = "Your painting “a cat yrtnuoc eht ni esuoh” was cancelled."
+    assert (await click.response(timeout=5)).content.endswith(f"\n{told}")
+    await until(lambda: job_id in world.bot.watcher.ledger, "the cancellation to be delivered")
+    assert handle.original.content == told  # type: ignore[attr-defined]
+
+
 async def told_only_in_the_reply(world: World, handle: object, job_id: int, mark: int) -> None:
     """Wait for the cancelled job's delivery; it edited the reply and posted nothing."""
     await until(lambda: job_id in world.bot.watcher.ledger, "the cancellation to be delivered")
