@@ -89,6 +89,28 @@ def one_line(text: str | None, limit: int) -> str:
     return flat if len(flat) <= limit else flat[: max(0, limit - 1)] + "…"
 
 
+def listed(items: list[str], limit: int) -> str:
+    """``a, b, c and 40 more``: as many of ``items`` as fit in ``limit`` characters, then a count.
+
+    For lists of mentions or ids, which cannot be cut in the middle as :func:`quote` cuts text.
+    """
+    total = len(items)
+    joined = ", ".join(items)
+    if len(joined) <= limit:
+        return joined
+    # Longest first part that leaves room for its " and K more".
+    length = -2  # no ", " before the first item
+    shown = 0
+    for item in items:
+        longer = length + 2 + len(item)
+        if longer + len(f" and {total - shown - 1} more") > limit:
+            break
+        length, shown = longer, shown + 1
+    if shown == 0:
+        return f"{total} (too many to list)"[:limit]
+    return f"{', '.join(items[:shown])} and {total - shown} more"
+
+
 def plural(count: int, word: str, many: str | None = None) -> str:
     """``1 job``, ``3 jobs``."""
     return f"{count} {word if count == 1 else (many or word + 's')}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bot.text import INVISIBLE_TEXT, one_line, quote, visible
+from bot.text import INVISIBLE_TEXT, listed, one_line, quote, visible
 
 # Every control that reorders text around it: embeddings, overrides, isolates and marks.
 BIDI_CONTROLS = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c"
@@ -50,3 +50,13 @@ def test_visible_text_counts_as_visible() -> None:
     for text in ("a", "\u200bcat\u200b", "🎨", "\u0301", "\U0001fae8"):  # a lone accent; a newer emoji
         assert visible(text), ascii(text)
     assert quote("") == "" and quote(None) == "" and not visible(None)
+
+
+def test_listed_shows_what_fits_then_counts_the_rest() -> None:
+    channels = [f"<#{1_300_000_000_000_009_000 + i}>" for i in range(60)]
+    shown = listed(channels, 1024)
+    assert len(shown) <= 1024 and shown.endswith(" and 18 more")
+    assert shown.removesuffix(" and 18 more").split(", ") == channels[:42]
+    assert listed(["a", "b"], 4) == "a, b"  # what fits is not counted
+    assert listed(["aaaa", "bbbb", "cccc", "dddd"], 20) == "aaaa and 3 more"
+    assert listed([], 10) == ""

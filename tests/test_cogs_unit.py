@@ -29,6 +29,7 @@ from bot.discord_bot import LatentPainterBot, create_bot
 from db.gallery import update_settings
 from db.results import NewResult
 from tests.discord_standin import DiscordStandIn, RecordedRequest
+from tests.discord_standin.messages import validate_embeds
 from tests.discord_standin.world import (
     ALICE_ID,
     BOT_ID,
@@ -224,6 +225,27 @@ async def test_settings_need_manage_server(harness: Harness) -> None:
 
     assert (await get_settings(harness.bot.db, GUILD_ID)).per_user_cap == 2
     await update_settings(harness.bot.db, GUILD_ID, MOD_ID, per_user_cap=None)
+
+
+@on_bot
+async def test_settings_with_many_allowed_channels_stay_within_discords_embed_limits(
+    harness: Harness,
+) -> None:
+    # 60 channel mentions are about 1,400 characters; a field value may hold 1,024.
+    many = [GENERAL_ID, *(1_300_000_000_000_009_000 + i for i in range(59))]
+    await update_settings(harness.bot.db, GUILD_ID, MOD_ID, allowed_channel_ids=many)
+    try:
+        answer = await harness.slash("settings", {}, user_id=MOD_ID)
+        assert ephemeral_text(answer) == "Nothing changed; these are the current settings."
+        [embed] = answer.json["data"]["embeds"]
+        validate_embeds([embed])  # what Discord checks; over a limit it answers 400
+        [field] = [f for f in embed["fields"] if f["name"] == "Painting allowed in"]
+        shown, more = field["value"].rsplit(" and ", 1)
+        mentions = shown.split(", ")
+        assert mentions == [f"<#{c}>" for c in sorted(many)[: len(mentions)]]
+        assert more == f"{len(many) - len(mentions)} more" and len(mentions) >= 40
+    finally:
+        await update_settings(harness.bot.db, GUILD_ID, MOD_ID, allowed_channel_ids=[])
 
 
 async def finished_results(harness: Harness, *prompts: str) -> list[str]:

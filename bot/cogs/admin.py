@@ -14,6 +14,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.cogs.common import UserError, guild_rules
+from bot.text import FIELD_VALUE_LIMIT, listed
 from db.gallery import GalleryError, get_settings, update_settings
 from db.models import GuildSettings
 
@@ -44,7 +45,11 @@ RESETTABLE = {
 def settings_embed(row: GuildSettings, bot: LatentPainterBot, flagged: str) -> discord.Embed:
     """The server's settings as members with Manage Server see them."""
     s = bot.settings
-    channels = ", ".join(f"<#{c}>" for c in row.allowed_channel_ids or []) or "every channel"
+    # A field value holds 1,024 characters, about 43 channel mentions; over that Discord
+    # refuses the whole message, so the rest are counted.
+    channels = (
+        listed([f"<#{c}>" for c in row.allowed_channel_ids or []], FIELD_VALUE_LIMIT) or "every channel"
+    )
 
     def channel(value: int | None) -> str:
         return f"<#{value}>" if value else "not set"
