@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from bot.paint_job import FrameCallback, ModelCache
     from painter.animate import Animation
     from painter.trail import Trail
-    from painter.transition import TransitionPlan
+    from painter.transition import TransitionMeta, TransitionPlan
 
 # The choices of --guidance, as painter.transition.GUIDANCES (checked by the plan builder too).
 GUIDANCES = ("schedule", "interpolate")
@@ -67,6 +67,8 @@ def run_transition(
     Writes the animation to ``out``, the destination's final image beside it
     (``<stem>.png``) and the update heatmap (``<stem>.heatmap.png``). Every input is
     checked before any output is written, and on any error no output is left.
+    With ``resize``, results of another size are shown at the first one's, scaled to
+    cover it and centre-cropped; ``outputs.plan.meta.fits`` says which were.
     """
     from bot.paint_job import (
         ModelCache,
@@ -98,7 +100,7 @@ def run_transition(
             settings, meta.model_ids, meta.vae_id, meta.space, models, image=True
         )
         final = decode_image(image_decoder, plan.plan[-1])
-        text = transition_png_text(loaded, effect, guidance=guidance, depth=depth)
+        text = transition_png_text(loaded, effect, guidance=guidance, depth=depth, shown=meta)
         with files_beside(written, final, image_path, text):
             animation = animate(
                 plan.plan.to(decoder.device),
@@ -128,28 +130,79 @@ def describe_result(trail: Trail) -> str:
     return f'"{meta.prompt}" (Seed: {meta.seed}, Model: {meta.model_id})'
 
 
+def size_text(size: tuple[int, int]) -> str:
+    """A (width, height) pair as the PNG text and messages write it: ``64x128``."""
+    return f"{size[0]}x{size[1]}"
+
+
+def fit_note(meta: TransitionMeta, index: int = -1) -> str:
+    """What fitting did to result ``index`` of a transition, in words; "" where nothing.
+
+    ``cropped from 64x128 to 128x128 (scaled to 128x256, top and bottom cut)``, or
+    ``resized from 256x256 to 128x128``.
+    """
+    from painter.transition import cover_size
+
+    how = meta.fits[index] if meta.fits else ""
+    if not how:
+        return ""
+    (width, height), shown = meta.original_sizes[index], (meta.width, meta.height)
+    note = f"{how} from {size_text((width, height))} to {size_text(shown)}"
+    if how == "cropped":
+        scaled_h, scaled_w = cover_size((height, width), (shown[1], shown[0]))
+        # Wider than the shown shape loses its sides; taller loses its top and bottom.
+        cut = "left and right" if scaled_w > shown[0] else "top and bottom"
+        scaled = (
+            ""
+            if (scaled_w, scaled_h) == (width, height)
+            else f"scaled to {size_text((scaled_w, scaled_h))}, "
+        )
+        note += f" ({scaled}{cut} cut)"
+    return note
+
+
 def transition_png_text(
-    trails: Sequence[Trail], effect: str, *, guidance: str = "schedule", depth: float = 1.0
+    trails: Sequence[Trail],
+    effect: str,
+    *,
+    guidance: str = "schedule",
+    depth: float = 1.0,
+    shown: TransitionMeta | None = None,
 ) -> dict[str, Any]:
     """PNG text of a transition's final picture, which is the last result's picture.
 
     The destination's own generation parameters (without an effect: the effect is the
     transition's), then a ``Transition:`` line naming where it came from and how.
+    ``shown``, the plan's metadata, tells where the destination was fitted to the
+    source's size: its ``Size`` is then the size delivered, and the ``Transition``
+    line ends ``Destination: cropped from WxH …`` (or ``resized from``).
     """
     from bot.paint_job import generation_text, png_text
 
-    text = png_text(trails[-1], effect)
+    destination = trails[-1]
+    fitted = shown is not None and bool(shown.fitted)
+    if fitted:
+        # The picture is the fitted one: its size, not the destination's own, is true of it.
+        destination = replace(
+            destination, meta=replace(destination.meta, width=shown.width, height=shown.height)
+        )
+    text = png_text(destination, effect)
     route = f"from {describe_result(trails[0])}"
     if len(trails) > 2:
         route += " via " + "; ".join(describe_result(t) for t in trails[1:-1])
     how = f"Effect: {effect}, Guidance: {guidance}"
     if guidance == "schedule":  # depth: how far back the source's trail is walked
         how += f", Depth: {depth:g}"
-    text["parameters"] = f"{generation_text(trails[-1].meta)}\nTransition: {route}, {how}"
+    if fitted:
+        how += f", Destination: {fit_note(shown)}"
+    text["parameters"] = f"{generation_text(destination.meta)}\nTransition: {route}, {how}"
     text["transition_from"] = describe_result(trails[0])
     if len(trails) > 2:
         text["transition_via"] = "; ".join(describe_result(t) for t in trails[1:-1])
     text["transition_guidance"] = guidance
+    if fitted:
+        text["transition_fitted"] = shown.fitted
+        text["transition_fitted_from"] = size_text(shown.fitted_from or (0, 0))
     return text
 
 
@@ -213,7 +266,8 @@ def cmd_transition(args: argparse.Namespace) -> int:
     validate_options(args.depth, args.transition_guidance)
     settings = settings_from_args(args)
     out = args.out or Path(f"transition.{settings.render.format}")
-    paths = resolve_trails(settings, [args.source, args.dest, *args.more])
+    given = [args.source, args.dest, *args.more]
+    paths = resolve_trails(settings, given)
     if len(set(paths)) < 2:
         raise UsageError("SOURCE and DEST are the same trail: give two different results")
     progress = Progress()
@@ -233,6 +287,9 @@ def cmd_transition(args: argparse.Namespace) -> int:
     meta = outputs.plan.meta
     models = " → ".join(meta.model_ids)
     print(f"transition through {len(paths)} results ({models}), {len(outputs.plan)} plan steps")
+    for index, name in enumerate(given):
+        if note := fit_note(meta, index):
+            print(f"{name}: {note}")
     print(
         f"animation: {video.path} ({video.frames} frames, {video.fps:g} fps, "
         f"{video.width}x{video.height}, {video.bytes / 1e6:.2f} MB)"
@@ -277,7 +334,10 @@ def add_subcommands(subparsers: Any) -> None:
         "pictures, for results that share content (default schedule)",
     )
     parser.add_argument(
-        "--resize", action="store_true", help="resample later results to the first one's size if they differ"
+        "--resize",
+        action="store_true",
+        help="show later results of another size at the first one's: scaled to cover it, keeping "
+        "their aspect ratio, and centre-cropped where their shape differs",
     )
     parser.add_argument("--out", type=Path, help="animation file (default transition.mp4)")
     add_config_option(parser)

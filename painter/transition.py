@@ -12,7 +12,9 @@ finals, so the shared background never leaves the canvas.
 
 Two trails can be combined when they decode with the same VAE: the same VAE id, latent
 scaling and space, and the same latent shape. The UNets may differ (two checkpoints
-that share a VAE), since the plan only ever holds decodable latents.
+that share a VAE), since the plan only ever holds decodable latents. Results of another
+size can be *fitted* to the first one's (:func:`fit_trail`): scaled to cover its grid,
+keeping their aspect ratio, and centre-cropped, so nothing is ever stretched.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ import torch.nn.functional as F
 from painter.trail import Trail, TrailError, TrailMeta
 
 GUIDANCES = ("schedule", "interpolate")
+# How a trail was fitted to the plan's grid: not at all, scaled only (same shape), or
+# scaled to cover the grid and centre-cropped (another shape).
+FITS = ("", "resized", "cropped")
 # Pixels per latent cell when the trail metadata does not say (SD VAEs downsample by 8).
 _DEFAULT_CELL = {"latent": 8, "pixel": 1}
 
@@ -41,6 +46,10 @@ class TransitionMeta:
     One entry per trail in ``model_ids``/``prompts``/``seeds`` (two for a single
     transition, more for a chain); one entry per hop in ``forward_starts`` and
     ``hop_ends``, both indices into the plan.
+
+    ``width``/``height`` are the size every frame and the final picture are shown at:
+    the first trail's. ``fits`` and ``original_sizes`` say, per trail, how it was
+    fitted to that size (see :data:`FITS`) and its own size before.
     """
 
     guidance: str
@@ -59,10 +68,15 @@ class TransitionMeta:
     space: str
     width: int
     height: int
+    # True when any trail was fitted (resized or cropped) to the first one's size.
     resized: bool = False
     extra: dict[str, object] = field(default_factory=dict)
     latents_mean: list[float] | None = None
     latents_std: list[float] | None = None
+    # One per trail: "" (already the shown size), "resized" or "cropped"; see FITS.
+    fits: list[str] = field(default_factory=list)
+    # One per trail: its own (width, height) in pixels, before any fitting.
+    original_sizes: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def source_model_id(self) -> str:
@@ -71,6 +85,18 @@ class TransitionMeta:
     @property
     def destination_model_id(self) -> str:
         return self.model_ids[-1]
+
+    @property
+    def fitted(self) -> str:
+        """How the final picture (the last destination) was fitted to ``width``×``height``:
+        "" (it is that size), "resized" (same shape, scaled) or "cropped" (another shape:
+        scaled to cover the size, keeping its aspect ratio, then centre-cropped)."""
+        return self.fits[-1] if self.fits else ""
+
+    @property
+    def fitted_from(self) -> tuple[int, int] | None:
+        """The last destination's own (width, height) in pixels where it was fitted, else None."""
+        return self.original_sizes[-1] if self.fitted and self.original_sizes else None
 
     @property
     def forward_start(self) -> int:
@@ -162,8 +188,26 @@ def check_compatible(src: Trail, dst: Trail, *, resize: bool = False) -> None:
     if (sh, sw) != (dh, dw) and not resize:
         raise TransitionError(
             f"cannot transition: sizes differ ({_latent_size(src)} vs {_latent_size(dst)} latents); "
-            "pass --resize to resample the destination"
+            "pass --resize to fit the destination to the source's size (scaled to cover it, "
+            "keeping its aspect ratio, and centre-cropped)"
         )
+
+
+def _cell_size(trail: Trail) -> tuple[float, float]:
+    """Pixels per latent cell (height, width), from the trail's recorded size where it has one."""
+    _, _, h, w = trail.latents.shape
+    cell = _DEFAULT_CELL.get(trail.meta.space, 1)
+    return (
+        trail.meta.height / h if trail.meta.height else cell,
+        trail.meta.width / w if trail.meta.width else cell,
+    )
+
+
+def pixel_size(trail: Trail) -> tuple[int, int]:
+    """The (width, height) in pixels a trail's pictures decode to."""
+    _, h, w = trail.latent_shape
+    cell_h, cell_w = _cell_size(trail)
+    return round(w * cell_w), round(h * cell_h)
 
 
 def resize_trail(trail: Trail, size: tuple[int, int]) -> Trail:
@@ -171,7 +215,8 @@ def resize_trail(trail: Trail, size: tuple[int, int]) -> Trail:
 
     Bilinear with antialiasing, so shrinking averages cells instead of skipping them.
     The pixel size scales by the trail's own pixels-per-cell (8 for SD latents, 1 for
-    pixel space), read from its metadata where it records a size.
+    pixel space), read from its metadata where it records a size. This stretches a
+    trail of another shape: :func:`fit_trail` keeps the shape.
     """
     h, w = size
     if h < 1 or w < 1:
@@ -179,15 +224,63 @@ def resize_trail(trail: Trail, size: tuple[int, int]) -> Trail:
     _, _, old_h, old_w = trail.latents.shape
     if (old_h, old_w) == (h, w):
         return trail
-    cell = _DEFAULT_CELL.get(trail.meta.space, 1)
-    cell_w = trail.meta.width / old_w if trail.meta.width else cell
-    cell_h = trail.meta.height / old_h if trail.meta.height else cell
+    cell_h, cell_w = _cell_size(trail)
     latents = F.interpolate(
         trail.latents.float(), size=(h, w), mode="bilinear", align_corners=False, antialias=True
     ).to(trail.latents.dtype)
     extra = dict(trail.meta.extra)
     extra["resized_from"] = [old_h, old_w]
     meta = replace(trail.meta, width=round(w * cell_w), height=round(h * cell_h), extra=extra)
+    return Trail(latents=latents, timesteps=trail.timesteps.clone(), meta=meta)
+
+
+def cover_size(shape: tuple[int, int], size: tuple[int, int]) -> tuple[int, int]:
+    """The smallest ``(h, w)`` with ``shape``'s aspect ratio that covers ``size = (h, w)`` (cells).
+
+    One side equals ``size``'s, the other is at least its; rounding to whole cells
+    never leaves the other side short.
+    """
+    (h, w), (target_h, target_w) = shape, size
+    if target_h * w >= target_w * h:  # as wide as the target or wider: the height binds
+        return target_h, max(target_w, round(w * target_h / h))
+    return max(target_h, round(h * target_w / w)), target_w
+
+
+def fit_kind(shape: tuple[int, int], size: tuple[int, int]) -> str:
+    """How :func:`fit_trail` fits a ``shape = (h, w)`` grid to ``size``: one of :data:`FITS`."""
+    if tuple(shape) == tuple(size):
+        return ""
+    return "resized" if cover_size(shape, size) == tuple(size) else "cropped"
+
+
+def fit_trail(trail: Trail, size: tuple[int, int]) -> Trail:
+    """``trail`` on a grid of ``size = (h, w)`` cells, never stretched.
+
+    Scaled (as :func:`resize_trail`) just enough to cover the grid while keeping its
+    aspect ratio, then centre-cropped to it, so a circle stays a circle; a trail of the
+    grid's shape is only scaled, and one already of ``size`` comes back as it is. The
+    result's ``meta.extra`` records ``fitted`` (``"resized"`` or ``"cropped"``) and
+    ``fitted_from`` (the trail's own [width, height] in pixels).
+    """
+    h, w = size
+    if h < 1 or w < 1:
+        raise ValueError(f"fit target must be at least 1×1 cells, got {w}×{h}")
+    shape = tuple(trail.latent_shape[1:])
+    how = fit_kind(shape, size)
+    if not how:
+        return trail
+    cell_h, cell_w = _cell_size(trail)
+    scaled = resize_trail(trail, cover_size(shape, size))
+    _, _, scaled_h, scaled_w = scaled.latents.shape
+    top, left = (scaled_h - h) // 2, (scaled_w - w) // 2
+    # A copy, also where only cropping was needed: the input trail is left alone.
+    latents = scaled.latents[:, :, top : top + h, left : left + w].clone(
+        memory_format=torch.contiguous_format
+    )
+    extra = dict(scaled.meta.extra)
+    extra["fitted"] = how
+    extra["fitted_from"] = list(pixel_size(trail))
+    meta = replace(scaled.meta, width=round(w * cell_w), height=round(h * cell_h), extra=extra)
     return Trail(latents=latents, timesteps=trail.timesteps.clone(), meta=meta)
 
 
@@ -261,7 +354,9 @@ def build_plan(
     (default ``len(dst)``) latents linearly interpolated from ``src.final`` to
     ``dst.final``; ``depth`` is checked but unused.
 
-    ``resize`` resamples ``dst`` to ``src``'s latent size when they differ.
+    ``resize`` fits ``dst`` to ``src``'s latent size when they differ (:func:`fit_trail`:
+    scaled to cover it, keeping its aspect ratio, and centre-cropped); ``meta.fitted``
+    says how.
     """
     validate_options(depth, guidance, interp_steps)
     return _join([src, dst], depth=depth, guidance=guidance, resize=resize, interp_steps=interp_steps)
@@ -279,7 +374,7 @@ def chain_plans(
 
     Every hop ends exactly on its destination's final latent, which is where the next hop
     starts; ``meta.hop_ends`` holds those plan indices. With ``resize=True`` every trail
-    after the first is resampled to the first trail's size.
+    after the first is fitted to the first trail's size as in :func:`build_plan`.
     """
     validate_options(depth, guidance, interp_steps)
     return _join(list(trails), depth=depth, guidance=guidance, resize=resize, interp_steps=interp_steps)
@@ -290,7 +385,7 @@ def _join(
 ) -> TransitionPlan:
     if len(trails) < 2:
         raise TransitionError(f"a transition needs at least two trails, got {len(trails)}")
-    # Check every pair before resampling anything, so the error names the original sizes.
+    # Check every pair before fitting anything, so the error names the original sizes.
     for hop, (src, dst) in enumerate(zip(trails, trails[1:], strict=False), start=1):
         try:
             check_compatible(src, dst, resize=resize)
@@ -300,8 +395,9 @@ def _join(
             raise TransitionError(f"results {hop} → {hop + 1}: {exc}") from None
     first = trails[0]
     _, h, w = first.latent_shape
-    resized = any(t.latent_shape[1:] != (h, w) for t in trails[1:])
-    trails = [first] + [resize_trail(t, (h, w)) for t in trails[1:]]
+    fits = [fit_kind(t.latent_shape[1:], (h, w)) for t in trails]
+    original_sizes = [pixel_size(t) for t in trails]
+    trails = [first] + [fit_trail(t, (h, w)) for t in trails[1:]]
 
     pieces: list[torch.Tensor] = []
     forward_starts: list[int] = []
@@ -331,6 +427,8 @@ def _join(
         space=m.space,
         width=m.width,
         height=m.height,
-        resized=resized,
+        resized=any(fits),
+        fits=fits,
+        original_sizes=original_sizes,
     )
     return TransitionPlan(plan=torch.cat(pieces).contiguous(), start=first.final.clone(), meta=meta)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from bot import cli_transition
 from bot.cli import main
@@ -210,14 +210,24 @@ def test_sizes_differ_refused_without_resize_and_painted_with_it(run, results, t
     assert_one_line_error(code, err, "sizes differ (8×8 vs 12×8 latents)", "--resize")
     assert list(tmp_path.iterdir()) == []
 
-    code, _, err = run("transition", *results.paths("a", "wide"), *FAST, "--resize", "--out", out)
+    code, stdout, err = run("transition", *results.paths("a", "wide"), *FAST, "--resize", "--out", out)
     assert code == 0, err
     meta, frames = read_frames(out)
     assert meta["size"] == (64, 64)
     assert psnr(frames[0], results.final_image("a")) >= 35
-    # The last frame is the destination resampled to the source's size, decoded.
-    wide = transition.resize_trail(Trail.load(results.trails["wide"]), (8, 8))
-    assert psnr(frames[-1], decode(results.model("tiny"), wide.final)) >= 35
+    # The last frame is the destination's middle at the source's size, decoded: 96x64 is
+    # already as tall as 64x64, so its middle 8 of 12 latent columns, not a squeezed whole.
+    wide = Trail.load(results.trails["wide"])
+    middle = decode(results.model("tiny"), wide.final[:, :, 2:10])
+    assert psnr(frames[-1], middle) >= 35
+    assert psnr(frames[-1], decode(results.model("tiny"), transition.resize_trail(wide, (8, 8)).final)) < 25
+    assert f"{results.trails['wide']}: cropped from 96x64 to 64x64 (left and right cut)" in stdout
+    final = Image.open(tmp_path / "wide.png")
+    assert final.size == (64, 64)
+    assert "Size: 64x64," in final.text["parameters"] and "Size: 96x64" not in final.text["parameters"]
+    assert final.text["parameters"].endswith(
+        ", Destination: cropped from 96x64 to 64x64 (left and right cut)"
+    )
 
 
 def test_missing_and_truncated_trails_are_refused(run, results, tmp_path) -> None:
@@ -259,3 +269,61 @@ def test_trails_saved_by_paint_transition(run, results, tmp_path) -> None:
     _, frames = read_frames(out)
     assert psnr(frames[0], np.asarray(Image.open(tmp_path / "p.png"))) >= 35
     assert psnr(frames[-1], results.final_image("b")) >= 35
+
+
+def circle_picture(path: Path, size: tuple[int, int], colour: tuple[int, int, int]) -> Path:
+    """A picture of ``size`` with a centred circle, a third of its shorter side across, on white."""
+    image = Image.new("RGB", size, "white")
+    radius = min(size) / 3
+    centre = size[0] / 2, size[1] / 2
+    box = [centre[0] - radius, centre[1] - radius, centre[0] + radius, centre[1] + radius]
+    ImageDraw.Draw(image).ellipse(box, fill=colour)
+    image.save(path)
+    return path
+
+
+def blue_box(picture: np.ndarray) -> tuple[int, int]:
+    """Height and width of the clearly blue pixels of an RGB picture."""
+    rgb = picture.astype(int)
+    blue = (rgb[..., 2] > 128) & (rgb[..., 0] < 100) & (rgb[..., 1] < 100)
+    rows, cols = np.flatnonzero(blue.any(axis=1)), np.flatnonzero(blue.any(axis=0))
+    return int(rows[-1] - rows[0]) + 1, int(cols[-1] - cols[0]) + 1
+
+
+def test_another_shape_is_cropped_not_stretched_and_the_png_says_so(run, tmp_path) -> None:
+    """A tall painting of a circle shown square stays a circle (scaled to cover, top and
+    bottom cut), and the final picture's text gives the size delivered and how it was made."""
+    trails = {}
+    for name, size, colour in (("square", (128, 128), (200, 30, 30)), ("tall", (64, 128), (30, 30, 200))):
+        picture = circle_picture(tmp_path / f"{name}-picture.png", size, colour)
+        trails[name] = tmp_path / f"{name}.trail.safetensors"
+        code, _, err = run(
+            "paint", "", "--model", "analytic", "--image", picture, "--size", f"{size[0]}x{size[1]}",
+            *FAST, "--out", tmp_path / f"{name}.mp4", "--save-trail", trails[name],
+        )  # fmt: skip
+        assert code == 0, err
+    height, width = blue_box(np.asarray(Image.open(tmp_path / "tall.png")))
+    assert height == width and abs(height - 44) <= 2, (height, width)
+
+    out = tmp_path / "t.mp4"
+    code, stdout, err = run(
+        "transition", trails["square"], trails["tall"], "--resize", "--effect", "fade", *FAST, "--out", out
+    )
+    assert code == 0, err
+    note = "cropped from 64x128 to 128x128 (scaled to 128x256, top and bottom cut)"
+    assert f"{trails['tall']}: {note}" in stdout
+    meta, frames = read_frames(out)
+    assert meta["size"] == (128, 128)
+    final = Image.open(tmp_path / "t.png")
+    assert final.size == (128, 128)
+    # Twice as large, and round: a stretched 44x44 circle would be 44 high and 88 wide.
+    for picture in (np.asarray(final), frames[-1]):
+        height, width = blue_box(picture)
+        assert abs(height - width) <= 2 and abs(height - 88) <= 3, (height, width)
+    parameters = final.text["parameters"].split("\n")
+    assert parameters[1].endswith("Picture: tall-picture.png, Size: 128x128")
+    assert parameters[2] == (
+        "Transition: from analytic painting of square-picture.png, Effect: fade, Guidance: schedule, "
+        f"Depth: 1, Destination: {note}"
+    )
+    assert (final.text["transition_fitted"], final.text["transition_fitted_from"]) == ("cropped", "64x128")

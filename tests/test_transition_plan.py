@@ -14,6 +14,9 @@ from painter.transition import (
     build_plan,
     chain_plans,
     check_compatible,
+    cover_size,
+    fit_kind,
+    fit_trail,
     resize_trail,
 )
 
@@ -201,7 +204,7 @@ def test_different_channel_counts_are_refused() -> None:
         check_compatible(make_trail(3, seed=22), make_trail(3, seed=23, channels=3))
 
 
-def test_different_sizes_need_resize() -> None:
+def test_different_sizes_need_resize_which_centre_crops_another_shape() -> None:
     src = make_trail(5, seed=24, size=(64, 64))
     dst = make_trail(4, seed=25, size=(64, 96))
     with pytest.raises(TransitionError, match=r"sizes differ \(64×64 vs 96×64 latents\).*--resize"):
@@ -209,10 +212,119 @@ def test_different_sizes_need_resize() -> None:
 
     plan = build_plan(src, dst, resize=True)
     assert plan.plan.shape == (len(src) - 1 + len(dst), 4, 64, 64)
-    assert plan.meta.resized
-    resized = resize_trail(dst, (64, 64))
-    assert torch.equal(plan.plan[-1], resized.final)
-    assert torch.equal(plan.plan[plan.meta.forward_start :], resized.latents)
+    # As tall as the source already: nothing is scaled, the middle 64 of its 96 columns are shown.
+    middle = dst.latents[..., 16:80]
+    assert torch.equal(plan.plan[-1], middle[-1])
+    assert torch.equal(plan.plan[plan.meta.forward_start :], middle)
+    m = plan.meta
+    assert m.resized and m.fits == ["", "cropped"] and m.fitted == "cropped"
+    assert m.original_sizes == [(512, 512), (768, 512)] and m.fitted_from == (768, 512)
+    assert (m.width, m.height) == (512, 512)
+
+
+def test_same_shape_and_same_size_are_not_cropped() -> None:
+    src = make_trail(3, seed=47, size=(16, 24))
+    same = build_plan(src, make_trail(3, seed=48, size=(16, 24)), resize=True).meta
+    assert (same.resized, same.fits, same.fitted, same.fitted_from) == (False, ["", ""], "", None)
+    bigger = make_trail(3, seed=49, size=(32, 48))
+    plan = build_plan(src, bigger, resize=True)
+    assert (plan.meta.fits, plan.meta.fitted_from) == (["", "resized"], (384, 256))
+    assert torch.equal(plan.plan[-1], resize_trail(bigger, (16, 24)).final)
+
+
+def disk_trail(size: tuple[int, int], radius: float, *, space: str = "latent") -> Trail:
+    """A trail whose every entry is a centred disk of ``radius`` cells (1 inside, 0 outside)."""
+    h, w = size
+    rows = torch.arange(h, dtype=torch.float32).add(0.5 - h / 2).view(-1, 1)
+    cols = torch.arange(w, dtype=torch.float32).add(0.5 - w / 2).view(1, -1)
+    disk = (rows.square() + cols.square() <= radius**2).float()
+    channels, cell = (4, 8) if space == "latent" else (3, 1)
+    meta = TrailMeta(vae_id=VAE if space == "latent" else "", space=space, width=w * cell, height=h * cell)
+    latents = disk.expand(2, channels, h, w).clone()
+    return Trail(latents=latents, timesteps=torch.tensor([10.0, 0.0]), meta=meta)
+
+
+def blob_box(latent: torch.Tensor) -> tuple[int, int, float, float]:
+    """Height, width and centre (row, column) of the cells over 0.5 in a [C, H, W] latent."""
+    rows = (latent[0] > 0.5).any(dim=1).nonzero().flatten()
+    cols = (latent[0] > 0.5).any(dim=0).nonzero().flatten()
+    height, width = int(rows[-1] - rows[0]) + 1, int(cols[-1] - cols[0]) + 1
+    return height, width, float(rows[0] + rows[-1] + 1) / 2, float(cols[0] + cols[-1] + 1) / 2
+
+
+@pytest.mark.parametrize(
+    ("source", "destination", "radius", "space", "fit", "diameter"),
+    [
+        # A tall destination shown square: scaled ×2 to cover it, top and bottom cut.
+        ((32, 32), (32, 16), 6, "latent", "cropped", 24),
+        # A square destination shown tall: as tall already, only its sides are cut.
+        ((32, 16), (32, 32), 6, "pixel", "cropped", 12),
+        # 768x512 shown at 512x768 (SD latents 64×96 and 96×64, here a quarter): scaled ×1.5.
+        ((24, 16), (16, 24), 4, "latent", "cropped", 12),
+        # The same shape at another size is only scaled.
+        ((32, 32), (16, 16), 5, "latent", "resized", 20),
+    ],
+)
+def test_fitting_keeps_a_round_blob_round_and_centred(
+    source: tuple[int, int],
+    destination: tuple[int, int],
+    radius: float,
+    space: str,
+    fit: str,
+    diameter: int,
+) -> None:
+    src, dst = disk_trail(source, 3, space=space), disk_trail(destination, radius, space=space)
+    height, width, _, _ = blob_box(dst.final)
+    assert height == width == 2 * radius  # round to start with
+
+    plan = build_plan(src, dst, resize=True)
+    assert plan.meta.fitted == fit
+    assert plan.plan.shape[-2:] == source
+    height, width, row, col = blob_box(plan.plan[-1])
+    assert abs(height - width) <= 1, (height, width)  # round, not an ellipse
+    assert abs(height - diameter) <= 1, (height, diameter)
+    assert (row, col) == (source[0] / 2, source[1] / 2)  # the middle is what is kept
+
+
+def test_fit_trail_records_how_and_leaves_the_input_alone() -> None:
+    tall = disk_trail((32, 16), 5)
+    before = tall.latents.clone()
+    fitted = fit_trail(tall, (32, 32))
+    assert fitted.latents.shape == (2, 4, 32, 32)
+    assert (fitted.meta.width, fitted.meta.height) == (256, 256)
+    assert fitted.meta.extra["fitted"] == "cropped"
+    assert fitted.meta.extra["fitted_from"] == [128, 256]
+    assert torch.equal(tall.latents, before) and tall.meta.extra == {}
+    assert fit_trail(tall, (32, 16)) is tall
+    assert fit_trail(tall, (16, 8)).meta.extra["fitted"] == "resized"
+    # Cropping alone, without scaling, still copies: the input's storage is never shared.
+    side = fit_trail(tall, (16, 16))
+    side.latents.fill_(7.0)
+    assert torch.equal(tall.latents, before)
+    with pytest.raises(ValueError, match="at least 1×1"):
+        fit_trail(tall, (0, 4))
+
+
+@pytest.mark.parametrize(
+    ("shape", "size", "cover", "kind"),
+    [
+        ((64, 96), (96, 64), (96, 144), "cropped"),  # 768x512 shown at 512x768
+        ((96, 64), (64, 96), (144, 96), "cropped"),
+        ((16, 8), (16, 16), (32, 16), "cropped"),
+        ((8, 8), (8, 12), (12, 12), "cropped"),
+        ((32, 48), (16, 24), (16, 24), "resized"),
+        ((16, 24), (16, 24), (16, 24), ""),
+        # Rounding to whole cells never leaves the covered side short of the target.
+        ((65, 97), (64, 96), (64, 96), "resized"),
+        ((7, 10), (64, 96), (67, 96), "cropped"),
+    ],
+)
+def test_cover_size_keeps_the_aspect_and_covers_the_target(
+    shape: tuple[int, int], size: tuple[int, int], cover: tuple[int, int], kind: str
+) -> None:
+    assert cover_size(shape, size) == cover
+    assert cover[0] >= size[0] and cover[1] >= size[1]
+    assert fit_kind(shape, size) == kind
 
 
 def test_resize_trail_averages_and_updates_the_size() -> None:
@@ -279,16 +391,19 @@ def test_chain_of_three_lands_on_each_final_at_hop_boundaries(guidance: str) -> 
     assert plan.meta.model_ids == ["tiny/unet-a", "tiny/unet-b", "tiny/unet-a"]
 
 
-def test_chain_resizes_every_hop_to_the_first_size() -> None:
+def test_chain_fits_every_hop_to_the_first_size() -> None:
     a = make_trail(3, seed=34, size=(8, 8))
     b = make_trail(3, seed=35, size=(8, 12))
-    c = make_trail(3, seed=36, size=(8, 12))
+    c = make_trail(3, seed=36, size=(16, 16))
     with pytest.raises(TransitionError, match="sizes differ"):
         chain_plans([a, b, c])
     plan = chain_plans([a, b, c], resize=True)
     assert plan.plan.shape[1:] == (4, 8, 8)
-    assert torch.equal(plan.plan[plan.meta.hop_ends[0]], resize_trail(b, (8, 8)).final)
+    assert torch.equal(plan.plan[plan.meta.hop_ends[0]], b.final[:, :, 2:10])
     assert torch.equal(plan.plan[-1], resize_trail(c, (8, 8)).final)
+    assert plan.meta.fits == ["", "cropped", "resized"]
+    assert plan.meta.original_sizes == [(64, 64), (96, 64), (128, 128)]
+    assert (plan.meta.fitted, plan.meta.fitted_from) == ("resized", (128, 128))
 
 
 def test_chain_refuses_too_few_trails_and_a_foreign_vae_anywhere() -> None:
