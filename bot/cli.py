@@ -10,7 +10,9 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -180,13 +182,17 @@ def save_trail_or_remove(outputs: Any, path: Path) -> None:
 
 
 def cmd_paint(args: argparse.Namespace) -> int:
-    from bot.paint_job import PaintRequest, check_writable, run_paint
+    from bot.paint_job import PaintRequest, check_not_the_picture, check_writable, run_paint
 
     args.format = format_from_out(args.out, args.format)
     settings = settings_from_args(args)
     out = args.out or Path(f"painting.{settings.render.format}")
     if args.start_from_image and args.image is None:
         raise UsageError("--start-from-image needs --image")
+    if args.strength is not None and args.image is None:
+        raise UsageError("--strength needs --image (it says how much of the picture is repainted)")
+    if args.strength is not None and settings.model.id == "analytic":
+        raise UsageError("--strength does not apply to the analytic model: it paints the picture itself")
     request = PaintRequest(
         prompt=args.prompt,
         negative_prompt=args.negative,
@@ -201,6 +207,7 @@ def cmd_paint(args: argparse.Namespace) -> int:
     check_writable(out)
     if args.save_trail is not None:
         check_writable(args.save_trail, "the trail")
+        check_not_the_picture(args.image, (args.save_trail,))
     progress = Progress()
     try:
         outputs = run_paint(settings, request, out, on_step=progress.step, on_frame=progress.frame)
@@ -344,6 +351,33 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return (UsageError, FileError, ConfigError, *input_errors())
 
 
+# One-shot commands: a SIGTERM (timeout, systemd, docker stop) cleans up as Ctrl-C does.
+# The worker and the bot handle SIGTERM themselves (finish or release the job, then stop).
+ONE_SHOT_COMMANDS = ("paint", "demo", "transition")
+EXIT_TERMINATED = 128 + signal.SIGTERM
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM during a one-shot command: unwinds like Ctrl-C, so no half-written file stays."""
+
+
+def _terminate(_signum: int, _frame: Any) -> None:
+    raise Terminated
+
+
+@contextmanager
+def terminate_cleanly(command: str | None) -> Iterator[None]:
+    """While a one-shot command runs, turn SIGTERM into :class:`Terminated`."""
+    if command not in ONE_SHOT_COMMANDS or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -359,7 +393,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USER_ERROR
     try:
-        return int(func(args) or 0)
+        with terminate_cleanly(args.command):
+            return int(func(args) or 0)
     except (*user_errors(), ValueError) as exc:
         # Effects and plans raise plain ValueError for bad parameters given on the command line.
         print(f"latent-painter: error: {exc}", file=sys.stderr)
@@ -369,6 +404,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # one line, as for any other bad input; the job's files are already removed.
         print(f"latent-painter: error: {describe_os_error(exc)}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except Terminated:
+        print("latent-painter: terminated", file=sys.stderr)
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         print("latent-painter: interrupted", file=sys.stderr)
         return 130

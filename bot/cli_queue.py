@@ -208,6 +208,13 @@ def _db(args: argparse.Namespace) -> int:
         state = asyncio.run(migrate.schema_state(url))
         print(f"{shown}: schema at revision {state.current} (head {state.head})")
     elif action == "downgrade":
+        lost = asyncio.run(migrate.rows_dropped(url, args.revision))
+        if lost and not args.yes:
+            rows = ", ".join(f"{count} {table}" for table, count in lost.items())
+            raise UsageError(
+                f"downgrading to {args.revision} drops every table and its rows ({rows}); the "
+                "stored files stay on disk. Back the database up, then run it again with --yes"
+            )
         asyncio.run(migrate.downgrade(url, args.revision))
         state = asyncio.run(migrate.schema_state(url))
         print(f"{shown}: schema at revision {state.current or 'base (empty)'} (head {state.head})")
@@ -279,9 +286,27 @@ def _submit(args: argparse.Namespace) -> int:
     user = _int("--user", args.user, low=0) or 0
     guild = _int("--guild", args.guild, low=0)
     priority = _int("--priority", args.priority)
+    analytic = (args.model or "").strip() == "analytic"
+    if analytic and not args.prompt.strip() and args.image is not None:
+        # As `paint` does, the closed form needs no prompt: the picture's name titles it.
+        params["prompt"] = args.image.name
     # Everything the user typed is checked before the database is touched.
     params = validate_params("paint", params)
     settings = _settings(args)
+    from bot.jobs import job_settings
+    from bot.paint_job import check_paint_request
+    from painter.capture import CaptureError
+
+    effective = job_settings(settings, params)
+    if args.strength is not None and effective.model.id == "analytic":
+        raise UsageError("--strength does not apply to the analytic model: it paints the picture itself")
+    try:
+        # What the worker would refuse (a size over [painter] max_side, no picture for the
+        # analytic model, no denoising step) is refused now, not after a claim.
+        has_image = args.image is not None
+        check_paint_request(effective, has_image=has_image, start_from_image=args.start_from_image)
+    except CaptureError as exc:
+        raise UsageError(str(exc)) from None
     picture = _read_picture(args.image) if args.image is not None else None
 
     async def enqueue() -> Any:
@@ -464,6 +489,9 @@ def add_subcommands(subparsers: Any) -> None:
     upgrade.add_argument("--revision", default="head", help="target revision (default: head)")
     downgrade = actions.add_parser("downgrade", help="migrate the schema down to REVISION ('base': empty)")
     downgrade.add_argument("revision", help="target revision, e.g. base or -1")
+    downgrade.add_argument(
+        "--yes", action="store_true", help="go ahead even though the downgrade deletes jobs and results"
+    )
     actions.add_parser("check", help="fail unless the schema is at head and matches the models")
     actions.add_parser("current", help="show the schema revision")
     for parser in actions.choices.values():

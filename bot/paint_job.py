@@ -23,7 +23,7 @@ import torch
 from bot.config import Settings
 from bot.quiet import quiet_loaded
 from painter.animate import Animation, AnimationSpec, decode_image, save_png
-from painter.capture import CaptureError, Generation, capture, validate_generation
+from painter.capture import CaptureError, Generation, capture, check_img2img_steps, validate_generation
 from painter.decode import Decoder, LatentScaling, parse_colour
 from painter.images import image_to_tensor, load_image
 from painter.models import ANALYTIC_ID, LoadedModel, ModelError, load_pipeline, load_taesd, set_scheduler
@@ -210,6 +210,29 @@ def check_writable(path: Path, what: str = "the animation") -> None:
     os.unlink(probe)
 
 
+def check_not_the_picture(picture: Any, outputs: Iterator[Path | None] | tuple[Path | None, ...]) -> None:
+    """Refuse outputs that would be written over the picture being painted from.
+
+    ``paint --image photo.png --out photo.mp4`` writes its final image to ``photo.png``:
+    the member's own picture would be replaced by the painting, silently.
+    """
+    if not isinstance(picture, (str, Path)):
+        return
+    source = Path(picture)
+    for path in outputs:
+        if path is None or not path.exists():
+            continue
+        try:
+            same = os.path.samefile(path, source)
+        except OSError:
+            continue
+        if same:
+            raise CaptureError(
+                f"the output {path} is the picture being painted ({source}); it would be "
+                "overwritten: choose another --out name"
+            )
+
+
 def new_seed() -> int:
     return secrets.randbelow(2**32)
 
@@ -229,6 +252,44 @@ def _generation(settings: Settings, request: PaintRequest, image: Any) -> Genera
     )
 
 
+def check_paint_request(settings: Settings, *, has_image: bool, start_from_image: bool) -> None:
+    """Refuse a paint the job's settings cannot make, before any picture is read or job queued.
+
+    ``run_paint`` checks the whole generation again (prompt, seed) once it has the picture.
+    """
+    p = settings.painter
+    if settings.model.id == ANALYTIC_ID:
+        if not has_image:
+            raise CaptureError("the analytic model paints a picture: give one with --image")
+        if not 1 <= p.steps <= p.max_steps:
+            raise CaptureError(f"steps {p.steps} must be between 1 and {p.max_steps}")
+        check_analytic_size(p.width, p.height, p.max_side)
+        if start_from_image:
+            raise CaptureError(
+                "the analytic model paints your picture itself: starting from it would show the "
+                "finished picture first and then blur it; leave out --start-from-image"
+            )
+        return
+    for name, value in (("width", p.width), ("height", p.height)):
+        if value % 8 or not 64 <= value <= p.max_side:
+            raise CaptureError(f"{name} {value} must be a multiple of 8 between 64 and {p.max_side}")
+    if not 1 <= p.steps <= p.max_steps:
+        raise CaptureError(f"steps {p.steps} must be between 1 and {p.max_steps}")
+    if has_image:
+        check_img2img_steps(p.steps, p.strength)
+
+
+def check_analytic_size(width: int, height: int, max_side: int) -> None:
+    """The closed-form painter's size limits: the same bound a model's generation has.
+
+    It needs no multiple of 8 (there is no VAE), but its trail is pixels: a side over
+    ``[painter] max_side`` costs gigabytes (2048² took 4 GB and most of a minute).
+    """
+    for name, value in (("width", width), ("height", height)):
+        if not 16 <= value <= max_side:
+            raise CaptureError(f"{name} {value} must be between 16 and {max_side} ([painter] max_side)")
+
+
 def run_paint(
     settings: Settings,
     request: PaintRequest,
@@ -245,18 +306,16 @@ def run_paint(
     models = models or ModelCache()
     video_path, image_path, heatmap_path, trail_path = output_paths(out)
     check_writable(video_path)
+    check_not_the_picture(request.image, (video_path, image_path, heatmap_path, trail_path))
     p = settings.painter
     analytic = settings.model.id == ANALYTIC_ID
+    has_image = request.image is not None
+    check_paint_request(settings, has_image=has_image, start_from_image=request.start_from_image)
     picture = None
     if request.image is not None:
         picture = load_image(request.image, p.width, p.height, name=request.image_name)
     gen = _generation(settings, request, picture)
-    if analytic:
-        if picture is None:
-            raise CaptureError("the analytic model paints a picture: give one with --image")
-        if not 1 <= p.steps <= p.max_steps:
-            raise CaptureError(f"steps {p.steps} must be between 1 and {p.max_steps}")
-    else:
+    if not analytic:
         validate_generation(gen, max_side=p.max_side, max_steps=p.max_steps)
     with all_or_nothing() as written:
         start: torch.Tensor | None = None

@@ -19,7 +19,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
-from sqlalchemy import text
+from sqlalchemy import func, inspect, select, text
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.pool import NullPool
 
@@ -97,6 +97,33 @@ async def upgrade(url: str | URL, revision: str = "head") -> None:
 async def downgrade(url: str | URL, revision: str) -> None:
     """Migrate the database at ``url`` down to ``revision`` (``base`` empties it)."""
     await _on_connection(url, _alembic(url, lambda cfg: command.downgrade(cfg, revision)))
+
+
+async def rows_dropped(url: str | URL, revision: str) -> dict[str, int]:
+    """Rows a downgrade to ``revision`` would delete, by table: every row when it reaches
+    ``base`` (the first migration creates every table); empty when nothing would be lost."""
+
+    def count(connection: Connection) -> dict[str, int]:
+        current = _current(connection)
+        if current is None:
+            return {}
+        reaches_base = revision == "base"
+        if revision.startswith("-") and revision[1:].isdigit():
+            script = ScriptDirectory(str(script_location()))
+            depth = len(list(script.iterate_revisions(current, "base")))
+            reaches_base = int(revision[1:]) >= depth
+        if not reaches_base:
+            return {}
+        present = set(inspect(connection).get_table_names())
+        counts: dict[str, int] = {}
+        for table in Base.metadata.sorted_tables:
+            if table.name in present:
+                rows = connection.execute(select(func.count()).select_from(table)).scalar_one()
+                if rows:
+                    counts[table.name] = int(rows)
+        return counts
+
+    return await _on_connection(url, count)
 
 
 def _current(connection: Connection) -> str | None:

@@ -140,7 +140,7 @@ def test_demo_refusing_its_input_leaves_no_directory(tmp_path: Path, monkeypatch
     monkeypatch.chdir(tmp_path)
     (tmp_path / "notimage.png").write_text("not a picture")
     assert main(["demo", "--out-dir", "d", "--image", "notimage.png"]) == 2
-    assert "not an image" in one_line_error(capsys)
+    assert "notimage.png: not a" in one_line_error(capsys)
     assert main(["demo", "--out-dir", "d/e/f", "--size", "100x100"]) == 2
     assert "not a positive multiple of 8" in one_line_error(capsys)
     assert files_under(tmp_path) == ["notimage.png"]
@@ -179,3 +179,66 @@ def test_the_demo_still_paints_a_good_picture_after_checking_it(tmp_path: Path, 
     Image.new("RGB", (40, 40), (10, 200, 30)).save(tmp_path / "ok.png")
     assert main(["demo", "--out-dir", "d", "--image", "ok.png", "--size", "64x64", "--duration", "1"]) == 0
     assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["demo.heatmap.png", "demo.mp4", "demo.png"]
+
+
+def test_outputs_never_overwrite_the_picture_painted_from(workdir: Path, capsys) -> None:
+    """``--image photo.png --out photo.mp4`` would write the final image over photo.png."""
+    Image.new("RGB", (40, 30), (200, 60, 40)).save("photo.png")
+    before = Path("photo.png").read_bytes()
+    analytic = ["--model", "analytic", "--steps", "2", "--size", "64x64", "--duration", "1"]
+    assert main(["paint", "", *analytic, "--image", "photo.png", "--out", "photo.mp4"]) == 2
+    assert "photo.png is the picture being painted" in one_line_error(capsys)
+    assert main(["paint", "", *analytic, "--image", "photo.png", "--save-trail", "photo.png"]) == 2
+    assert "it would be overwritten" in one_line_error(capsys)
+    Path("d").mkdir()
+    Path("d/demo.png").write_bytes(before)
+    assert main(["demo", "--image", "d/demo.png", "--out-dir", "d", "--size", "64x64", "--steps", "2"]) == 2
+    assert "d/demo.png is the picture being painted" in one_line_error(capsys)
+    assert Path("photo.png").read_bytes() == before == Path("d/demo.png").read_bytes()
+    assert files_under(workdir) == ["d", "d/demo.png", "photo.png"]
+
+
+ANALYTIC_P = ["--model", "analytic", "--image", "p.png"]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--model", "tiny", "--strength", "0.5"], "--strength needs --image"),
+        ([*ANALYTIC_P, "--strength", "0.5"], "does not apply to the analytic model"),
+        ([*ANALYTIC_P, "--start-from-image"], "leave out --start-from-image"),
+        # The closed form's trail is pixels: 2048² took 4 GB; the same bound as a model's.
+        ([*ANALYTIC_P, "--size", "2048x2048"], "width 2048 must be between 16 and"),
+    ],
+)
+def test_picture_options_that_cannot_apply_are_refused(workdir: Path, capsys, options, message) -> None:
+    Image.new("RGB", (40, 30), (200, 60, 40)).save("p.png")
+    assert main(["paint", "x", *options, "--steps", "2", "--duration", "1", "--out", "a.mp4"]) == 2
+    assert message in one_line_error(capsys)
+    assert files_under(workdir) == ["p.png"]
+
+
+def test_sigterm_mid_paint_leaves_nothing_behind(workdir: Path, env_for: Path) -> None:
+    """``timeout``, systemd and ``docker stop`` send SIGTERM: the command stops as for Ctrl-C,
+    removing its half-written files (it left x.png without an animation, and temporaries)."""
+    import signal
+    import time
+
+    Image.new("RGB", (96, 64), (30, 90, 200)).save("p.png")
+    command = [str(Path(sys.executable).with_name("latent-painter")), "paint", "", "--model", "analytic"]
+    command += ["--image", "p.png", "--size", "256x256", "--steps", "30", "--duration", "60"]
+    command += ["--out", "x.mp4"]
+    process = subprocess.Popen(
+        command, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 60
+    # Wait until it is writing (the final picture and the video are written beside their names).
+    while files_under(workdir) == ["p.png"] and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    assert process.poll() is None, process.communicate()
+    time.sleep(0.3)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM, err
+    assert err.strip().endswith("latent-painter: terminated")
+    assert files_under(workdir) == ["p.png"]

@@ -119,3 +119,38 @@ def test_migrations_are_found_from_any_directory_without_alembic_ini(tmp_path: P
     assert failed.stderr.strip().splitlines() == [
         "latent-painter db: error: database has no schema yet; run `latent-painter db upgrade` first"
     ]
+
+
+def test_downgrading_to_base_with_jobs_in_it_asks_first(tmp_path: Path) -> None:
+    """`db downgrade base` drops every table: with jobs and results in them it is refused,
+    naming what would be lost, until --yes; a step that keeps the tables goes ahead."""
+    config = tmp_path / "config.toml"
+    config.write_text(f'[storage]\ndata_dir = "{tmp_path / "data"}"\n')
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    env.pop("LATENT_PAINTER_DATABASE_URL", None)
+    run = lambda *a: subprocess.run(  # noqa: E731
+        [sys.executable, "-m", "bot.cli", *a, "--config", str(config)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    for prompt in ("a lighthouse", "a forest"):
+        assert run("submit", prompt).returncode == 0
+    for revision in ("base", f"-{len(list(migrate_versions()))}"):
+        refused = run("db", "downgrade", revision)
+        assert refused.returncode == 2, refused.stderr
+        assert f"downgrading to {revision} drops every table and its rows (2 jobs)" in refused.stderr
+        assert "--yes" in refused.stderr
+    assert run("jobs").stdout.count("queued") == 2
+    stepped = run("db", "downgrade", "-1")
+    assert stepped.returncode == 0, stepped.stderr
+    assert run("db", "upgrade").returncode == 0
+    assert run("jobs").stdout.count("queued") == 2
+    emptied = run("db", "downgrade", "base", "--yes")
+    assert emptied.returncode == 0 and "base (empty)" in emptied.stdout, emptied.stderr
+
+
+def migrate_versions() -> list[Path]:
+    return sorted((ROOT / "migrations" / "versions").glob("0*.py"))

@@ -164,9 +164,6 @@ def test_submit_a_picture_to_paint_from(
         *paint,
         "--image",
         str(picture),
-        "--strength",
-        "0.5",
-        "--start-from-image",
         "--max-bytes",
         "200000",
         "--json",
@@ -184,16 +181,21 @@ def test_submit_a_picture_to_paint_from(
         "steps": 4,
         "fps": 8,
         "duration": 1.0,
-        "strength": 0.5,
-        "start_from_image": True,
         "max_bytes": 200000,
     }
+    # SDEdit's options go with a model (the analytic painter paints the picture itself).
+    sdedit = ("--model", "tiny", "--steps", "4", "--image", str(picture), "--strength", "0.5")
+    code, out, err = run(capsys, "submit", "oil", *sdedit, "--start-from-image", "--json", *c)
+    assert code == 0, err
+    queued = json.loads(out)
+    assert (queued["params"]["strength"], queued["params"]["start_from_image"]) == (0.5, True)
+    assert run(capsys, "cancel", str(queued["id"]), *c)[0] == 0
     assert (config.parent / "data" / "artifacts" / key).read_bytes() == picture.read_bytes()
 
     code, _, err = run(capsys, "worker", "--exit-when-idle", *c)
     assert code == 0, err
     _, out, _ = run(capsys, "jobs", "--json", *c)
-    assert [job["status"] for job in json.loads(out)] == ["done"], out
+    assert [job["status"] for job in json.loads(out)] == ["cancelled", "done"], out
     _, out, _ = run(capsys, "results", "--json", *c)
     image = config.parent / "data" / "artifacts" / json.loads(out)[0]["image_key"]
     # The analytic painter paints the picture itself: its final image is the blue card.
