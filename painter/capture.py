@@ -151,6 +151,7 @@ def capture(
     latents: list[torch.Tensor] = []
     timesteps: list[torch.Tensor] = []
     expected = gen.steps if gen.image is None else max(1, img2img_steps(gen.steps, gen.strength))
+    planned: list[int] = []
 
     def keep(x0: torch.Tensor, timestep: Any) -> None:
         # Kept on the pipeline's device until the end: a copy to the CPU here would wait for
@@ -160,7 +161,12 @@ def capture(
         latents.append(x0[0].to(torch.float32, copy=True))
         timesteps.append(timestep.detach().clone() if torch.is_tensor(timestep) else torch.tensor(timestep))
         if on_step is not None:
-            on_step(len(latents), max(expected, len(latents)))
+            if not planned:
+                # The pipeline knows, once it has started, how many scheduler steps its loop
+                # takes: PNDM takes one more than asked, Heun two per step (the shown count
+                # grew mid-job, "step 4/4" then "step 5/5").
+                planned.append(int(getattr(pipe, "_num_timesteps", 0) or expected))
+            on_step(len(latents), max(planned[0], len(latents)))
 
     kwargs: dict[str, Any] = {
         "prompt": gen.prompt,

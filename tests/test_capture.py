@@ -374,3 +374,17 @@ def test_start_from_image_encodes_an_upcast_vae_in_fp32(tiny_sdxl_model):
         hook.remove()
     assert seen == [torch.float32] and half.vae.dtype == torch.float16
     assert latent.shape == (4, 8, 8) and torch.isfinite(latent).all()
+
+
+@pytest.mark.parametrize("scheduler", ["pndm", "heun", "euler"])
+@pytest.mark.parametrize("strength", [None, 0.5])
+def test_step_count_shown_is_known_from_the_first_step(model, scheduler, strength):
+    """Members see "step i/N": N must not grow mid-job (PNDM runs one step more than
+    asked, Heun two per step; it showed "step 4/4" and then "step 5/5")."""
+    set_scheduler(model.pipeline, scheduler)
+    image = None if strength is None else Image.new("RGB", (64, 64), (200, 40, 40))
+    gen = Generation("a lighthouse", seed=1, steps=4, width=64, height=64, image=image)
+    gen.strength = strength or gen.strength
+    seen: list[tuple[int, int]] = []
+    _, trail = capture(model, gen, on_step=lambda i, n: seen.append((i, n)))
+    assert seen == [(i + 1, len(trail)) for i in range(len(trail))]
