@@ -43,7 +43,7 @@ COPY painter ./painter
 COPY bot ./bot
 COPY db ./db
 COPY migrations ./migrations
-RUN pip install .
+RUN pip install '.[postgres]'
 
 # A user of its own; it owns only the data directory.
 RUN useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin painter \

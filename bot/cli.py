@@ -7,10 +7,12 @@ non-zero exit code; nothing half-written is left behind.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -41,6 +43,29 @@ class FileError(Exception):
 
     def __init__(self, what: str, error: OSError) -> None:
         super().__init__(describe_os_error(error, what))
+
+
+EXIT_UNREACHABLE = 1  # the database server could not be reached (the network, not the command)
+
+
+def is_unreachable(error: OSError) -> bool:
+    """A network error: refused, no route, unknown host, timed out.
+
+    Only the database is on the network for the commands that report these (the bot reports
+    an unreachable Discord itself, first).
+    """
+    if error.filename is not None:
+        return False
+    network = {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ETIMEDOUT, errno.ECONNRESET}
+    return isinstance(error, ConnectionError | socket.gaierror | TimeoutError) or error.errno in network
+
+
+def os_error_line(error: OSError) -> tuple[str, int]:
+    """The one line an OSError that ended a command is reported as, and the exit status."""
+    if is_unreachable(error):
+        reason = error.strerror or str(error) or type(error).__name__
+        return f"cannot reach the database ([database] url): {reason}", EXIT_UNREACHABLE
+    return describe_os_error(error), EXIT_USER_ERROR
 
 
 def describe_os_error(error: OSError, what: str = "file system error") -> str:
@@ -400,10 +425,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"latent-painter: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except OSError as exc:
-        # A directory that cannot be made or written (the data directory, --out, --out-dir):
-        # one line, as for any other bad input; the job's files are already removed.
-        print(f"latent-painter: error: {describe_os_error(exc)}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        # A directory that cannot be made or written (the data directory, --out, --out-dir),
+        # or a database server that cannot be reached: one line; the job's files are removed.
+        line, status = os_error_line(exc)
+        print(f"latent-painter: error: {line}", file=sys.stderr)
+        return status
     except Terminated:
         print("latent-painter: terminated", file=sys.stderr)
         return EXIT_TERMINATED

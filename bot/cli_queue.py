@@ -185,7 +185,10 @@ def _command(name: str, body: Callable[[argparse.Namespace], int]) -> Callable[[
             return EXIT_USAGE
         except OSError as exc:
             # Database unreachable, data directory not writable, ...
-            print(f"latent-painter {name}: error: {exc}", file=sys.stderr)
+            from bot.cli import os_error_line
+
+            line, _ = os_error_line(exc)
+            print(f"latent-painter {name}: error: {line}", file=sys.stderr)
             return EXIT_FAILED
 
     return run

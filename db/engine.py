@@ -11,6 +11,7 @@ Reads use a plain deferred ``BEGIN``. PostgreSQL needs none of this.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -155,6 +156,19 @@ def _install_sqlite_hooks(engine: AsyncEngine, *, busy_timeout_ms: int, foreign_
         connection.exec_driver_sql("BEGIN IMMEDIATE" if mode == "IMMEDIATE" else "BEGIN")
 
 
+def _check_driver_installed(parsed: URL) -> None:
+    """Say which package a URL's driver needs, instead of a traceback deep in SQLAlchemy."""
+    driver = parsed.get_driver_name()
+    try:
+        importlib.import_module(driver)
+    except ImportError:
+        package = "'latent-painter[postgres]' (psycopg[binary])" if driver == "psycopg" else driver
+        raise DatabaseURLError(
+            f"[database] url uses {parsed.drivername}, whose driver {driver!r} is not installed: "
+            f"pip install {package}"
+        ) from None
+
+
 def create_engine(
     url: str | URL,
     *,
@@ -167,6 +181,7 @@ def create_engine(
     The directory of a SQLite file is created if missing.
     """
     parsed = normalize_url(url)
+    _check_driver_installed(parsed)
     if parsed.get_backend_name() == "sqlite":
         path = sqlite_path(parsed)
         if path is not None:

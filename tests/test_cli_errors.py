@@ -242,3 +242,15 @@ def test_sigterm_mid_paint_leaves_nothing_behind(workdir: Path, env_for: Path) -
     assert process.returncode == 128 + signal.SIGTERM, err
     assert err.strip().endswith("latent-painter: terminated")
     assert files_under(workdir) == ["p.png"]
+
+
+@pytest.mark.parametrize("command", [["jobs"], ["db", "upgrade"], ["bot"]])
+def test_an_unreachable_database_is_named_as_such(workdir: Path, command: list[str]) -> None:
+    """A database server that refuses connections is not a "file system error" (the bot said
+    so) nor a bare "[Errno 111]": one line naming [database] url, exit 1, no password."""
+    url = "postgresql+asyncpg://painter:s3cret@127.0.0.1:1/lp"
+    done = run_cli(*command, env={"LATENT_PAINTER_DATABASE_URL": url, "DISCORD_TOKEN": "x.y.z"}, cwd=workdir)
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "error: cannot reach the database ([database] url): " in lines[0], lines
+    assert "s3cret" not in done.stderr + done.stdout

@@ -157,3 +157,17 @@ async def test_provider_urls_connect_to_a_real_server() -> None:
         assert (await migrate.schema_state(f"{plain}?sslmode=disable")).is_current
     finally:
         await drop_postgres_database(url)
+
+
+def test_a_driver_that_is_not_installed_is_named_with_its_package(monkeypatch) -> None:
+    """postgresql+psycopg:// is documented for libpq parameters; without the package the
+    engine said nothing useful (a 40-line ModuleNotFoundError from deep in SQLAlchemy)."""
+    import sys
+
+    from db.engine import DatabaseURLError, create_engine
+
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as on a machine without it
+    with pytest.raises(
+        DatabaseURLError, match=r"driver 'psycopg' is not installed: pip install 'latent-painter\[postgres\]'"
+    ):
+        create_engine("postgresql+psycopg://u:secret@db.example/x?channel_binding=require")
