@@ -366,7 +366,20 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.add_subcommands(sub)
+    # `latent-painter bot -v` as well as `latent-painter -v bot` (and for `db upgrade -v`).
+    _accept_verbose_after(sub)
     return parser
+
+
+def _accept_verbose_after(subparsers: Any) -> None:
+    for command in subparsers.choices.values():
+        if "-v" not in command._option_string_actions:
+            command.add_argument(
+                "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log more"
+            )
+        for action in command._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _accept_verbose_after(action)
 
 
 def user_errors() -> tuple[type[BaseException], ...]:

@@ -254,3 +254,15 @@ def test_an_unreachable_database_is_named_as_such(workdir: Path, command: list[s
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "error: cannot reach the database ([database] url): " in lines[0], lines
     assert "s3cret" not in done.stderr + done.stdout
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["-v", "bot"], ["bot", "-v"], ["db", "upgrade", "-v"], ["paint", "x", "--verbose"], ["-v", "jobs"]],
+)
+def test_verbose_goes_before_or_after_the_command(argv: list[str]) -> None:
+    """`latent-painter bot -v` was refused ("unrecognized arguments: -v")."""
+    from bot.cli import build_parser
+
+    assert build_parser().parse_args(argv).verbose is True
+    assert build_parser().parse_args([a for a in argv if a not in ("-v", "--verbose")]).verbose is False
