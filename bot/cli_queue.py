@@ -405,18 +405,30 @@ def _jobs(args: argparse.Namespace) -> int:
         print("no jobs")
         return EXIT_OK
     print(
-        f"{'ID':>6}  {'STATUS':<9}  {'KIND':<10}  {'USER':>20}  {'TRIES':>5}  {'PROGRESS':>9}  ERROR / PROMPT"
+        f"{'ID':>6}  {'STATUS':<9}  {'KIND':<10}  {'USER':>20}  {'TRIES':>5}  {'PROGRESS':>15}  "
+        "ERROR / PROMPT"
     )
     for job in jobs:
         # A finished job keeps its last progress in the row; only a running one has progress.
-        running = job.status == "running" and job.progress_total
-        progress = f"{job.progress_frame}/{job.progress_total}" if running else "-"
+        progress = progress_text(job)
         detail = job.error or job.params.get("prompt") or ""
         print(
             f"{job.id:>6}  {job.status:<9}  {job.kind:<10}  {job.user_id:>20}  "
-            f"{job.attempts}/{job.max_attempts:<3}  {progress:>9}  {_shorten(detail, 60)}"
+            f"{job.attempts}/{job.max_attempts:<3}  {progress:>15}  {_shorten(detail, 60)}"
         )
     return EXIT_OK
+
+
+def progress_text(job: Any) -> str:
+    """A running job's progress: ``step 4/30`` while generating, ``frame 65/450`` while painting.
+
+    A finished job keeps its last progress in the row; only a running one shows any.
+    """
+    if job.status != "running" or not job.progress_total:
+        return "-"
+    if job.progress_frame:
+        return f"frame {job.progress_frame}/{job.progress_total}"
+    return f"step {job.progress_step}/{job.progress_total}"
 
 
 def _results(args: argparse.Namespace) -> int:

@@ -253,3 +253,18 @@ def test_a_database_url_that_cannot_be_parsed_is_one_line(
             f"latent-painter {argv[0]}: error: [database] url 'postgresql+asyncpg//u:***@host/db' cannot be "
             "parsed; use sqlite+aiosqlite:///PATH or postgresql+asyncpg://USER:PASSWORD@HOST:PORT/DB"
         ]
+
+
+def test_jobs_table_says_which_phase_a_running_job_is_in() -> None:
+    """The PROGRESS column showed ``0/30`` for the whole generation (the frame count, still 0)."""
+    from types import SimpleNamespace
+
+    from bot.cli_queue import progress_text
+
+    def job(status: str, step: int, frame: int, total: int) -> SimpleNamespace:
+        return SimpleNamespace(status=status, progress_step=step, progress_frame=frame, progress_total=total)
+
+    assert progress_text(job("running", 4, 0, 30)) == "step 4/30"
+    assert progress_text(job("running", 30, 65, 450)) == "frame 65/450"
+    assert progress_text(job("running", 0, 0, 0)) == "-"
+    assert progress_text(job("done", 30, 450, 450)) == "-"
