@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -22,6 +23,8 @@ ENV_PREFIX = "LATENT_PAINTER_"
 EFFECTS = ("strokes", "glow", "flip", "fade", "dissolve", "sharpen")
 SCHEDULERS = ("default", "ddim", "euler", "euler_a", "dpmpp", "pndm", "heun")
 FORMATS = ("mp4", "gif", "webp")
+# Discord refuses a command option with more choices than this (the whole sync fails).
+MAX_CHOICES = 25
 
 
 class ConfigError(ValueError):
@@ -138,13 +141,16 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("render", "mode"): ("adaptive", "exact"),
 }
 
+# Largest picture side any setting or request may ask for, in pixels.
+LARGEST_SIDE = 4096
+
 # (section, key) -> (low, high), inclusive; None for an open end.
 RANGES: dict[tuple[str, str], tuple[float | None, float | None]] = {
     ("painter", "steps"): (1, 500),
     ("painter", "guidance"): (0.0, 50.0),
-    ("painter", "width"): (8, 4096),
-    ("painter", "height"): (8, 4096),
-    ("painter", "max_side"): (8, 4096),
+    ("painter", "width"): (8, LARGEST_SIDE),
+    ("painter", "height"): (8, LARGEST_SIDE),
+    ("painter", "max_side"): (8, LARGEST_SIDE),
     ("painter", "max_steps"): (1, 500),
     ("painter", "fps"): (1, 120),
     ("painter", "duration"): (0.5, 600.0),
@@ -166,6 +172,7 @@ RANGES: dict[tuple[str, str], tuple[float | None, float | None]] = {
     ("queue", "per_user_cap"): (1, 1000),
     ("queue", "poll_seconds"): (0.01, None),
     ("queue", "backoff_seconds"): (0.0, None),
+    ("discord", "sync_guild"): (0, None),
     ("discord", "max_prompt_length"): (1, 2000),
     ("discord", "upload_limit"): (100_000, None),
     ("discord", "progress_seconds"): (1.0, None),
@@ -208,6 +215,48 @@ def _coerce(section: str, key: str, kind: type, value: Any) -> Any:
         raise ConfigError(f"{name} must be {kind.__name__}, got {value!r}") from None
 
 
+# (section, key) -> (the whole value must match this, what such a value looks like).
+# Checked here so a bad value stops start-up rather than the first job: the painter
+# reads them (painter.decode.parse_colour, painter.models.resolve_device) only then.
+FORMS: dict[tuple[str, str], tuple[re.Pattern[str], str]] = {
+    ("model", "device"): (re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?"), "auto, cpu, cuda, cuda:N or mps"),
+    ("render", "paper_color"): (re.compile(r"\s*#?[0-9a-fA-F]{6}\s*"), "a colour #rrggbb, like #f5f0e6"),
+}
+
+
+def parse_sizes(text: str) -> list[tuple[int, int]]:
+    """``"512x512,512x768"`` → ``[(512, 512), (512, 768)]``, the sizes /paint offers.
+
+    A bad entry raises :class:`ConfigError` naming ``[discord] sizes`` and the entry;
+    a size given twice is offered once.
+    """
+    sizes: list[tuple[int, int]] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        try:
+            width, height = (int(v) for v in part.lower().split("x"))
+        except ValueError:
+            raise ConfigError(f"[discord] sizes: {part!r} must look like 512x512") from None
+        # Beyond [painter] width/height's range every request for the size would be refused.
+        if width % 8 or height % 8 or min(width, height) < 64 or max(width, height) > LARGEST_SIDE:
+            raise ConfigError(
+                f"[discord] sizes: {part!r} must be multiples of 8, 64 to {LARGEST_SIDE} a side"
+            )
+        if (width, height) not in sizes:
+            sizes.append((width, height))
+    if not sizes:
+        raise ConfigError("[discord] sizes lists no size")
+    if len(sizes) > MAX_CHOICES:
+        raise ConfigError(
+            f"[discord] sizes lists {len(sizes)} sizes; Discord offers at most {MAX_CHOICES} choices"
+        )
+    return sizes
+
+
+# (section, key) -> a parser whose errors name the key; the parsed value is not kept.
+PARSERS: dict[tuple[str, str], Callable[[str], object]] = {("discord", "sizes"): parse_sizes}
+
 # (section, key) -> the URL schemes it accepts.
 URL_SCHEMES: dict[tuple[str, str], tuple[str, ...]] = {
     ("discord", "api_base"): ("http", "https"),
@@ -233,6 +282,12 @@ def _check(section: str, key: str, value: Any) -> None:
     allowed = CHOICES.get((section, key))
     if allowed is not None and value not in allowed:
         raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+    form = FORMS.get((section, key))
+    if form is not None and not form[0].fullmatch(value):
+        raise ConfigError(f"{name} must be {form[1]}; got {value!r}")
+    parser = PARSERS.get((section, key))
+    if parser is not None:
+        parser(value)
     schemes = URL_SCHEMES.get((section, key))
     if schemes is not None:
         _check_url(name, value, schemes)
@@ -266,6 +321,14 @@ def _apply(settings: Settings, updates: Mapping[str, Mapping[str, Any]], origin:
             changed[key] = coerced
         sections[section] = replace(sections[section], **changed)
     return Settings(**sections)
+
+
+def _check_together(settings: Settings) -> None:
+    """Checks that need two keys, once every source has had its say."""
+    if settings.model.decoder == "taesd" and not settings.model.taesd_id.strip():
+        raise ConfigError(
+            "[model] decoder = taesd needs [model] taesd_id (a hub id or local directory of a TAESD)"
+        )
 
 
 def _env_updates(env: Mapping[str, str]) -> dict[str, dict[str, str]]:
@@ -305,6 +368,7 @@ def load_settings(
     settings = _apply(settings, _env_updates(env), "environment")
     if overrides:
         settings = with_overrides(settings, overrides, "command line")
+    _check_together(settings)
     return settings
 
 
@@ -313,7 +377,9 @@ def with_overrides(
 ) -> Settings:
     """``settings`` with some keys replaced (None values ignored), checked like every other source."""
     cleaned = {s: {k: v for k, v in vals.items() if v is not None} for s, vals in overrides.items()}
-    return _apply(settings, {s: v for s, v in cleaned.items() if v}, origin)
+    settings = _apply(settings, {s: v for s, v in cleaned.items() if v}, origin)
+    _check_together(settings)
+    return settings
 
 
 def discord_token(env: Mapping[str, str] | None = None) -> str:

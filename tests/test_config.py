@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.config import ConfigError, Settings, discord_token, load_settings
+from bot.config import ConfigError, Settings, discord_token, load_settings, parse_sizes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -159,3 +159,79 @@ def test_a_refused_discord_url_does_not_echo_a_password() -> None:
     }
     s = load_settings(env=proxies)
     assert (s.discord.api_base, s.discord.gateway_url) == tuple(proxies.values())
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        # Each was accepted here and failed only later: the paint cog did not load (and the
+        # command sync took /paint off Discord), or the first job failed.
+        ("DISCORD_SIZES", "512x512,1024", r"^\[discord\] sizes: '1024' must look like 512x512$"),
+        ("DISCORD_SIZES", "512x500", r"^\[discord\] sizes: '512x500' must be multiples of 8"),
+        ("DISCORD_SIZES", " , ", r"^\[discord\] sizes lists no size$"),
+        (
+            "RENDER_PAPER_COLOR",
+            "notacolor",
+            r"^\[render\] paper_color must be a colour #rrggbb, like #f5f0e6; got 'notacolor'$",
+        ),
+        ("RENDER_PAPER_COLOR", "#fff", r"^\[render\] paper_color must be a colour #rrggbb"),
+        ("MODEL_DEVICE", "gpu", r"^\[model\] device must be auto, cpu, cuda, cuda:N or mps; got 'gpu'$"),
+        ("MODEL_DEVICE", "cuda:x", r"^\[model\] device must be auto, cpu, cuda, cuda:N or mps"),
+        ("DISCORD_SYNC_GUILD", "-1300000000000000100", r"^\[discord\] sync_guild must be in 0\.\.inf"),
+    ],
+)
+def test_values_the_bot_reads_later_are_checked_at_load(name: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(env={f"LATENT_PAINTER_{name}": value})
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("MODEL_DEVICE", "cuda:1"),
+        ("MODEL_DEVICE", "mps"),
+        ("RENDER_PAPER_COLOR", "FFFFFF"),
+        ("RENDER_PAPER_COLOR", "#0a0B0c"),
+        ("DISCORD_SYNC_GUILD", "1300000000000000100"),
+        ("DISCORD_SIZES", "64x64, 4096X4096,"),
+    ],
+)
+def test_the_documented_forms_of_those_values_load(name: str, value: str) -> None:
+    section, key = name.lower().split("_", 1)
+    settings = load_settings(env={f"LATENT_PAINTER_{name}": value})
+    assert str(getattr(getattr(settings, section), key)) == value
+
+
+def test_parse_sizes_gives_the_sizes_in_order_each_once() -> None:
+    assert parse_sizes("512x512, 512X768,768x512,,512x512") == [(512, 512), (512, 768), (768, 512)]
+    for bad in ("4104x512", "56x64"):
+        expected = rf"^\[discord\] sizes: '{bad}' must be multiples of 8, 64 to 4096 a side$"
+        with pytest.raises(ConfigError, match=expected):
+            parse_sizes(bad)
+    # Discord refuses an option with more than 25 choices, and with it the whole command sync.
+    many = ",".join(f"{64 + 8 * i}x64" for i in range(26))
+    with pytest.raises(ConfigError, match=r"^\[discord\] sizes lists 26 sizes; Discord offers at most 25"):
+        parse_sizes(many)
+    assert len(parse_sizes(many.rsplit(",", 1)[0])) == 25
+
+
+def test_a_bad_size_in_the_file_is_refused_naming_the_key(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[discord]\nsizes = "512x512,huge"\n')
+    with pytest.raises(ConfigError, match=r"^\[discord\] sizes: 'huge' must look like 512x512$"):
+        load_settings(cfg, env={})
+
+
+def test_taesd_decoder_needs_a_taesd_id_from_any_source(tmp_path: Path) -> None:
+    message = r"^\[model\] decoder = taesd needs \[model\] taesd_id"
+    with pytest.raises(ConfigError, match=message):
+        load_settings(env={"LATENT_PAINTER_MODEL_DECODER": "taesd"})
+    with pytest.raises(ConfigError, match=message):
+        load_settings(env={}, overrides={"model": {"decoder": "taesd"}})
+    with pytest.raises(ConfigError, match=message):
+        load_settings(env={"LATENT_PAINTER_MODEL_DECODER": "taesd", "LATENT_PAINTER_MODEL_TAESD_ID": " "})
+    # The decoder from the file and its model from the environment: checked once all are read.
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[model]\ndecoder = "taesd"\n')
+    settings = load_settings(cfg, env={"LATENT_PAINTER_MODEL_TAESD_ID": "madebyollin/taesd"})
+    assert (settings.model.decoder, settings.model.taesd_id) == ("taesd", "madebyollin/taesd")
