@@ -4,11 +4,15 @@ Every key of every section can be set from the environment as
 ``LATENT_PAINTER_<SECTION>_<KEY>`` (``LATENT_PAINTER_MODEL_ID=tiny``). Values are
 checked once, here, and a bad one fails start-up naming its key and what is allowed; an
 empty variable for a number or a switch leaves that key as the file or default has it.
+Another ``LATENT_PAINTER_`` variable is refused as an unknown key in the file is (a
+misspelt one would otherwise leave its setting silently at the default), except the few
+that are not settings (:data:`OTHER_VARIABLES`) and the test harness's ``LATENT_PAINTER_TEST_*``.
 The Discord token is never a setting: it is read from ``DISCORD_TOKEN`` only.
 """
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import re
@@ -23,6 +27,14 @@ ENV_PREFIX = "LATENT_PAINTER_"
 EFFECTS = ("strokes", "glow", "flip", "fade", "dissolve", "sharpen")
 SCHEDULERS = ("default", "ddim", "euler", "euler_a", "dpmpp", "pndm", "heun")
 FORMATS = ("mp4", "gif", "webp")
+# Variables under the prefix that are not settings; each is read where it is used.
+OTHER_VARIABLES = (
+    f"{ENV_PREFIX}CONFIG",  # the config file when no --config is given (load_settings)
+    f"{ENV_PREFIX}PROGRESS",  # "1": progress bars on a stderr that is not a terminal (bot/cli.py)
+    f"{ENV_PREFIX}PLANNER",  # the strokes planner, auto | numpy | compiled (painter/effects/strokes.py)
+)
+# The test suite's and CI's own variables (LATENT_PAINTER_TEST_POSTGRES_URL, ...).
+TEST_VARIABLE_PREFIX = f"{ENV_PREFIX}TEST_"
 # Discord refuses a command option with more choices than this (the whole sync fails).
 MAX_CHOICES = 25
 
@@ -331,16 +343,42 @@ def _check_together(settings: Settings) -> None:
         )
 
 
-def _env_updates(env: Mapping[str, str]) -> dict[str, dict[str, str]]:
-    updates: dict[str, dict[str, str]] = {}
+def _env_names() -> dict[str, tuple[str, str, type]]:
+    """``LATENT_PAINTER_<SECTION>_<KEY>`` -> (section, key, type), for every setting."""
+    names = {}
     for f in fields(Settings):
-        section = f.name
-        for key, kind in _section_types(type(getattr(Settings(), section))).items():
-            name = f"{ENV_PREFIX}{section.upper()}_{key.upper()}"
-            # An empty number or switch (``VAR=`` in a compose file) means "not set here";
-            # an empty text can be meant (an empty database url is SQLite).
-            if name in env and (env[name].strip() or kind is str):
-                updates.setdefault(section, {})[key] = env[name]
+        for key, kind in _section_types(type(getattr(Settings(), f.name))).items():
+            names[f"{ENV_PREFIX}{f.name.upper()}_{key.upper()}"] = (f.name, key, kind)
+    return names
+
+
+def _unknown_variable(name: str, known: list[str]) -> ConfigError:
+    # Compared without the common prefix, which would make every name look alike.
+    suffixes = [k.removeprefix(ENV_PREFIX) for k in known]
+    close = difflib.get_close_matches(name.removeprefix(ENV_PREFIX), suffixes, n=1, cutoff=0.6)
+    hint = (
+        f"did you mean {ENV_PREFIX}{close[0]}?"
+        if close
+        else f"settings are {ENV_PREFIX}<SECTION>_<KEY>, e.g. {ENV_PREFIX}MODEL_ID (see config.toml)"
+    )
+    # The value is not shown: it may be a password in a database URL.
+    return ConfigError(f"environment: unknown variable {name}; {hint}")
+
+
+def _env_updates(env: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    names = _env_names()
+    updates: dict[str, dict[str, str]] = {}
+    for name in sorted(env):
+        not_a_setting = name in OTHER_VARIABLES or name.startswith(TEST_VARIABLE_PREFIX)
+        if not name.startswith(ENV_PREFIX) or not_a_setting:
+            continue
+        if name not in names:
+            raise _unknown_variable(name, [*names, *OTHER_VARIABLES])
+        section, key, kind = names[name]
+        # An empty number or switch (``VAR=`` in a compose file) means "not set here";
+        # an empty text can be meant (an empty database url is SQLite).
+        if env[name].strip() or kind is str:
+            updates.setdefault(section, {})[key] = env[name]
     return updates
 
 

@@ -235,3 +235,43 @@ def test_taesd_decoder_needs_a_taesd_id_from_any_source(tmp_path: Path) -> None:
     cfg.write_text('[model]\ndecoder = "taesd"\n')
     settings = load_settings(cfg, env={"LATENT_PAINTER_MODEL_TAESD_ID": "madebyollin/taesd"})
     assert (settings.model.decoder, settings.model.taesd_id) == ("taesd", "madebyollin/taesd")
+
+
+@pytest.mark.parametrize(
+    ("name", "meant"),
+    [
+        # A misspelt variable left the model at "tiny", the random-weight test model.
+        ("LATENT_PAINTER_MODEL_IDS", "LATENT_PAINTER_MODEL_ID"),
+        ("LATENT_PAINTER_DATA_DIR", "LATENT_PAINTER_STORAGE_DATA_DIR"),
+        ("LATENT_PAINTER_DISCORD_SIZE", "LATENT_PAINTER_DISCORD_SIZES"),
+        ("LATENT_PAINTER_CONFIG_FILE", "LATENT_PAINTER_CONFIG"),
+    ],
+)
+def test_a_misspelt_variable_is_refused_with_the_name_meant(name: str, meant: str) -> None:
+    with pytest.raises(ConfigError, match=rf"^environment: unknown variable {name}; did you mean {meant}\?$"):
+        load_settings(env={name: "x"})
+
+
+def test_an_unknown_variable_is_refused_without_echoing_its_value() -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_settings(env={"LATENT_PAINTER_XYZZY": "postgresql://painter:hunter2@db/painter"})
+    assert str(refused.value) == (
+        "environment: unknown variable LATENT_PAINTER_XYZZY; settings are "
+        "LATENT_PAINTER_<SECTION>_<KEY>, e.g. LATENT_PAINTER_MODEL_ID (see config.toml)"
+    )
+
+
+def test_variables_that_are_not_settings_still_work(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[painter]\nfps = 12\n")
+    env = {
+        "LATENT_PAINTER_CONFIG": str(cfg),
+        "LATENT_PAINTER_PROGRESS": "1",
+        "LATENT_PAINTER_PLANNER": "numpy",
+        "LATENT_PAINTER_TEST_POSTGRES_URL": "postgresql+asyncpg://postgres@127.0.0.1:5432/t",
+        "LATENT_PAINTER_TEST_RUN_LOG": str(tmp_path / "runs.log"),
+        "LATENT_PAINTER_PAINTER_STEPS": "7",
+        "OTHER_PROGRAM_SETTING": "x",
+    }
+    settings = load_settings(env=env)
+    assert (settings.painter.fps, settings.painter.steps) == (12, 7)

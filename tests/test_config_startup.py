@@ -44,8 +44,13 @@ def start_bot(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
             {"LATENT_PAINTER_DISCORD_SIZES": "512x512,1024"},
             "[discord] sizes: '1024' must look like 512x512",
         ),
+        # Ignored before: the bot painted with the default model, the random-weight "tiny".
+        (
+            {"LATENT_PAINTER_MODEL_IDS": "stable-diffusion-v1-5/stable-diffusion-v1-5"},
+            "environment: unknown variable LATENT_PAINTER_MODEL_IDS; did you mean LATENT_PAINTER_MODEL_ID?",
+        ),
     ],
-    ids=["sizes"],
+    ids=["sizes", "misspelt-variable"],
 )
 def test_the_bot_does_not_start_with_a_bad_setting(tmp_path: Path, env: dict[str, str], error: str) -> None:
     started = start_bot(tmp_path, **env)
