@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -34,8 +35,36 @@ SCHEDULER_CLASSES = {
 }
 
 
+# What a Hugging Face hub id looks like (owner/name), as opposed to a bare word.
+HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
+
+
 class ModelError(ValueError):
     """A model that cannot be found, read or used; the message is meant for the user."""
+
+
+def _offline_and_not_cached(model_id: str, filename: str) -> bool:
+    """Whether ``model_id`` is a hub id that HF_HUB_OFFLINE keeps from being downloaded.
+
+    diffusers then says only that it "does not appear to have a file named" ``filename``,
+    which reads as a broken model rather than one never downloaded.
+    """
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if not constants.HF_HUB_OFFLINE or not HUB_ID.fullmatch(model_id) or Path(model_id).is_dir():
+        return False
+    try:
+        return not isinstance(try_to_load_from_cache(model_id, filename), str)
+    except ValueError:  # not a valid repository id after all: the loader's own message says more
+        return False
+
+
+def _not_cached(what: str, model_id: str, local: str) -> ModelError:
+    return ModelError(
+        f"{what} {model_id!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set: "
+        f"download it once online (run once without HF_HUB_OFFLINE, or `hf download {model_id}`) "
+        f"or give {local}"
+    )
 
 
 @dataclass
@@ -463,6 +492,8 @@ def load_pipeline(
         except ValueError:
             pipe = DiffusionPipeline.from_pretrained(source, **dtype_kw)
     except OSError as exc:
+        if _offline_and_not_cached(model_id, "model_index.json"):
+            raise _not_cached("model", model_id, "a local pipeline directory") from None
         raise ModelError(f"cannot load model {model_id!r}: {str(exc).splitlines()[0]}") from None
     if not hasattr(pipe, "vae") or not hasattr(pipe, "scheduler"):
         raise ModelError(f"model {model_id!r} is not a Stable Diffusion-family latent pipeline")
@@ -487,5 +518,7 @@ def load_taesd(taesd_id: str, *, device: torch.device, dtype: torch.dtype) -> An
     try:
         taesd = AutoencoderTiny.from_pretrained(taesd_id, **{_dtype_keyword(): dtype})
     except (OSError, ValueError) as exc:
+        if _offline_and_not_cached(taesd_id, "config.json"):
+            raise _not_cached("TAESD", taesd_id, "a local AutoencoderTiny directory") from None
         raise ModelError(f"cannot load TAESD {taesd_id!r}: {str(exc).splitlines()[0]}") from None
     return taesd.to(device)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,3 +58,27 @@ def test_the_bot_does_not_start_with_a_bad_setting(tmp_path: Path, env: dict[str
     assert started.returncode == 2, started.stderr
     assert started.stderr == f"latent-painter: error: {error}\n"
     assert not (tmp_path / "data").exists()  # refused before anything was made
+
+
+def test_an_offline_hub_id_not_downloaded_says_so() -> None:
+    from painter.models import ModelError, load_pipeline, load_taesd
+
+    assert os.environ["HF_HUB_OFFLINE"] == "1"  # set by conftest for every test
+    with pytest.raises(ModelError) as refused:
+        load_pipeline("latent-painter-tests/never-downloaded", device="cpu")
+    assert str(refused.value) == (
+        "model 'latent-painter-tests/never-downloaded' is not in the local Hugging Face cache and "
+        "HF_HUB_OFFLINE is set: download it once online (run once without HF_HUB_OFFLINE, or "
+        "`hf download latent-painter-tests/never-downloaded`) or give a local pipeline directory"
+    )
+    with pytest.raises(ModelError, match=r"^TAESD 'latent-painter-tests/no-taesd' is not in the local"):
+        load_taesd("latent-painter-tests/no-taesd", device=torch.device("cpu"), dtype=torch.float32)
+
+
+def test_a_name_that_is_no_hub_id_keeps_the_loaders_message(tmp_path: Path) -> None:
+    from painter.models import ModelError, load_pipeline
+
+    with pytest.raises(ModelError, match=r"^cannot load model 'not-a-model': .*model_index\.json"):
+        load_pipeline("not-a-model", device="cpu")
+    with pytest.raises(ModelError, match=r"^model path .* is not a readable diffusers pipeline directory"):
+        load_pipeline(str(tmp_path), device="cpu")
