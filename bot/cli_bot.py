@@ -62,7 +62,7 @@ def cmd_bot(args: argparse.Namespace) -> int:
 
 
 async def check_health(settings: Any, max_age: float) -> str | None:
-    """None when healthy, else one line saying what is wrong (database, or a silent bot)."""
+    """None when healthy, else one line saying what is wrong (database, a silent bot or its worker)."""
     from sqlalchemy import text
 
     from db.engine import Database
@@ -82,6 +82,20 @@ async def check_health(settings: Any, max_age: float) -> str | None:
         return f"no heartbeat yet ({heartbeat}): the bot is not connected"
     if age > max_age:
         return f"last heartbeat {age:.0f} s ago (more than {max_age:g} s): the bot is stuck or disconnected"
+    if settings.discord.run_worker:
+        # A bot whose worker task died still answers Discord, but nothing gets painted.
+        from bot.worker import WORKER_HEARTBEAT_FILE
+
+        beat: Path = settings.data_dir / WORKER_HEARTBEAT_FILE
+        try:
+            age = time.time() - beat.stat().st_mtime
+        except FileNotFoundError:
+            return f"no worker heartbeat yet ({beat}): the bot's worker is not running, so nothing is painted"
+        if age > max_age:
+            return (
+                f"the bot's worker last beat {age:.0f} s ago (more than {max_age:g} s): "
+                "it has stopped, so nothing is painted"
+            )
     return None
 
 

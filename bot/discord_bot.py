@@ -12,8 +12,10 @@ The bot
   registers the persistent buttons, and syncs its commands (to ``[discord] sync_guild``
   when set, for instant updates during development);
 - runs one queue worker as an asyncio task (``[discord] run_worker``; painting happens
-  in a thread, so the gateway stays responsive) and the :class:`~bot.delivery.JobWatcher`
-  that reports progress and delivers results;
+  in a thread, so the gateway stays responsive), supervised: a worker that dies of an
+  error is logged and started again, and it touches ``bot.worker.heartbeat`` while it
+  runs so ``latent-painter health`` sees a dead one; and the
+  :class:`~bot.delivery.JobWatcher` that reports progress and delivers results;
 - on close, gives a running job back to the queue, lets a delivery in flight finish,
   and closes what it opened.
 """
@@ -25,6 +27,7 @@ import contextlib
 import logging
 import signal
 import threading
+import time
 from typing import Any
 
 import discord
@@ -43,6 +46,7 @@ from bot.redact import add_secrets, install_log_redaction
 from bot.views import DYNAMIC_ITEMS
 from bot.worker import (
     DEFAULT_RUNNER,
+    WORKER_HEARTBEAT_FILE,
     JobContext,
     JobOutput,
     Runner,
@@ -64,6 +68,10 @@ EXTENSIONS = (
     "bot.cogs.admin",
 )
 WORKER_STOP_SECONDS = 30.0
+# A worker that dies is started again after a wait that doubles from the first figure to
+# the second; one that ran for WORKER_STEADY_SECONDS before dying starts the doubling over.
+WORKER_RESTART_SECONDS = (1.0, 60.0)
+WORKER_STEADY_SECONDS = 300.0
 
 
 def point_discord_at(settings: Settings) -> None:
@@ -163,8 +171,10 @@ class LatentPainterBot(commands.Bot):
                 progress_seconds=1.0,
                 settings=settings,
                 listener=WatcherListener(self.watcher),
+                heartbeat_file=settings.data_dir / WORKER_HEARTBEAT_FILE,
             )
-        self._worker_task: asyncio.Task[int] | None = None
+        self.worker_restart_seconds = WORKER_RESTART_SECONDS
+        self._worker_task: asyncio.Task[None] | None = None
         self._closed_once = False
 
     async def login(self, token: str) -> None:
@@ -180,9 +190,40 @@ class LatentPainterBot(commands.Bot):
         self.add_dynamic_items(*DYNAMIC_ITEMS)
         await self.sync_commands()
         await self.watcher.start()
-        if self.worker is not None:
-            self._worker_task = asyncio.create_task(self.worker.run(), name="latent-painter-worker")
-            log.info("worker %s runs in the bot process", self.worker.worker_id)
+        self.start_worker()
+
+    def start_worker(self) -> None:
+        """Start the in-process worker (if ``[discord] run_worker``) as a supervised task."""
+        if self.worker is None or self._worker_task is not None:
+            return
+        self._worker_task = asyncio.create_task(
+            self._supervise_worker(self.worker), name="latent-painter-worker"
+        )
+        log.info("worker %s runs in the bot process", self.worker.worker_id)
+
+    async def _supervise_worker(self, worker: Worker) -> None:
+        """Run the worker until the bot closes; when it dies of an error, log it and start it again.
+
+        Without this a dead worker task ended painting for good while the bot kept
+        answering, queueing jobs nobody would run.
+        """
+        first, longest = self.worker_restart_seconds
+        delay = first
+        while not worker.stopping:
+            started = time.monotonic()
+            try:
+                await worker.run()
+            except Exception:
+                if time.monotonic() - started >= WORKER_STEADY_SECONDS:
+                    delay = first
+                log.exception("worker %s died; starting it again in %.0f s", worker.worker_id, delay)
+            else:
+                if worker.stopping:
+                    return
+                log.error("worker %s stopped by itself; starting it again in %.0f s", worker.worker_id, delay)
+            if await worker.wait_stopped(delay):
+                return
+            delay = min(longest, delay * 2)
 
     async def sync_commands(self) -> list[app_commands.AppCommand]:
         """Register the slash commands with Discord: to one guild at once, or globally."""

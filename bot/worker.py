@@ -15,6 +15,14 @@ asyncio task inside the bot (``asyncio.create_task(worker.run())``); both are th
    the exception says ``retryable = False``);
 5. remove the work directory, whatever happened.
 
+The database may be away for a while (a restart, SQLite's write lock held by someone
+else). Recording a job's outcome is then tried again, with growing waits, for as long as
+the lease can still be ours: the files stay stored, since the result row will point at
+them. The worker gives up only when the lease is lost (the database says so) or has
+surely expired (no heartbeat confirmed for ``lease_seconds``: another claim may take the
+job back and run it again). Claims are retried the same way, and an error in one job never
+ends the loop.
+
 On SIGTERM (or :meth:`Worker.stop`) the running job is released back to the queue at once
 (its attempt not counted), the runner is told to stop, and the loop exits.
 """
@@ -34,18 +42,23 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bot.artifacts import ArtifactStore, LocalArtifactStore, job_key, job_prefix
-from db.queue import JobQueue, Lease, LeaseLost, QueuePolicy
+from db.queue import JobQueue, Lease, LeaseLost, QueuePolicy, database_unavailable
 from db.results import ARTIFACT_ROLES, NewResult
 
 log = logging.getLogger("latent_painter.worker")
 
 DEFAULT_RUNNER = "bot.jobs:run_job"
+# The in-process worker of `latent-painter bot` touches this file under [storage] data_dir
+# while it runs; `latent-painter health` reads its age, as it reads the bot's own heartbeat.
+WORKER_HEARTBEAT_FILE = "bot.worker.heartbeat"
+
+T = TypeVar("T")
 
 
 class JobCancelled(Exception):
@@ -130,6 +143,9 @@ class JobContext:
         self._stop = threading.Event()
         self.cancel_requested = False  # a user asked (as opposed to shutdown or lost lease)
         self.lease_lost = False
+        # When the database last confirmed the lease (the claim, then each heartbeat): the
+        # lease is surely gone once lease_seconds have passed since.
+        self._lease_confirmed_at = time.monotonic()
 
     def progress(self, step: int, frame: int, total: int) -> None:
         """Report progress: denoising ``step``, painted ``frame`` of ``total`` frames."""
@@ -217,6 +233,57 @@ def queue_policy(settings: Any) -> QueuePolicy:
     )
 
 
+class OutcomeNotRecorded(Exception):
+    """The database stayed unreachable until the lease could no longer be ours (or the worker
+    stopped): the outcome of this attempt was not recorded, and the job runs again once
+    another claim takes it back."""
+
+
+class _Outage:
+    """Logs a run of failures of one operation: the first with its traceback, then one line each.
+
+    ``failed`` returns how long to wait before trying again: ``first`` seconds, doubling up
+    to ``longest``. A database restart used to print a full traceback every second.
+    """
+
+    def __init__(self, what: str, first: float, longest: float) -> None:
+        self.what = what
+        self.first = first
+        self.longest = max(first, longest)
+        self.failures = 0
+        self.since = 0.0
+        self.delay = first
+
+    def failed(self, error: BaseException) -> float:
+        self.failures += 1
+        if self.failures == 1:
+            self.since = time.monotonic()
+            self.delay = self.first
+            log.warning("%s failed; trying again in %.1f s", self.what, self.delay, exc_info=error)
+        else:
+            self.delay = min(self.longest, self.delay * 2)
+            log.warning(
+                "%s failed again (%d times in %.0f s): %s: %s; trying again in %.1f s",
+                self.what,
+                self.failures,
+                time.monotonic() - self.since,
+                type(error).__name__,
+                error,
+                self.delay,
+            )
+        return self.delay
+
+    def recovered(self) -> None:
+        if self.failures:
+            log.info(
+                "%s works again after %d failure(s) in %.0f s",
+                self.what,
+                self.failures,
+                time.monotonic() - self.since,
+            )
+        self.failures = 0
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -245,6 +312,10 @@ class Worker:
         kinds: tuple[str, ...] | None = None,
         settings: Any = None,
         listener: WorkerListener | None = None,
+        heartbeat_file: Path | None = None,
+        retry_seconds: float = 1.0,
+        retry_max_seconds: float = 30.0,
+        record_patience_seconds: float = 600.0,
     ) -> None:
         self.queue = queue
         self.store = store
@@ -258,6 +329,15 @@ class Worker:
         self.kinds = kinds
         self.settings = settings
         self.listener = listener or WorkerListener()
+        # Touched while run() runs, so a health check can tell a live worker from a dead one.
+        self.heartbeat_file = heartbeat_file
+        # Waits between tries while the database is unavailable: doubling from the first
+        # to the second; recording an outcome stops trying after record_patience_seconds
+        # even while heartbeats keep the lease (the database takes heartbeats but refuses
+        # the result: SQLite's disk full), and records a failure instead.
+        self.retry_seconds = retry_seconds
+        self.retry_max_seconds = retry_max_seconds
+        self.record_patience_seconds = record_patience_seconds
         self.current: Lease | None = None
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
@@ -276,39 +356,80 @@ class Worker:
     def stopping(self) -> bool:
         return self._stopping.is_set()
 
+    async def wait_stopped(self, seconds: float) -> bool:
+        """Wait up to ``seconds`` for :meth:`stop`; returns whether the worker is stopping."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        return self._stopping.is_set()
+
     async def run(self, *, max_jobs: int | None = None, exit_when_idle: bool = False) -> int:
         """Work until stopped (or ``max_jobs`` done, or the queue is empty with ``exit_when_idle``).
 
-        Returns how many jobs it handled. Database errors while claiming are logged and
-        retried after a poll interval, so a database restart does not end the worker.
+        Returns how many jobs it handled. Database errors while claiming are logged (the
+        first with its traceback, then one line each) and retried with growing waits, and
+        an unexpected error while handling one job is logged and the loop carries on, so
+        neither a database restart nor one bad job ends the worker. It raises only when
+        it cannot start: its work directory cannot be made.
         """
         handled = 0
-        self.sweep_dead_workdirs()
-        await self.warm_up()
-        was_busy = False
-        while not self._stopping.is_set():
-            try:
-                lease = await self.queue.claim(self.worker_id, kinds=self.kinds)
-            except Exception:
-                log.exception("worker %s: claiming failed; retrying", self.worker_id)
-                await self._idle(self.poll_seconds)
-                continue
-            if lease is None:
-                if exit_when_idle:
+        (self.workdir_root / self.worker_id).mkdir(parents=True, exist_ok=True)
+        beat = asyncio.create_task(self._beat()) if self.heartbeat_file is not None else None
+        try:
+            self.sweep_dead_workdirs()
+            await self.warm_up()
+            claims = _Outage(
+                f"worker {self.worker_id}: claiming a job", self.poll_seconds, self.retry_max_seconds
+            )
+            was_busy = False
+            while not self._stopping.is_set():
+                try:
+                    lease = await self.queue.claim(self.worker_id, kinds=self.kinds)
+                except Exception as exc:
+                    await self._idle(claims.failed(exc))
+                    continue
+                claims.recovered()
+                if lease is None:
+                    if exit_when_idle:
+                        break
+                    if was_busy:
+                        self.sweep_dead_workdirs()
+                        was_busy = False
+                    await self._idle(self.poll_seconds)
+                    continue
+                was_busy = True
+                try:
+                    await self.process(lease)
+                except Exception as exc:
+                    # Never the end of the worker (a job that breaks every worker would
+                    # stop them all): log it, count it as a failed attempt, carry on.
+                    log.exception(
+                        "worker %s: job %s attempt %s ended with an unexpected error; carrying on",
+                        self.worker_id,
+                        lease.job_id,
+                        lease.attempt,
+                    )
+                    with contextlib.suppress(Exception):  # LeaseLost: it was settled after all
+                        await self.queue.fail(lease, f"{type(exc).__name__}: {exc}")
+                    await self._idle(self.poll_seconds)
+                handled += 1
+                if max_jobs is not None and handled >= max_jobs:
                     break
-                if was_busy:
-                    self.sweep_dead_workdirs()
-                    was_busy = False
-                await self._idle(self.poll_seconds)
-                continue
-            was_busy = True
-            await self.process(lease)
-            handled += 1
-            if max_jobs is not None and handled >= max_jobs:
-                break
-        with contextlib.suppress(OSError):
-            (self.workdir_root / self.worker_id).rmdir()  # only if empty: a runner may still be in it
+        finally:
+            if beat is not None:
+                beat.cancel()
+                await asyncio.gather(beat, return_exceptions=True)
+            with contextlib.suppress(OSError):
+                (self.workdir_root / self.worker_id).rmdir()  # only if empty: a runner may still be in it
         return handled
+
+    async def _beat(self) -> None:
+        """Touch ``heartbeat_file`` while the loop runs (its age is what a health check reads)."""
+        assert self.heartbeat_file is not None
+        interval = max(0.05, min(self.heartbeat_seconds, 10.0))
+        while True:
+            with contextlib.suppress(OSError):
+                self.heartbeat_file.write_text(f"{time.time():.0f} {self.worker_id}\n")
+            await asyncio.sleep(interval)
 
     async def warm_up(self) -> None:
         """Run the runner's ``warm_up(settings)``, if it has one, before the first claim.
@@ -444,11 +565,22 @@ class Worker:
         return future
 
     async def _keep_lease(self, lease: Lease, ctx: JobContext) -> None:
-        """Heartbeat and progress while the job is held; flag cancel requests and a lost lease."""
+        """Heartbeat and progress while the job is held; flag cancel requests and a lost lease.
+
+        It goes on while the outcome is being recorded, so a database that comes back in
+        time renews the lease that recording depends on.
+        """
         tick = max(0.01, min(self.progress_seconds, self.heartbeat_seconds))
-        last_beat = time.monotonic()
+        last_beat = retry_at = time.monotonic()
+        outage = _Outage(
+            f"worker {self.worker_id}: heartbeat of job {lease.job_id}",
+            min(self.retry_seconds, self.heartbeat_seconds),
+            self.heartbeat_seconds,
+        )
         while True:
             await asyncio.sleep(tick)
+            if time.monotonic() < retry_at:
+                continue
             progress = ctx._take_progress()
             due = time.monotonic() - last_beat >= self.heartbeat_seconds
             if progress is None and not due:
@@ -464,11 +596,12 @@ class Worker:
                 ctx.lease_lost = True
                 ctx._request_stop()
                 return
-            except Exception:
+            except Exception as exc:
                 # A database hiccup: the lease is still ours until it expires; try again.
-                log.exception("worker %s: heartbeat for job %s failed", self.worker_id, lease.job_id)
+                retry_at = time.monotonic() + outage.failed(exc)
                 continue
-            last_beat = time.monotonic()
+            outage.recovered()
+            last_beat = ctx._lease_confirmed_at = time.monotonic()
             if cancel and not ctx.cancel_requested:
                 log.info("worker %s: job %s cancel requested", self.worker_id, lease.job_id)
                 ctx.cancel_requested = True
@@ -500,28 +633,77 @@ class Worker:
                 lease.attempt,
             )
             return
-        if ctx.cancel_requested:
-            await self._settle(self._confirm_cancel(lease))
-            return
-        if error is not None:
-            await self._settle(self._record_failure(lease, error))
-            return
-        await self._settle(self._deliver(lease, outcome.result()))
-
-    async def _settle(self, step: Any) -> None:
         try:
-            await step
+            if ctx.cancel_requested:
+                await self._confirm_cancel(lease, ctx)
+            elif error is not None:
+                await self._record_failure(lease, ctx, error)
+            else:
+                await self._deliver(lease, ctx, outcome.result())
         except LeaseLost:
-            log.warning("worker %s: lease lost before the job could be settled", self.worker_id)
+            log.warning(
+                "worker %s: lease on job %s lost before the job could be settled",
+                self.worker_id,
+                lease.job_id,
+            )
+        except OutcomeNotRecorded as exc:
+            log.warning("worker %s: %s", self.worker_id, exc)
 
-    async def _confirm_cancel(self, lease: Lease) -> None:
-        job = await self.queue.confirm_cancel(lease)
+    async def _record(
+        self, lease: Lease, ctx: JobContext, what: str, statement: Callable[[], Awaitable[T]]
+    ) -> T:
+        """Run ``statement`` (one that records this attempt's outcome), trying again while the
+        database is unavailable and the lease can still be ours.
+
+        Raises :class:`LeaseLost` when the job is no longer ours, :class:`OutcomeNotRecorded`
+        once the lease has surely expired (or the worker is stopping) with the database still
+        away, the database's own error when it keeps refusing for ``record_patience_seconds``
+        while taking heartbeats, and any error that trying again cannot fix at once.
+        """
+        outage = _Outage(
+            f"worker {self.worker_id}: {what} job {lease.job_id} attempt {lease.attempt}",
+            self.retry_seconds,
+            self.retry_max_seconds,
+        )
+        started = time.monotonic()
+        while True:
+            try:
+                value = await statement()
+            except LeaseLost:
+                raise
+            except Exception as exc:
+                if not database_unavailable(exc):
+                    raise
+                if ctx.lease_lost:
+                    raise LeaseLost(f"job {lease.job_id} attempt {lease.attempt} is no longer held") from exc
+                now = time.monotonic()
+                expires_in = ctx._lease_confirmed_at + self.queue.policy.lease_seconds - now
+                if expires_in <= 0 or self._stopping.is_set():
+                    why = "the worker is stopping" if expires_in > 0 else "its lease has expired"
+                    raise OutcomeNotRecorded(
+                        f"could not {what} job {lease.job_id} attempt {lease.attempt} before {why}: "
+                        f"the database is unavailable ({type(exc).__name__}: {exc}); the job runs again "
+                        "once another claim takes it back"
+                    ) from exc
+                if now - started >= self.record_patience_seconds:
+                    raise
+                delay = outage.failed(exc)
+                await self.wait_stopped(min(delay, expires_in))
+                continue
+            outage.recovered()
+            return value
+
+    async def _confirm_cancel(self, lease: Lease, ctx: JobContext) -> None:
+        job = await self._record(
+            lease, ctx, "confirm the cancel of", lambda: self.queue.confirm_cancel(lease)
+        )
         await asyncio.to_thread(forget_input, self.store, job)
         await asyncio.to_thread(self.store.delete_prefix, job_prefix(job.id))
         log.info("worker %s: job %s cancelled", self.worker_id, job.id)
         await self._notify("job_cancelled", job)
 
-    async def _record_failure(self, lease: Lease, error: BaseException) -> None:
+    async def _record_failure(self, lease: Lease, ctx: JobContext, error: BaseException) -> Any:
+        """Record ``error`` as this attempt's failure; returns the job as it now is."""
         text = f"{type(error).__name__}: {error}"
         retry = bool(getattr(error, "retryable", True))
         log.warning(
@@ -532,18 +714,21 @@ class Worker:
             text,
             "".join(traceback.format_exception(error)),
         )
-        job = await self.queue.fail(lease, text, retry=retry)
+        job = await self._record(
+            lease, ctx, "record the failure of", lambda: self.queue.fail(lease, text, retry=retry)
+        )
         if job.status != "queued":
             # Final: no attempt of this job will ever need the files of earlier attempts.
             await asyncio.to_thread(self.store.delete_prefix, job_prefix(job.id))
             await asyncio.to_thread(forget_input, self.store, job)
             await self._notify("job_cancelled" if job.status == "cancelled" else "job_failed", job)
+        return job
 
-    async def _deliver(self, lease: Lease, output: JobOutput) -> None:
+    async def _deliver(self, lease: Lease, ctx: JobContext, output: JobOutput) -> None:
         try:
             files = self._checked_files(output, lease)
         except PermanentJobError as exc:
-            await self._record_failure(lease, exc)
+            await self._record_failure(lease, ctx, exc)
             return
         stored: list[str] = []
         sizes: dict[str, int] = {}
@@ -554,21 +739,64 @@ class Worker:
                 sizes[role] = await asyncio.to_thread(self.store.put_file, key, path)
                 stored.append(key)
                 keys[role] = key
-            result = await self.queue.finish(
-                lease, NewResult(fields=output.result, artifact_keys=keys, sizes=sizes)
-            )
-        except BaseException as exc:
-            # The result row was not written: this attempt's files must not outlive it.
-            for key in stored:
-                await asyncio.to_thread(self.store.delete, key)
-            if isinstance(exc, LeaseLost | asyncio.CancelledError):
-                raise
-            await self._record_failure(lease, exc)
+        except Exception as exc:
+            # Nothing points at these files: they go, and the attempt failed.
+            await self._delete_keys(stored)
+            await self._record_failure(lease, ctx, exc)
             return
-        await asyncio.to_thread(self._delete_other_attempts, lease)
-        await asyncio.to_thread(forget_input, self.store, lease.job)
+        except BaseException:
+            await self._delete_keys(stored)
+            raise
+        new_result = NewResult(fields=output.result, artifact_keys=keys, sizes=sizes)
+        try:
+            result = await self._record(
+                lease, ctx, "record the result of", lambda: self.queue.finish(lease, new_result)
+            )
+        except LeaseLost:
+            # A try whose commit was not confirmed (the connection dropped) may have done it.
+            result = await self._result_if_recorded(lease)
+            if result is None:
+                await self._delete_keys(stored)  # not ours any more: whoever holds the job now stores its own
+                raise
+        except OutcomeNotRecorded:
+            # The files stay: the result row may yet point at them (a commit whose answer was
+            # lost). Whatever settles the job deletes those of other attempts.
+            raise
+        except Exception as exc:
+            # The result row was not written; record the failure first, so the database
+            # confirms this attempt is not the result before its files go.
+            await self._record_failure(lease, ctx, exc)
+            await self._delete_keys(stored)
+            return
+        await self._tidy_after_success(lease)
         log.info("worker %s: job %s done, result %s", self.worker_id, lease.job_id, result.public_id)
         await self._notify("job_finished", lease.job_id, result)
+
+    async def _result_if_recorded(self, lease: Lease) -> Any:
+        try:
+            return await self.queue.result_of(lease)
+        except Exception:
+            log.exception(
+                "worker %s: could not check whether job %s was recorded", self.worker_id, lease.job_id
+            )
+            return None
+
+    async def _delete_keys(self, keys: list[str]) -> None:
+        for key in keys:
+            try:
+                await asyncio.to_thread(self.store.delete, key)
+            except (OSError, ValueError) as exc:
+                log.warning("worker %s: could not delete %s: %s", self.worker_id, key, exc)
+
+    async def _tidy_after_success(self, lease: Lease) -> None:
+        # The result is recorded: a storage error here costs disk space, never the result.
+        try:
+            await asyncio.to_thread(self._delete_other_attempts, lease)
+            await asyncio.to_thread(forget_input, self.store, lease.job)
+        except (OSError, ValueError) as exc:
+            log.warning(
+                "worker %s: job %s: could not tidy the artifact store: %s", self.worker_id, lease.job_id, exc
+            )
 
     def _checked_files(self, output: JobOutput, lease: Lease) -> dict[str, Path]:
         if not isinstance(output, JobOutput):

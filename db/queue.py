@@ -27,7 +27,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, bindparam, case, func, literal, or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -39,6 +40,11 @@ from db.results import NewResult, new_public_id
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = (s.value for s in JobStatus)
 MAX_ERROR_CHARS = 8000
 STALE_ERROR = "the worker stopped sending heartbeats (crashed or stalled); lease expired"
+# SQLSTATE classes that mean "not now" rather than "never": connection exceptions (08),
+# insufficient resources (53), operator intervention such as a shutdown (57), and a
+# serialization failure or deadlock (40001, 40P01), which PostgreSQL asks us to retry.
+_UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53", "57")
+_RETRY_SQLSTATES = ("40001", "40P01")
 
 
 class QueueError(Exception):
@@ -58,6 +64,26 @@ class JobNotFound(QueueError, LookupError):
 
 class LeaseLost(QueueError):
     """The worker no longer holds this job: it was recovered by another worker or cancelled."""
+
+
+def database_unavailable(error: BaseException) -> bool:
+    """Whether ``error`` says the database could not be reached or was too busy, for now.
+
+    True for a refused or dropped connection (asyncpg raises ``ConnectionRefusedError``
+    itself), SQLite's ``database is locked`` after its busy timeout, a server shutting
+    down, or a timeout; such a statement is worth trying again. False for errors that
+    trying again cannot fix (a constraint, a bad value, a programming error).
+    """
+    if isinstance(error, OSError | TimeoutError | PoolTimeout | DisconnectionError):
+        return True
+    if isinstance(error, DBAPIError):
+        if error.connection_invalidated or isinstance(error, OperationalError | InterfaceError):
+            return True
+        error = error.orig
+    state = getattr(error, "sqlstate", None) or getattr(error, "pgcode", None)
+    return isinstance(state, str) and (
+        state[:2] in _UNAVAILABLE_SQLSTATE_CLASSES or state in _RETRY_SQLSTATES
+    )
 
 
 @dataclass(frozen=True)
@@ -420,6 +446,25 @@ class JobQueue:
                 if not tries_left or "public_id" not in str(exc.orig):
                     raise
         raise AssertionError("unreachable")
+
+    async def result_of(self, lease: Lease) -> Result | None:
+        """The result this lease's attempt recorded, or None if it recorded none.
+
+        For a worker whose ``finish`` failed with the connection lost after the commit may
+        have happened: trying again raises :class:`LeaseLost` (the job is done), and this
+        tells "done by me" from "taken over by another worker".
+        """
+        async with self.db.read() as session:
+            return await session.scalar(
+                select(Result)
+                .join(Job, Result.job_id == Job.id)
+                .where(
+                    Job.id == lease.job_id,
+                    Job.status == DONE,
+                    Job.worker_id == lease.worker_id,
+                    Job.attempts == lease.attempt,
+                )
+            )
 
     async def fail(self, lease: Lease, error: str, *, retry: bool = True) -> Job:
         """Record a failed attempt: back to the queue after a backoff, or ``failed`` for good.

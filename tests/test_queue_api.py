@@ -216,6 +216,24 @@ async def test_stale_lease_is_taken_back_by_the_next_claim(queue: JobQueue) -> N
     assert await count(queue.db, Result) == 1
 
 
+async def test_result_of_tells_a_finished_attempt_from_a_taken_over_one(queue: JobQueue) -> None:
+    """After a finish whose answer was lost (the connection dropped at the commit), a retry
+    raises LeaseLost either way; result_of says whether this very attempt recorded it."""
+    job = (await queue.enqueue("paint", paint(), user_id=1)).job
+    dead = await queue.claim("dead-worker")
+    assert await queue.result_of(dead) is None
+    async with queue.db.write() as session:
+        await session.execute(update(Job).values(heartbeat_at=utcnow() - timedelta(seconds=60)))
+    taken = await queue.claim("w2")
+    result = await queue.finish(taken, new_result())
+    with pytest.raises(LeaseLost):
+        await queue.finish(taken, new_result())
+    assert (await queue.result_of(taken)).id == result.id
+    assert await queue.result_of(dead) is None  # an earlier attempt of the same job
+    assert await queue.result_of(type(taken)(job=taken.job, worker_id="dead-worker")) is None
+    assert (await queue.get(job.id)).status == "done"
+
+
 async def test_stale_job_out_of_attempts_ends_failed_not_retried(queue: JobQueue) -> None:
     job = (await queue.enqueue("paint", paint(), user_id=1, max_attempts=1)).job
     await queue.claim("dead-worker")
