@@ -1,4 +1,8 @@
-"""Start-up refuses what would fail later, in one line that says what to change."""
+"""Start-up refuses what would fail later, in one line that says what to change; and
+what members are told about the channels a server's settings allow.
+
+The last test borrows the cog tests' logged-in bot (tests/test_cogs_unit.py).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from db.gallery import update_settings
+from tests.discord_standin.world import GALLERY_ID, GUILD_ID, MOD_ID
+from tests.test_cogs_unit import Harness, ephemeral_text, harness, on_bot
+
+__all__ = ["harness"]  # the fixture, imported to be found here
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -82,3 +92,20 @@ def test_a_name_that_is_no_hub_id_keeps_the_loaders_message(tmp_path: Path) -> N
         load_pipeline("not-a-model", device="cpu")
     with pytest.raises(ModelError, match=r"^model path .* is not a readable diffusers pipeline directory"):
         load_pipeline(str(tmp_path), device="cpu")
+
+
+@on_bot
+async def test_a_refusal_in_a_channel_not_allowed_says_how_many_more_there_are(harness: Harness) -> None:
+    # Before, the first ten were listed as if they were all.
+    many = [GALLERY_ID, *(1_300_000_000_000_009_000 + i for i in range(29))]
+    await update_settings(harness.bot.db, GUILD_ID, MOD_ID, allowed_channel_ids=many)
+    try:
+        text = ephemeral_text(await harness.slash("paint", {"prompt": "a cat"}))
+    finally:
+        await update_settings(harness.bot.db, GUILD_ID, MOD_ID, allowed_channel_ids=[])
+    start = "Painting commands are not allowed in this channel. Use "
+    assert text.startswith(start) and text.endswith(" more."), text
+    shown, more = text.removeprefix(start).removesuffix(" more.").rsplit(" and ", 1)
+    mentions = shown.split(", ")
+    assert mentions == [f"<#{c}>" for c in sorted(many)[: len(mentions)]]
+    assert int(more) == len(many) - len(mentions) and len(mentions) >= 10

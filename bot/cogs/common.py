@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import discord
 
-from bot.text import plural
+from bot.text import listed, plural
 from db.gallery import GalleryError, get_settings
 from db.models import Job, Result
 from db.queue import QueueFull
@@ -31,6 +31,9 @@ log = logging.getLogger("latent_painter.bot")
 TOKEN_LIFETIME = timedelta(minutes=15) - timedelta(seconds=30)
 # Answer with a deferral if queueing a job takes longer than this (Discord allows 3 s).
 DEFER_AFTER_SECONDS = 1.5
+# How much of a refusal the allowed channels may take: about ten mentions, enough to
+# find one to go to, then "and K more".
+ALLOWED_CHANNELS_LIMIT = 300
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -183,7 +186,7 @@ async def rules_for(interaction: discord.Interaction) -> GuildRules:
     # A thread (or a forum post) is allowed where its parent channel is.
     parent_id = getattr(interaction.channel, "parent_id", None)
     if allowed and interaction.channel_id not in allowed and parent_id not in allowed:
-        places = ", ".join(f"<#{channel_id}>" for channel_id in allowed[:10])
+        places = listed([f"<#{channel_id}>" for channel_id in allowed], ALLOWED_CHANNELS_LIMIT)
         raise UserError(f"Painting commands are not allowed in this channel. Use {places}.")
     return rules
 
