@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import math
 import mimetypes
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,10 @@ from bot.config import EFFECTS
 from bot.text import quote
 from bot.text import size as size_text
 from db.queue import JobNotFound, QueueFull
+
+# Imported with the cog, not on the first /paint: torch's first import takes seconds, and an
+# interaction has 3 s for its first answer.
+from painter.capture import CaptureError, check_img2img_steps
 
 if TYPE_CHECKING:
     from bot.discord_bot import LatentPainterBot
@@ -266,6 +271,18 @@ class PaintCog(commands.Cog, name="Paint"):
         chosen_model = model or self.models[0]
         if chosen_model == "analytic" and not has_image:
             raise UserError("The analytic painter paints a picture you give it: attach an image.")
+        if has_image and chosen_model != "analytic":
+            # SDEdit runs int(steps × strength) steps: none at all fails in the worker after
+            # the job was queued and announced. (The analytic painter uses no strength.)
+            used = s.painter.strength if strength is None else strength
+            try:
+                check_img2img_steps(steps or s.painter.steps, used)
+            except CaptureError as exc:
+                text = f"{str(exc)[:1].upper()}{str(exc)[1:]}."
+                if math.ceil(1 / used - 1e-9) > rules.max_steps:
+                    lowest = math.ceil(100 / rules.max_steps) / 100
+                    text += f" Steps go up to {rules.max_steps} here: use a strength of at least {lowest:g}."
+                raise UserError(text) from None
         params: dict[str, Any] = {
             "prompt": prompt,
             "negative_prompt": negative or None,
