@@ -284,6 +284,12 @@ class _Outage:
         self.failures = 0
 
 
+def _job_of_key(key: str) -> int | None:
+    """The job id of a ``jobs/<id>/…`` key, else None."""
+    parts = key.split("/")
+    return int(parts[1]) if len(parts) > 2 and parts[0] == "jobs" and parts[1].isdigit() else None
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -316,6 +322,8 @@ class Worker:
         retry_seconds: float = 1.0,
         retry_max_seconds: float = 30.0,
         record_patience_seconds: float = 600.0,
+        sweep_seconds: float = 600.0,
+        upload_grace_seconds: float = 3600.0,
     ) -> None:
         self.queue = queue
         self.store = store
@@ -338,6 +346,12 @@ class Worker:
         self.retry_seconds = retry_seconds
         self.retry_max_seconds = retry_max_seconds
         self.record_patience_seconds = record_patience_seconds
+        # The artifact store sweep (sweep_storage) runs at start and every sweep_seconds;
+        # an upload nothing live reads goes once it is upload_grace_seconds old (younger,
+        # its job may not be queued yet: /paint stores the picture first).
+        self.sweep_seconds = sweep_seconds
+        self.upload_grace_seconds = upload_grace_seconds
+        self._next_sweep = 0.0
         self.current: Lease | None = None
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
@@ -382,12 +396,15 @@ class Worker:
             )
             was_busy = False
             while not self._stopping.is_set():
+                if time.monotonic() >= self._next_sweep:
+                    await self._sweep_storage_now()
                 try:
                     lease = await self.queue.claim(self.worker_id, kinds=self.kinds)
                 except Exception as exc:
                     await self._idle(claims.failed(exc))
                     continue
                 claims.recovered()
+                await self._clean_up_rescued()
                 if lease is None:
                     if exit_when_idle:
                         break
@@ -827,6 +844,81 @@ class Worker:
             log.exception("worker %s: listener %s failed", self.worker_id, hook)
 
     # -- housekeeping ---------------------------------------------------------------
+
+    async def _clean_up_rescued(self) -> None:
+        """Delete the files and uploads of jobs our claim just ended through the rescue.
+
+        Their worker died (on its last attempt, or with a cancel pending), so no worker
+        settled them; nothing else would ever delete what their attempts stored.
+        """
+        for job in self.queue.take_rescued():
+            log.warning(
+                "worker %s: job %s ended %s: its worker stopped sending heartbeats; deleting its files",
+                self.worker_id,
+                job.id,
+                job.status,
+            )
+            try:
+                await asyncio.to_thread(self.store.delete_prefix, job_prefix(job.id))
+                await asyncio.to_thread(forget_input, self.store, job)
+            except (OSError, ValueError) as exc:
+                log.warning(
+                    "worker %s: could not delete the files of job %s: %s", self.worker_id, job.id, exc
+                )
+            await self._notify("job_cancelled" if job.status == "cancelled" else "job_failed", job)
+
+    async def _sweep_storage_now(self) -> None:
+        self._next_sweep = time.monotonic() + self.sweep_seconds
+        try:
+            await self.sweep_storage()
+        except Exception as exc:  # noqa: BLE001 - the next sweep tries again
+            log.warning(
+                "worker %s: artifact store sweep failed: %s: %s", self.worker_id, type(exc).__name__, exc
+            )
+
+    async def sweep_storage(self) -> int:
+        """Delete what no job will need again; returns how many files went.
+
+        That is, under ``jobs/<id>/``: files of jobs that are not live, unless a result
+        points at them (a worker that died between storing and recording, or right after
+        recording, before it deleted other attempts' files); under ``uploads/``: pictures
+        no live job reads, once ``upload_grace_seconds`` old (a job whose worker died right
+        after recording it done never deleted its upload). The store is listed before
+        the database is read, so a file stored meanwhile is never judged on old rows.
+        """
+        jobs, uploads = await asyncio.to_thread(self._sweepable_keys)
+        refs = await self.queue.storage_references()
+        doomed = [
+            key
+            for key in jobs
+            if (job_id := _job_of_key(key)) is not None
+            and job_id not in refs.live_jobs
+            and key not in refs.result_keys
+        ]
+        doomed += [
+            key for key, age in uploads if key not in refs.live_inputs and age >= self.upload_grace_seconds
+        ]
+        if doomed:
+            await asyncio.to_thread(self._delete_all, doomed)
+            log.info("worker %s: swept %d file(s) no job needs any more", self.worker_id, len(doomed))
+        return len(doomed)
+
+    def _sweepable_keys(self) -> tuple[list[str], list[tuple[str, float]]]:
+        jobs = list(self.store.keys("jobs"))
+        uploads: list[tuple[str, float]] = []
+        if isinstance(self.store, LocalArtifactStore):  # ages need the file; other stores keep them
+            now = time.time()
+            for key in self.store.keys("uploads"):
+                with contextlib.suppress(FileNotFoundError):
+                    uploads.append((key, now - self.store.path(key).stat().st_mtime))
+        return jobs, uploads
+
+    def _delete_all(self, keys: list[str]) -> None:
+        for key in keys:
+            try:
+                self.store.delete(key)
+            except (OSError, ValueError) as exc:
+                log.warning("worker %s: could not delete %s: %s", self.worker_id, key, exc)
 
     def sweep_dead_workdirs(self) -> int:
         """Remove work directories of workers on this host whose process is gone (kill -9).

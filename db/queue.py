@@ -133,6 +133,15 @@ class Enqueued:
 
 
 @dataclass(frozen=True)
+class StorageReferences:
+    """What the artifact store must keep, as the database sees it at one moment."""
+
+    live_jobs: frozenset[int]  # queued or running: any of their attempts may still store files
+    live_inputs: frozenset[str]  # image_key of live jobs (uploads a runner is yet to read)
+    result_keys: frozenset[str]  # every artifact key a result row points at
+
+
+@dataclass(frozen=True)
 class QueuePosition:
     """Where a job stands: how many jobs start before it and a rough time until it is done."""
 
@@ -166,7 +175,7 @@ def _stale() -> Any:
 
 @functools.cache
 def _rescue_statement() -> Any:
-    """Settle stale jobs that must not run again: out of attempts, or cancelled."""
+    """Settle stale jobs that must not run again: out of attempts, or cancelled; returns them."""
     now = bindparam("now", type_=UTCDateTime())
     return (
         update(Job)
@@ -177,7 +186,7 @@ def _rescue_statement() -> Any:
             worker_id=None,
             finished_at=now,
         )
-        .execution_options(synchronize_session=False)
+        .returning(Job)
     )
 
 
@@ -253,6 +262,7 @@ class JobQueue:
         self.db = db
         self.policy = policy or QueuePolicy()
         self._next_rescue = 0.0  # time.monotonic() of the next rescue run
+        self._rescued: list[Job] = []  # ended by this queue's rescues, not yet taken
 
     # -- requester side -------------------------------------------------------------
 
@@ -377,7 +387,8 @@ class JobQueue:
         back like a queued one, with an attempt counted. Stale jobs that may not run again
         (out of attempts, or cancelled) are settled by the rescue statement, which a claim
         runs first when ``lease_seconds / 4`` have passed since its last run, so a job that
-        crashes every worker ends ``failed`` instead of going round forever.
+        crashes every worker ends ``failed`` instead of going round forever. The jobs it
+        ended are handed out by :meth:`take_rescued`, for the caller to clean up after.
         """
         now = utcnow()
         stale_before = now - timedelta(seconds=self.policy.lease_seconds)
@@ -386,14 +397,46 @@ class JobQueue:
             params["kinds"] = list(kinds)
         async with self.db.write() as session:
             if time.monotonic() >= self._next_rescue:
-                await session.execute(_rescue_statement(), {"now": now, "stale_before": stale_before})
+                rescued = await session.scalars(
+                    _rescue_statement(),
+                    {"now": now, "stale_before": stale_before},
+                    execution_options={"synchronize_session": False},
+                )
+                ended = list(rescued.all())
                 self._next_rescue = time.monotonic() + self.policy.lease_seconds / 4
+            else:
+                ended = []
             job = await session.scalar(
                 _claim_statement(self.db.dialect, bool(kinds)),
                 params,
                 execution_options={"synchronize_session": False},
             )
+        self._rescued.extend(ended)  # only once committed
         return None if job is None else Lease(job=job, worker_id=worker_id)
+
+    def take_rescued(self) -> list[Job]:
+        """The jobs this queue's claims ended through the rescue (failed or cancelled, their
+        worker dead) since the last call. Nobody else will clean up after them: their
+        uploads and the files their attempts stored are the caller's to delete."""
+        rescued, self._rescued = self._rescued, []
+        return rescued
+
+    async def storage_references(self) -> StorageReferences:
+        """Which jobs are live, which uploads they read, and which artifact keys results hold."""
+        async with self.db.read() as session:
+            live = (
+                await session.execute(select(Job.id, Job.params).where(Job.status.in_(LIVE_STATUSES)))
+            ).all()
+            rows = await session.execute(
+                select(Result.video_key, Result.image_key, Result.heatmap_key, Result.trail_key)
+            )
+            result_keys = frozenset(key for row in rows for key in row if key)
+        inputs = {(params or {}).get("image_key") for _, params in live if isinstance(params, dict)}
+        return StorageReferences(
+            live_jobs=frozenset(job_id for job_id, _ in live),
+            live_inputs=frozenset(key for key in inputs if isinstance(key, str)),
+            result_keys=result_keys,
+        )
 
     async def heartbeat(self, lease: Lease) -> bool:
         """Renew the lease; returns whether a cancel was requested. Raises :class:`LeaseLost`."""

@@ -240,9 +240,43 @@ async def test_stale_job_out_of_attempts_ends_failed_not_retried(queue: JobQueue
     async with queue.db.write() as session:
         await session.execute(update(Job).values(heartbeat_at=utcnow() - timedelta(seconds=60)))
     # Another worker (its own queue object, its first claim) runs the rescue and settles it.
-    assert await JobQueue(queue.db, queue.policy).claim("w2") is None
+    rescuer = JobQueue(queue.db, queue.policy)
+    assert await rescuer.claim("w2") is None
     settled = await queue.get(job.id)
     assert settled.status == "failed" and settled.error == STALE_ERROR
+    # ...and is told which jobs it ended, once, to delete what they left behind.
+    assert [(j.id, j.status) for j in rescuer.take_rescued()] == [(job.id, "failed")]
+    assert rescuer.take_rescued() == [] and queue.take_rescued() == []
+
+
+async def test_the_rescue_reports_a_cancelled_job_whose_worker_died(queue: JobQueue) -> None:
+    image = {"prompt": "a lighthouse", "image_key": "uploads/1/2.png"}
+    job = (await queue.enqueue("paint", image, user_id=1)).job
+    fresh = (await queue.enqueue("paint", paint(), user_id=2)).job
+    await queue.claim("dead-worker")
+    await queue.cancel(job.id, user_id=1)  # its worker is dead: nobody confirms the cancel
+    async with queue.db.write() as session:
+        await session.execute(
+            update(Job).where(Job.id == job.id).values(heartbeat_at=utcnow() - timedelta(seconds=60))
+        )
+    rescuer = JobQueue(queue.db, queue.policy)
+    assert (await rescuer.claim("w2")).job_id == fresh.id
+    [ended] = rescuer.take_rescued()
+    assert (ended.id, ended.status, ended.params["image_key"]) == (job.id, "cancelled", "uploads/1/2.png")
+
+
+async def test_storage_references_name_live_jobs_their_uploads_and_result_keys(queue: JobQueue) -> None:
+    done = (await queue.enqueue("paint", paint(), user_id=1)).job
+    await queue.finish(await queue.claim("w"), new_result())
+    running = (await queue.enqueue("paint", {"prompt": "x", "image_key": "uploads/2/1.png"}, user_id=2)).job
+    await queue.claim("w")
+    queued = (await queue.enqueue("paint", {"prompt": "y", "image_key": "uploads/3/1.png"}, user_id=3)).job
+    ended = (await queue.enqueue("paint", {"prompt": "z", "image_key": "uploads/4/1.png"}, user_id=4)).job
+    await queue.cancel(ended.id)
+    refs = await queue.storage_references()
+    assert refs.live_jobs == {running.id, queued.id} and done.id not in refs.live_jobs
+    assert refs.live_inputs == {"uploads/2/1.png", "uploads/3/1.png"}
+    assert refs.result_keys == {"jobs/1/1/video.mp4", "jobs/1/1/image.png"}
 
 
 async def test_release_puts_the_job_back_without_using_an_attempt(queue: JobQueue) -> None:

@@ -20,11 +20,25 @@ import pytest
 from sqlalchemy import func, select
 
 from bot.artifacts import LocalArtifactStore
+from bot.worker import JobContext, JobOutput
 from db.engine import Database
 from db.models import Job, Result
-from db.queue import JobQueue, QueuePolicy
+from db.queue import STALE_ERROR, JobQueue, QueuePolicy
 from tests.db_fixtures import BACKENDS, ROOT, dispose_url, fresh_url, worker_command, write_config
-from tests.job_runners import run_log
+from tests.job_runners import run_job, run_log
+
+
+def crash_while_recording(ctx: JobContext) -> JobOutput:
+    """A runner for worker processes: paints as ``run_job`` does, and its process then dies
+    (SIGKILL, as the OOM killer does) while recording the result: the files are stored,
+    no result row is written. Fault injection: only ever run in a worker process."""
+    from db.queue import JobQueue
+
+    async def die(self: JobQueue, lease: object, new_result: object) -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    JobQueue.finish = die  # type: ignore[method-assign]
+    return run_job(ctx)
 
 
 @dataclass
@@ -36,13 +50,14 @@ class Setup:
     db: Database
     queue: JobQueue
 
-    def start_worker(self, *extra: str) -> subprocess.Popen[bytes]:
+    def start_worker(self, *extra: str, runner: str | None = None) -> subprocess.Popen[bytes]:
         env = {**os.environ, "PYTHONPATH": str(ROOT), "LATENT_PAINTER_TEST_RUN_LOG": str(self.run_log)}
         env.pop("LATENT_PAINTER_DATABASE_URL", None)
         log = open(self.data_dir / f"worker-{time.monotonic_ns()}.log", "wb")  # noqa: SIM115
-        return subprocess.Popen(
-            worker_command(self.config, *extra), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-        )
+        command = worker_command(self.config, *extra)
+        if runner is not None:
+            command[command.index("--runner") + 1] = runner
+        return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
 
     def worker_logs(self) -> str:
         return "\n".join(p.read_text(errors="replace")[-3000:] for p in self.data_dir.glob("worker-*.log"))
@@ -207,3 +222,52 @@ async def test_retries_end_done_after_two_failures_and_failed_with_the_last_erro
     assert await setup.result_count() == 1
     store = LocalArtifactStore(setup.data_dir / "artifacts")
     assert [k.split("/")[:3] for k in store.keys()] == [["jobs", str(flaky), "3"]] * 4
+
+
+async def test_jobs_the_rescue_ends_leave_no_files_behind(sqlite_setup: Setup) -> None:
+    """A worker killed on a job's last attempt after storing its files, and a job cancelled
+    after its worker was killed: the rescue ends both, and the worker whose claim did it
+    deletes their stored files and uploaded pictures (they stayed forever)."""
+    setup = sqlite_setup
+    store = LocalArtifactStore(setup.data_dir / "artifacts")
+    store.put_bytes("uploads/1/last.png", b"picture")
+    store.put_bytes("uploads/2/cancelled.png", b"picture")
+    last = (
+        await setup.queue.enqueue(
+            "paint", {"prompt": "frames=1", "image_key": "uploads/1/last.png"}, user_id=1, max_attempts=1
+        )
+    ).job.id
+    cancelled = (
+        await setup.queue.enqueue(
+            "paint", {"prompt": "stall-first=60", "image_key": "uploads/2/cancelled.png"}, user_id=2
+        )
+    ).job.id
+
+    crashing = setup.start_worker(runner="tests.test_queue_processes:crash_while_recording")
+    assert await asyncio.to_thread(finish, crashing, 60) == -signal.SIGKILL
+    assert [k.split("/")[:3] for k in store.keys("jobs")] == [["jobs", str(last), "1"]] * 4
+
+    stalling = setup.start_worker()
+
+    async def stalled() -> bool:
+        job = await setup.job(cancelled)
+        return job.status == "running" and job.progress_total is not None
+
+    await wait_until(stalled, 60, "the second job to start", setup)
+    stalling.send_signal(signal.SIGKILL)
+    stalling.wait(timeout=10)
+    assert (await setup.queue.cancel(cancelled, user_id=2)).cancel_requested
+
+    rescuer = setup.start_worker()
+    try:
+
+        async def cleaned() -> bool:
+            return list(store.keys()) == []
+
+        await wait_until(cleaned, 60, "the rescued jobs' files to be deleted", setup)
+    finally:
+        rescuer.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(finish, rescuer, 30) == 0
+    assert ((await setup.job(last)).status, (await setup.job(last)).error) == ("failed", STALE_ERROR)
+    assert (await setup.job(cancelled)).status == "cancelled"
+    assert "deleting its files" in setup.worker_logs()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -374,3 +375,66 @@ async def test_heartbeat_failures_log_one_traceback_then_one_line_each(
     beats = [r for r in caplog.records if f"heartbeat of job {job.id} failed" in r.getMessage()]
     assert len(beats) >= 2
     assert beats[0].exc_info is not None and all(r.exc_info is None for r in beats[1:])
+
+
+async def test_the_store_sweep_deletes_what_no_job_needs_and_keeps_the_rest(
+    backend: Backend, tmp_path: Path
+) -> None:
+    """At start and every sweep_seconds: files of ended jobs that no result points at (a
+    worker died between storing and recording), files of jobs that no longer exist, and
+    uploads no live job reads once they are old (a worker died right after recording its
+    job done, before deleting the upload) go; everything a result or a live job needs stays."""
+    db = Database.from_url(backend.url)
+    worker = make_worker(db, tmp_path, run_job, lease_seconds=30, sweep_seconds=0.2, upload_grace_seconds=600)
+    store = worker.store
+    assert isinstance(store, LocalArtifactStore)
+    try:
+        queue = worker.queue
+        done = (
+            await queue.enqueue("paint", {"prompt": "done", "image_key": "uploads/1/done.png"}, user_id=1)
+        ).job
+        await worker.run(max_jobs=1)  # painted and recorded for real
+        [result] = await results_of(db, done.id)
+        failed = (await queue.enqueue("paint", {"prompt": "always-fail"}, user_id=2, max_attempts=1)).job
+        await worker.run(max_jobs=1)
+        assert (await queue.get(failed.id)).status == "failed"
+        live = (
+            await queue.enqueue("paint", {"prompt": "later", "image_key": "uploads/3/live.png"}, user_id=3)
+        ).job
+
+        old = time.time() - 7200
+        left_behind = {
+            f"jobs/{done.id}/2/video.mp4": False,  # another attempt of a done job: not the result's
+            f"jobs/{failed.id}/1/video.mp4": False,  # an ended job without a result
+            "jobs/999/1/video.mp4": False,  # a job that is not in the database at all
+            f"jobs/{live.id}/1/video.mp4": True,  # a live job may still need its attempts' files
+            "uploads/1/done.png": False,  # its job is done; old enough
+            "uploads/3/live.png": True,  # a queued job will read it
+            "uploads/9/old.png": False,  # nobody reads it; old enough
+            "uploads/9/new.png": True,  # young: its job may not be queued yet
+        }
+        for key in left_behind:
+            store.put_bytes(key, b"left behind")
+            if key != "uploads/9/new.png":
+                os.utime(store.path(key), (old, old))
+        assert await worker.sweep_storage() == 5
+        kept = set(result.artifact_keys().values()) | {key for key, keep in left_behind.items() if keep}
+        assert set(store.keys()) == kept
+
+        # It runs at start and then every sweep_seconds, on its own.
+        store.put_bytes(f"jobs/{failed.id}/1/image.png", b"left behind later")
+        await queue.cancel(live.id)
+        task = asyncio.create_task(worker.run())
+
+        async def swept() -> bool:
+            return not store.exists(f"jobs/{failed.id}/1/image.png") and not store.exists(
+                f"jobs/{live.id}/1/video.mp4"
+            )
+
+        await eventually(swept, "the periodic sweep")
+        worker.stop()
+        await asyncio.wait_for(task, 10)
+        assert set(result.artifact_keys().values()) <= set(store.keys())
+    finally:
+        worker.stop()
+        await db.dispose()
