@@ -10,6 +10,8 @@ real runner, the tiny model) serves the tests of this module.
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -21,7 +23,7 @@ import pytest_asyncio
 from PIL import Image
 
 from bot.config import load_settings
-from tests.discord_standin import DiscordStandIn, StandInAttachment
+from tests.discord_standin import DiscordStandIn, InteractionHandle, StandInAttachment
 from tests.test_bot_e2e import TOKEN, World, bot_env, delivered, new_data_dir, refused, result_id
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -60,8 +62,34 @@ def picture(size: tuple[int, int], kind: str = "PNG", **save: object) -> bytes:
     return buf.getvalue()
 
 
+def png_claiming(width: int, height: int) -> bytes:
+    """A small valid-looking PNG whose header claims ``width`` x ``height`` (a decompression bomb)."""
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    body = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + body
+
+
 async def job_count(world: World) -> int:
     return len(await world.bot.queue.list_jobs(limit=1000))
+
+
+async def refused_after_thinking(handle: InteractionHandle) -> str:
+    """The bot deferred publicly (to download), then refused privately; returns the refusal."""
+    deferral = await handle.response(timeout=5)
+    assert deferral.callback_type == 5
+    answer = await handle.followup(timeout=15)
+    assert answer.ephemeral, answer.json
+    # The channel's "thinking…" went, and the channel saw nothing: no "Queued", no failure.
+    assert any(r.method == "DELETE" and r.ok for r in handle.requests)
+    assert not [m for m in handle.messages if not m.ephemeral]
+    assert not [r for r in handle.requests if r.method == "PATCH"]
+    return answer.content
 
 
 async def test_a_strength_that_repaints_no_step_is_refused_at_once(world: World) -> None:
@@ -88,3 +116,35 @@ async def test_a_strength_that_repaints_no_step_is_refused_at_once(world: World)
     )
     assert (await handle.response(timeout=5)).callback_type == 5
     assert result_id((await delivered(handle)).content)
+
+
+@pytest.mark.parametrize(
+    ("filename", "data", "expected"),
+    [
+        ("notes.png", b"a shopping list, renamed", "“notes.png”: not a PNG, JPEG, WebP or GIF picture."),
+        ("cut.jpg", picture((64, 48), "JPEG")[:700], "“cut.jpg”: the picture is damaged or truncated."),
+        ("cut.png", picture((64, 48))[:300], "“cut.png”: the picture is damaged or truncated."),
+        ("paint.png", picture((16, 16), "BMP"), "“paint.png”: not a PNG, JPEG, WebP or GIF picture."),
+    ],
+    ids=["text", "truncated-jpeg", "truncated-png", "bmp-named-png"],
+)
+async def test_a_picture_the_painter_cannot_read_is_refused_privately_before_it_is_queued(
+    world: World, filename: str, data: bytes, expected: str
+) -> None:
+    before = await job_count(world)
+    handle = await world.standin.send_slash(
+        "paint", {"prompt": "from my picture", "image": StandInAttachment(filename, data)}
+    )
+    assert await refused_after_thinking(handle) == expected
+    assert await job_count(world) == before
+    assert not list(world.bot.store.keys("uploads"))  # nothing stored for a worker to read
+
+
+async def test_a_picture_claiming_a_huge_canvas_is_refused_before_it_is_downloaded(world: World) -> None:
+    bomb = StandInAttachment("bomb.png", png_claiming(7000, 7000))  # Discord reports 7000x7000
+    handle = await world.standin.send_slash("paint", {"prompt": "a big one", "image": bomb})
+    # The first answer is the refusal itself (not a deferral): the download comes only after
+    # the public "thinking…", so the picture was judged by Discord's numbers alone.
+    assert await refused(handle) == (
+        "“bomb.png”: too large (7000x7000, 49 megapixels); downscale it to at most 40 megapixels."
+    )

@@ -40,6 +40,7 @@ from db.queue import JobNotFound, QueueFull
 # Imported with the cog, not on the first /paint: torch's first import takes seconds, and an
 # interaction has 3 s for its first answer.
 from painter.capture import CaptureError, check_img2img_steps
+from painter.images import ImageInputError, check_dimensions, format_list, load_image
 
 if TYPE_CHECKING:
     from bot.discord_bot import LatentPainterBot
@@ -49,8 +50,9 @@ log = logging.getLogger("latent_painter.bot.paint")
 MAX_SEED = 2**32 - 1
 MAX_GUIDANCE = 30.0
 MIN_STRENGTH = 0.05
-# Picture types Discord reports for attachments that the painter can read.
-IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp", "image/gif")
+# Picture types Discord reports for attachments that /paint takes, and the decoder for each.
+IMAGE_FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WEBP", "image/gif": "GIF"}
+ACCEPTED = format_list(tuple(IMAGE_FORMATS.values()))  # "PNG, JPEG, WebP or GIF"
 EFFECT_HELP = {
     "strokes": "strokes: brush strokes, outline first (Latent Painter)",
     "glow": "glow: changes light up as they appear",
@@ -87,6 +89,11 @@ def offered_models(bot_settings: Any) -> list[str]:
 
 def effect_choices() -> list[app_commands.Choice[str]]:
     return [app_commands.Choice(name=EFFECT_HELP[e], value=e) for e in EFFECTS]
+
+
+def picture_label(filename: str) -> str:
+    """How a refusal names the member's picture: its file name, inert in markdown."""
+    return f"“{quote(filename, 80)}”"
 
 
 class PaintCog(commands.Cog, name="Paint"):
@@ -149,7 +156,7 @@ class PaintCog(commands.Cog, name="Paint"):
             "steps": f"Denoising steps (1-{s.painter.max_steps}; default {s.painter.steps})",
             "guidance": f"How closely to follow the prompt (default {s.painter.guidance:g})",
             "size": "Picture size in pixels",
-            "image": "Paint from this picture (PNG, JPEG, WebP or GIF)",
+            "image": f"Paint from this picture ({ACCEPTED})",
             "strength": "With an image: how much of it is repainted (0.05-1)",
         }
         choices: dict[str, list[app_commands.Choice[str]]] = {
@@ -219,7 +226,11 @@ class PaintCog(commands.Cog, name="Paint"):
         # Downloading may take longer than the 3 s Discord gives the first answer. A problem
         # found after this takes the "thinking…" message away (see common.answer).
         await defer_publicly(interaction)
-        key = params["image_key"] = await self.store_attachment(interaction, image)
+        data = await self.download_attachment(image)
+        # Decoded now, in a thread, so a picture the worker could not read is refused to the
+        # member alone, before it is queued and announced in the channel.
+        await asyncio.to_thread(self.check_picture, data, image.filename, params)
+        key = params["image_key"] = await self.store_upload(interaction, image, data)
         try:
             await start_job(interaction, "paint", params, rules, already_deferred=True)
         except (UserError, QueueFull):
@@ -317,17 +328,38 @@ class PaintCog(commands.Cog, name="Paint"):
         """Refuse a picture by what Discord says about it, before a single byte is downloaded."""
         limit = self.bot.settings.discord.max_image_bytes
         content_type = (image.content_type or "").split(";")[0].strip().lower()
-        if content_type not in IMAGE_TYPES:
+        if content_type not in IMAGE_FORMATS:
             kind = content_type or "a file of unknown type"
-            raise UserError(f"The attachment is {quote(kind, 80)}; attach a PNG, JPEG, WebP or GIF picture.")
+            raise UserError(f"The attachment is {quote(kind, 80)}; attach a {ACCEPTED} picture.")
         if image.size > limit:
             raise UserError(
                 f"The picture is {size_text(image.size)}; the limit is {size_text(limit)}. "
                 "Attach a smaller one."
             )
+        if image.width and image.height:
+            # A decompression bomb (a small file claiming a huge canvas) is refused here, unread.
+            try:
+                check_dimensions(
+                    image.width, image.height, IMAGE_FORMATS[content_type], name=picture_label(image.filename)
+                )
+            except ImageInputError as exc:
+                raise UserError(f"{exc}.") from None
 
-    async def store_attachment(self, interaction: discord.Interaction, image: discord.Attachment) -> str:
-        """Download the picture and keep it in the artifact store; returns its key."""
+    def check_picture(self, data: bytes, filename: str, params: dict[str, Any]) -> None:
+        """Decode the downloaded picture as the worker will, at the job's size.
+
+        Runs in a thread (a decode takes up to a second or two). Raises :class:`UserError`
+        for a picture that is damaged, truncated, too large or not one of the accepted formats.
+        """
+        label = picture_label(filename)
+        formats = tuple(IMAGE_FORMATS.values())
+        try:
+            load_image(data, params["width"], params["height"], name=label, formats=formats)
+        except ImageInputError as exc:
+            raise UserError(f"{exc}.") from None
+
+    async def download_attachment(self, image: discord.Attachment) -> bytes:
+        """The attachment's bytes, or :class:`UserError` when Discord will not give them."""
         limit = self.bot.settings.discord.max_image_bytes
         try:
             data = await image.read()
@@ -336,6 +368,12 @@ class PaintCog(commands.Cog, name="Paint"):
             raise UserError("The picture could not be downloaded from Discord; attach it again.") from None
         if len(data) > limit:
             raise UserError(f"The picture is larger than {size_text(limit)}.")
+        return data
+
+    async def store_upload(
+        self, interaction: discord.Interaction, image: discord.Attachment, data: bytes
+    ) -> str:
+        """Keep the downloaded picture in the artifact store for the worker; returns its key."""
         suffix = mimetypes.guess_extension((image.content_type or "").split(";")[0].strip()) or ".img"
         key = f"uploads/{interaction.user.id}/{interaction.id}{suffix}"
         await asyncio.to_thread(self.bot.store.put_bytes, key, data)
