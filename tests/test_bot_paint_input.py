@@ -24,6 +24,7 @@ from PIL import Image
 
 from bot.config import load_settings
 from tests.discord_standin import DiscordStandIn, InteractionHandle, StandInAttachment
+from tests.discord_standin.world import GUILD_ID
 from tests.test_bot_e2e import TOKEN, World, bot_env, delivered, new_data_dir, refused, result_id
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -148,3 +149,40 @@ async def test_a_picture_claiming_a_huge_canvas_is_refused_before_it_is_download
     assert await refused(handle) == (
         "“bomb.png”: too large (7000x7000, 49 megapixels); downscale it to at most 40 megapixels."
     )
+
+
+async def test_a_picture_without_a_size_is_painted_at_the_offered_size_closest_to_its_shape(
+    world: World,
+) -> None:
+    standin, bot = world.standin, world.bot
+    # The command says that a picture is cropped to the size's shape.
+    command = standin.command("paint", guild_id=GUILD_ID)
+    options = {o["name"]: o for o in command["options"]}
+    assert "cropped to the size's shape" in options["image"]["description"]
+    assert "closest" in options["size"]["description"]
+
+    # 150x100 (3:2): 96x64 of 64x64, 96x64 and 64x96; delivered at that size.
+    wide = StandInAttachment("wide.png", picture((150, 100)))
+    handle = await standin.send_slash("paint", {"prompt": "a wide field", "image": wide})
+    followup = await delivered(handle)
+    rid = result_id(followup.content)
+    final = Image.open(io.BytesIO(followup.file(f"final-{rid}.png").data))
+    assert final.size == (96, 64)
+
+    # A JPEG stored 150x100 that its EXIF turns upright to 100x150 (Discord reports no size
+    # for it here): the decoded, upright shape decides.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    turned = StandInAttachment("phone.jpg", picture((150, 100), "JPEG", exif=exif))
+    handle = await standin.send_slash("paint", {"prompt": "a tall tower", "image": turned})
+    await delivered(handle)  # the job is queued after the download, well after the deferral
+    job = (await bot.queue.list_jobs(limit=1))[0]
+    assert job.params["prompt"] == "a tall tower"
+    assert (job.params["width"], job.params["height"]) == (64, 96)
+
+    # A size the member picks is kept: the picture is cropped to it.
+    handle = await standin.send_slash("paint", {"prompt": "a square", "image": wide, "size": "64x64"})
+    await delivered(handle)
+    job = (await bot.queue.list_jobs(limit=1))[0]
+    assert job.params["prompt"] == "a square"
+    assert (job.params["width"], job.params["height"]) == (64, 64)

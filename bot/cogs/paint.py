@@ -40,7 +40,7 @@ from db.queue import JobNotFound, QueueFull
 # Imported with the cog, not on the first /paint: torch's first import takes seconds, and an
 # interaction has 3 s for its first answer.
 from painter.capture import CaptureError, check_img2img_steps
-from painter.images import ImageInputError, check_dimensions, format_list, load_image
+from painter.images import ImageInputError, check_dimensions, format_list, load_image, probe_image
 
 if TYPE_CHECKING:
     from bot.discord_bot import LatentPainterBot
@@ -155,8 +155,8 @@ class PaintCog(commands.Cog, name="Paint"):
             "seed": "Random seed, to paint the same picture again",
             "steps": f"Denoising steps (1-{s.painter.max_steps}; default {s.painter.steps})",
             "guidance": f"How closely to follow the prompt (default {s.painter.guidance:g})",
-            "size": "Picture size in pixels",
-            "image": f"Paint from this picture ({ACCEPTED})",
+            "size": "Picture size in pixels (with an image: the shape closest to it, unless you pick one)",
+            "image": f"Paint from this picture ({ACCEPTED}); it is cropped to the size's shape",
             "strength": "With an image: how much of it is repainted (0.05-1)",
         }
         choices: dict[str, list[app_commands.Choice[str]]] = {
@@ -205,6 +205,11 @@ class PaintCog(commands.Cog, name="Paint"):
     ) -> None:
         """Check the request, queue it, and defer; the watcher takes it from there."""
         rules = await rules_for(interaction)
+        # Discord reports an image's size (not always: none for some formats); the decoded
+        # picture's own size decides below when it differs (an EXIF rotation).
+        picture_size = (
+            (image.width, image.height) if image is not None and image.width and image.height else None
+        )
         params = self.paint_params(
             rules,
             prompt=prompt,
@@ -217,6 +222,7 @@ class PaintCog(commands.Cog, name="Paint"):
             model=model,
             has_image=image is not None,
             strength=strength,
+            picture_size=picture_size,
         )
         if image is None:
             await start_job(interaction, "paint", params, rules)
@@ -229,7 +235,9 @@ class PaintCog(commands.Cog, name="Paint"):
         data = await self.download_attachment(image)
         # Decoded now, in a thread, so a picture the worker could not read is refused to the
         # member alone, before it is queued and announced in the channel.
-        await asyncio.to_thread(self.check_picture, data, image.filename, params)
+        await asyncio.to_thread(
+            self.check_picture, data, image.filename, params, rules, size_given=size is not None
+        )
         key = params["image_key"] = await self.store_upload(interaction, image, data)
         try:
             await start_job(interaction, "paint", params, rules, already_deferred=True)
@@ -252,8 +260,13 @@ class PaintCog(commands.Cog, name="Paint"):
         model: str | None,
         has_image: bool,
         strength: float | None,
+        picture_size: tuple[int, int] | None = None,
     ) -> dict[str, Any]:
-        """The job parameters for a /paint request, or :class:`UserError` saying what to change."""
+        """The job parameters for a /paint request, or :class:`UserError` saying what to change.
+
+        ``picture_size`` is the attached picture's width and height where known, to pick the
+        size when none is given.
+        """
         s = self.bot.settings
         limit = s.discord.max_prompt_length
         prompt = (prompt or "").strip()
@@ -272,7 +285,7 @@ class PaintCog(commands.Cog, name="Paint"):
             raise UserError(f"Steps must be from 1 to {rules.max_steps} here.")
         if guidance is not None and not 0.0 <= guidance <= MAX_GUIDANCE:
             raise UserError(f"Guidance must be from 0 to {MAX_GUIDANCE:g}.")
-        width, height = self.pick_size(size, rules)
+        width, height = self.pick_size(size, rules, picture_size if has_image else None)
         if model is not None and model not in self.models:
             raise UserError("Unknown model; pick one from the list.")
         if strength is not None and not has_image:
@@ -308,12 +321,31 @@ class PaintCog(commands.Cog, name="Paint"):
         }
         return {k: v for k, v in params.items() if v is not None}
 
-    def pick_size(self, size: str | None, rules: GuildRules) -> tuple[int, int]:
-        """The chosen size (the configured default when not given), within the server's limit."""
+    def pick_size(
+        self, size: str | None, rules: GuildRules, picture_size: tuple[int, int] | None = None
+    ) -> tuple[int, int]:
+        """The chosen size, within the server's limit.
+
+        When none is chosen: with a picture, the offered size whose shape is closest to its
+        own (it is cropped to that shape, so a 600x400 photo gets 768x512, not a square);
+        otherwise the configured default.
+        """
         s = self.bot.settings.painter
+        default = (s.width, s.height) if (s.width, s.height) in self.sizes else self.sizes[0]
+        if size is None and picture_size is not None and min(picture_size) > 0:
+            allowed = [pair for pair in self.sizes if max(pair) <= rules.max_side]
+            if allowed:
+                aspect = math.log(picture_size[0] / picture_size[1])
+
+                def fit(pair: tuple[int, int]) -> tuple[float, bool, int]:
+                    # Closest shape first (rounded: 768x512 and 1536x1024 tie), then the
+                    # default size, then the size nearest the default's pixel count.
+                    off = round(abs(math.log(pair[0] / pair[1]) - aspect), 6)
+                    return off, pair != default, abs(pair[0] * pair[1] - default[0] * default[1])
+
+                return min(allowed, key=fit)
         if size is None:
-            default = (s.width, s.height)
-            chosen = default if default in self.sizes else self.sizes[0]
+            chosen = default
         else:
             try:
                 chosen = next(pair for pair in self.sizes if f"{pair[0]}x{pair[1]}" == size)
@@ -345,15 +377,21 @@ class PaintCog(commands.Cog, name="Paint"):
             except ImageInputError as exc:
                 raise UserError(f"{exc}.") from None
 
-    def check_picture(self, data: bytes, filename: str, params: dict[str, Any]) -> None:
-        """Decode the downloaded picture as the worker will, at the job's size.
+    def check_picture(
+        self, data: bytes, filename: str, params: dict[str, Any], rules: GuildRules, *, size_given: bool
+    ) -> None:
+        """Decode the downloaded picture as the worker will; pick the size from its shape if not given.
 
-        Runs in a thread (a decode takes up to a second or two). Raises :class:`UserError`
-        for a picture that is damaged, truncated, too large or not one of the accepted formats.
+        Runs in a thread (a decode takes up to a second or two). Sets ``params``' width and
+        height; raises :class:`UserError` for a picture that is damaged, truncated, too large
+        or not one of the accepted formats.
         """
         label = picture_label(filename)
         formats = tuple(IMAGE_FORMATS.values())
         try:
+            info = probe_image(data, name=label, formats=formats)
+            if not size_given:
+                params["width"], params["height"] = self.pick_size(None, rules, info.upright_size)
             load_image(data, params["width"], params["height"], name=label, formats=formats)
         except ImageInputError as exc:
             raise UserError(f"{exc}.") from None
