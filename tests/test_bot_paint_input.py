@@ -186,3 +186,25 @@ async def test_a_picture_without_a_size_is_painted_at_the_offered_size_closest_t
     job = (await bot.queue.list_jobs(limit=1))[0]
     assert job.params["prompt"] == "a square"
     assert (job.params["width"], job.params["height"]) == (64, 64)
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    ["\u200b\u200b", "\u202e\u2066\u200d \u2069", "\ufeff\u00ad\u2060", "\u3164\u3164", "\u034f\ufe0f"],
+    ids=["zero-width", "bidi", "format", "hangul-filler", "lone-marks"],
+)
+async def test_a_prompt_of_invisible_characters_is_refused_like_an_empty_one(
+    world: World, prompt: str
+) -> None:
+    before = await job_count(world)
+    text = await refused(await world.standin.send_slash("paint", {"prompt": prompt}))
+    assert text == "The prompt has no visible characters: describe what to paint."
+    assert await job_count(world) == before
+
+
+async def test_a_prompt_with_invisible_characters_around_words_is_painted(world: World) -> None:
+    handle = await world.standin.send_slash("paint", {"prompt": "\u200ba cat\u200d", "negative": "\u200b"})
+    assert (await handle.response(timeout=5)).callback_type == 5
+    job = (await world.bot.queue.list_jobs(limit=1))[0]
+    assert job.params["prompt"] == "\u200ba cat\u200d" and "negative_prompt" not in job.params
+    await delivered(handle)

@@ -13,6 +13,7 @@ import inspect
 import logging
 import math
 import mimetypes
+import unicodedata
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -53,6 +54,9 @@ MIN_STRENGTH = 0.05
 # Picture types Discord reports for attachments that /paint takes, and the decoder for each.
 IMAGE_FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WEBP", "image/gif": "GIF"}
 ACCEPTED = format_list(tuple(IMAGE_FORMATS.values()))  # "PNG, JPEG, WebP or GIF"
+# Letters that show as blank space (Hangul fillers, the blank Braille pattern); with format
+# and control characters (zero-width spaces, bidi marks) they make an invisible prompt.
+BLANK_LETTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
 EFFECT_HELP = {
     "strokes": "strokes: brush strokes, outline first (Latent Painter)",
     "glow": "glow: changes light up as they appear",
@@ -94,6 +98,11 @@ def effect_choices() -> list[app_commands.Choice[str]]:
 def picture_label(filename: str) -> str:
     """How a refusal names the member's picture: its file name, inert in markdown."""
     return f"“{quote(filename, 80)}”"
+
+
+def is_visible(text: str) -> bool:
+    """Whether ``text`` has a character that shows (a letter, digit, mark of punctuation or symbol)."""
+    return any(unicodedata.category(c)[0] in "LNPS" and c not in BLANK_LETTERS for c in text)
 
 
 class PaintCog(commands.Cog, name="Paint"):
@@ -272,10 +281,16 @@ class PaintCog(commands.Cog, name="Paint"):
         prompt = (prompt or "").strip()
         if not prompt:
             raise UserError("The prompt is empty: describe what to paint.")
+        if not is_visible(prompt):
+            # Zero-width spaces, bidi marks and the like: painted, the result would have a
+            # title nobody can see. Refused for every model, as an empty prompt is.
+            raise UserError("The prompt has no visible characters: describe what to paint.")
         if len(prompt) > limit:
             raise UserError(f"The prompt is {len(prompt)} characters long; the limit is {limit}.")
         if negative is not None and len(negative) > limit:
             raise UserError(f"The negative prompt is {len(negative)} characters long; the limit is {limit}.")
+        if negative is not None and not is_visible(negative):
+            negative = None  # nothing to keep out
         effect = effect or s.painter.effect
         if effect not in EFFECTS:
             raise UserError(f"Unknown effect {quote(effect, 50)}; pick one of {', '.join(EFFECTS)}.")
