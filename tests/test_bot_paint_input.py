@@ -35,13 +35,17 @@ SIZES = "64x64,96x64,64x96"
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def world(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> AsyncIterator[World]:
     data = new_data_dir(tmp_path_factory.mktemp("paint-input"), data_dir)
+    # A checkpoint directory whose path is longer than Discord allows a choice value (100).
+    long_model = data / ("a-checkpoint-kept-under-a-long-descriptive-directory-name-" + "v" * 50)
+    long_model.symlink_to(data_dir / "models" / "tiny", target_is_directory=True)
+    assert len(str(long_model)) > 100
     saved = discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
     async with DiscordStandIn(token=TOKEN, heartbeat_interval_ms=500) as standin:
         env = bot_env(
             data,
             standin,
             LATENT_PAINTER_DISCORD_SIZES=SIZES,
-            LATENT_PAINTER_DISCORD_MODELS="tiny,analytic",
+            LATENT_PAINTER_DISCORD_MODELS=f"tiny,analytic,{long_model}",
             LATENT_PAINTER_DISCORD_MAX_IMAGE_BYTES="100000",
         )
         world = World(standin, load_settings(env=env))
@@ -208,3 +212,29 @@ async def test_a_prompt_with_invisible_characters_around_words_is_painted(world:
     job = (await world.bot.queue.list_jobs(limit=1))[0]
     assert job.params["prompt"] == "\u200ba cat\u200d" and "negative_prompt" not in job.params
     await delivered(handle)
+
+
+async def test_a_checkpoint_with_a_path_longer_than_a_choice_value_is_offered_and_paints(
+    world: World,
+) -> None:
+    standin = world.standin
+    long_model = world.settings.discord.models.split(",")[-1]
+    syncs = [r for r in standin.requests if r.route.endswith("/guilds/{guild_id}/commands")]
+    assert syncs and all(r.ok for r in syncs)  # Discord would refuse a 100+ character value
+    options = {o["name"]: o for o in standin.command("paint", guild_id=GUILD_ID)["options"]}
+    choices = options["model"]["choices"]
+    assert [c["value"] for c in choices[:2]] == ["tiny", "analytic"]
+    offered = choices[2]
+    assert len(offered["value"]) <= 100 and len(offered["name"]) <= 100
+    assert offered["name"].startswith("…") and long_model.endswith(offered["name"][1:])
+
+    handle = await standin.send_slash("paint", {"prompt": "a lighthouse", "model": offered["value"]})
+    assert (await handle.response(timeout=5)).callback_type == 5
+    job = (await world.bot.queue.list_jobs(limit=1))[0]
+    assert job.params["model"] == long_model
+    assert result_id((await delivered(handle)).content)
+    # A value that names no offered checkpoint is refused.
+    text = await refused(
+        await standin.send_slash("paint", {"prompt": "x", "model": "sha256:0"}, strict=False)
+    )
+    assert text == "Unknown model; pick one from the list."

@@ -9,6 +9,7 @@ what arrives, so every value is checked here too (a modified client can send any
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import inspect
 import logging
 import math
@@ -54,6 +55,8 @@ MIN_STRENGTH = 0.05
 # Picture types Discord reports for attachments that /paint takes, and the decoder for each.
 IMAGE_FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WEBP", "image/gif": "GIF"}
 ACCEPTED = format_list(tuple(IMAGE_FORMATS.values()))  # "PNG, JPEG, WebP or GIF"
+# Discord's limit on an option choice's name and value.
+CHOICE_LIMIT = 100
 # Letters that show as blank space (Hangul fillers, the blank Braille pattern); with format
 # and control characters (zero-width spaces, bidi marks) they make an invisible prompt.
 BLANK_LETTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
@@ -95,6 +98,23 @@ def effect_choices() -> list[app_commands.Choice[str]]:
     return [app_commands.Choice(name=EFFECT_HELP[e], value=e) for e in EFFECTS]
 
 
+def model_choice_value(model: str) -> str:
+    """What the ``model`` choice sends for a checkpoint: its id, or a short hash of a long one.
+
+    Discord refuses the whole command sync when a choice value passes 100 characters, and a
+    local checkpoint path easily does. A hash of the id (not a list position) stays the same
+    when ``[discord] models`` is reordered while a member's client still shows the old list.
+    """
+    if len(model) <= CHOICE_LIMIT:
+        return model
+    return "sha256:" + hashlib.sha256(model.encode()).hexdigest()[:16]
+
+
+def model_choice_name(model: str) -> str:
+    """The label of a checkpoint's choice: a long path keeps its end, the part that names it."""
+    return model if len(model) <= CHOICE_LIMIT else "…" + model[-(CHOICE_LIMIT - 1) :]
+
+
 def picture_label(filename: str) -> str:
     """How a refusal names the member's picture: its file name, inert in markdown."""
     return f"“{quote(filename, 80)}”"
@@ -113,6 +133,7 @@ class PaintCog(commands.Cog, name="Paint"):
         settings = bot.settings
         self.sizes = parse_sizes(settings.discord.sizes)
         self.models = offered_models(settings)
+        self.model_by_value = {model_choice_value(m): m for m in self.models}
         self.command = self._build_command()
 
     async def cog_load(self) -> None:
@@ -175,7 +196,10 @@ class PaintCog(commands.Cog, name="Paint"):
         if len(self.models) > 1:
             parameters.append(P("model", P.KEYWORD_ONLY, annotation=str | None, default=None))
             describe["model"] = "Which checkpoint paints it"
-            choices["model"] = [app_commands.Choice(name=m[-100:], value=m) for m in self.models[:25]]
+            choices["model"] = [
+                app_commands.Choice(name=model_choice_name(m), value=model_choice_value(m))
+                for m in self.models[:25]
+            ]
         parameters += [
             P("image", P.KEYWORD_ONLY, annotation=discord.Attachment | None, default=None),
             P(
@@ -273,8 +297,8 @@ class PaintCog(commands.Cog, name="Paint"):
     ) -> dict[str, Any]:
         """The job parameters for a /paint request, or :class:`UserError` saying what to change.
 
-        ``picture_size`` is the attached picture's width and height where known, to pick the
-        size when none is given.
+        ``model`` is the choice's value (see :func:`model_choice_value`); ``picture_size`` the
+        attached picture's width and height where known, to pick the size when none is given.
         """
         s = self.bot.settings
         limit = s.discord.max_prompt_length
@@ -301,8 +325,11 @@ class PaintCog(commands.Cog, name="Paint"):
         if guidance is not None and not 0.0 <= guidance <= MAX_GUIDANCE:
             raise UserError(f"Guidance must be from 0 to {MAX_GUIDANCE:g}.")
         width, height = self.pick_size(size, rules, picture_size if has_image else None)
-        if model is not None and model not in self.models:
-            raise UserError("Unknown model; pick one from the list.")
+        if model is not None:
+            # A client may also send the checkpoint's id itself (the value of a short one).
+            model = self.model_by_value.get(model, model if model in self.models else None)
+            if model is None:
+                raise UserError("Unknown model; pick one from the list.")
         if strength is not None and not has_image:
             raise UserError("Strength only applies when you attach an image to paint from.")
         if strength is not None and not MIN_STRENGTH <= strength <= 1.0:

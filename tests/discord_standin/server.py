@@ -1542,3 +1542,12 @@ def _validate_options(options: list[dict], where: str) -> None:
                 raise form_error(
                     f"{at}.choices.{k}.name", "Must be between 1 and 100 in length.", "BASE_TYPE_BAD_LENGTH"
                 )
+            # A string choice's value has the same limit as its name (a long checkpoint path
+            # as a value gets the whole sync refused).
+            value = choice.get("value")
+            if value is None:
+                raise form_error(f"{at}.choices.{k}.value", "This field is required", "BASE_TYPE_REQUIRED")
+            if isinstance(value, str) and len(value) > 100:
+                raise form_error(
+                    f"{at}.choices.{k}.value", "Must be 100 or fewer in length.", "BASE_TYPE_MAX_LENGTH"
+                )
