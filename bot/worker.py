@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import importlib
 import logging
 import os
@@ -57,6 +58,9 @@ DEFAULT_RUNNER = "bot.jobs:run_job"
 # The in-process worker of `latent-painter bot` touches this file under [storage] data_dir
 # while it runs; `latent-painter health` reads its age, as it reads the bot's own heartbeat.
 WORKER_HEARTBEAT_FILE = "bot.worker.heartbeat"
+# Held locked (flock) by a running worker in its work directory: the kernel lets go when
+# the process dies, however it dies, so a free lock means a dead owner, whatever its PID.
+WORKDIR_LOCK = ".lock"
 
 T = TypeVar("T")
 
@@ -290,6 +294,25 @@ def _job_of_key(key: str) -> int | None:
     return int(parts[1]) if len(parts) > 2 and parts[0] == "jobs" and parts[1].isdigit() else None
 
 
+def _abandoned(directory: Path, pid: int) -> bool:
+    """Whether the worker that made ``directory`` is gone: nobody holds its lock file."""
+    try:
+        fd = os.open(directory / WORKDIR_LOCK, os.O_RDONLY)
+    except FileNotFoundError:
+        # No lock file: an older worker's directory, or one whose worker is starting
+        # (its lock appears once held). Workers sharing this process clean up themselves.
+        return pid != os.getpid() and not _pid_alive(pid)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False  # held: its worker is alive (or a filesystem without locks: keep it)
+    finally:
+        os.close(fd)  # also lets go of the lock just taken; the directory goes right after
+    return True
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -352,6 +375,7 @@ class Worker:
         self.sweep_seconds = sweep_seconds
         self.upload_grace_seconds = upload_grace_seconds
         self._next_sweep = 0.0
+        self._workdir_lock: int | None = None  # the descriptor holding WORKDIR_LOCK
         self.current: Lease | None = None
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
@@ -386,7 +410,7 @@ class Worker:
         it cannot start: its work directory cannot be made.
         """
         handled = 0
-        (self.workdir_root / self.worker_id).mkdir(parents=True, exist_ok=True)
+        self._hold_workdir()
         beat = asyncio.create_task(self._beat()) if self.heartbeat_file is not None else None
         try:
             self.sweep_dead_workdirs()
@@ -435,9 +459,38 @@ class Worker:
             if beat is not None:
                 beat.cancel()
                 await asyncio.gather(beat, return_exceptions=True)
-            with contextlib.suppress(OSError):
-                (self.workdir_root / self.worker_id).rmdir()  # only if empty: a runner may still be in it
+            self._let_go_of_workdir()
         return handled
+
+    def _hold_workdir(self) -> None:
+        """Make this worker's directory and lock its WORKDIR_LOCK for as long as run() runs."""
+        if self._workdir_lock is not None:
+            return
+        directory = self.workdir_root / self.worker_id
+        directory.mkdir(parents=True, exist_ok=True)
+        # Locked under a temporary name and renamed: a sweeping worker never finds the lock
+        # file of a live worker unlocked.
+        temporary = directory / f"{WORKDIR_LOCK}-{secrets.token_hex(4)}"
+        fd = os.open(temporary, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.replace(temporary, directory / WORKDIR_LOCK)
+        except BaseException:
+            os.close(fd)
+            temporary.unlink(missing_ok=True)
+            raise
+        self._workdir_lock = fd
+
+    def _let_go_of_workdir(self) -> None:
+        directory = self.workdir_root / self.worker_id
+        if self._workdir_lock is not None:
+            # Unlinked before unlocking: an unlocked lock file always means a dead worker.
+            with contextlib.suppress(OSError):
+                (directory / WORKDIR_LOCK).unlink()
+            os.close(self._workdir_lock)
+            self._workdir_lock = None
+        with contextlib.suppress(OSError):
+            directory.rmdir()  # only if empty: a runner may still be in it
 
     async def _beat(self) -> None:
         """Touch ``heartbeat_file`` while the loop runs (its age is what a health check reads)."""
@@ -923,6 +976,10 @@ class Worker:
     def sweep_dead_workdirs(self) -> int:
         """Remove work directories of workers on this host whose process is gone (kill -9).
 
+        A directory whose lock file nobody holds is a dead worker's, even when its name
+        carries a live PID: a container's worker has the same PID at every start, and the
+        old test (that PID is not running) kept a dead worker's directory forever. A
+        directory without a lock file (made by an older version) is judged by its PID.
         Also removes the artifact store's partial files old enough to be a dead writer's.
         """
         removed = 0
@@ -930,11 +987,9 @@ class Worker:
             host = self.worker_id.rsplit("-", 2)[0]
             for directory in self.workdir_root.iterdir():
                 parts = directory.name.rsplit("-", 2)
-                if len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
+                if directory.name == self.worker_id or len(parts) != 3 or parts[0] != host:
                     continue
-                pid = int(parts[1])
-                # Workers sharing this process clean up after each job themselves.
-                if pid != os.getpid() and not _pid_alive(pid):
+                if parts[1].isdigit() and directory.is_dir() and _abandoned(directory, int(parts[1])):
                     shutil.rmtree(directory, ignore_errors=True)
                     removed += 1
         if isinstance(self.store, LocalArtifactStore):

@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import func, select
 
 from bot.artifacts import LocalArtifactStore
-from bot.worker import JobContext, JobOutput
+from bot.worker import JobContext, JobOutput, Worker
 from db.engine import Database
 from db.models import Job, Result
 from db.queue import STALE_ERROR, JobQueue, QueuePolicy
@@ -271,3 +271,44 @@ async def test_jobs_the_rescue_ends_leave_no_files_behind(sqlite_setup: Setup) -
     assert ((await setup.job(last)).status, (await setup.job(last)).error) == ("failed", STALE_ERROR)
     assert (await setup.job(cancelled)).status == "cancelled"
     assert "deleting its files" in setup.worker_logs()
+
+
+async def test_a_dead_worker_s_directory_goes_even_when_its_pid_is_taken_again(tmp_path: Path) -> None:
+    """In a container the worker is PID 2 at every start: the directory a killed worker
+    left, named with the PID the restarted worker has again, was kept forever. The lock
+    file a live worker holds tells them apart."""
+    setup = await _setup("sqlite", tmp_path, lease_seconds=30)
+    stalled = (await setup.queue.enqueue("paint", {"prompt": "stall-first=60"}, user_id=1)).job.id
+    first = setup.start_worker()
+    idle = setup.start_worker()
+    try:
+
+        async def both_up() -> bool:
+            job = await setup.job(stalled)
+            return job.progress_total is not None and len(list((setup.data_dir / "work").iterdir())) == 2
+
+        await wait_until(both_up, 60, "one worker on the job and one idle", setup)
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+        [dead] = [d for d in (setup.data_dir / "work").iterdir() if d.name.split("-")[-2] == str(first.pid)]
+        [alive] = [d for d in (setup.data_dir / "work").iterdir() if d != dead]
+        assert (dead / ".lock").is_file() and (alive / ".lock").is_file()
+        # The restarted container's worker: this process, with the PID the dead one had.
+        host, _pid, suffix = dead.name.rsplit("-", 2)
+        dead = dead.rename(dead.with_name(f"{host}-{os.getpid()}-{suffix}"))
+        restarted = Worker(
+            setup.queue,
+            LocalArtifactStore(setup.data_dir / "artifacts"),
+            run_job,
+            workdir_root=setup.data_dir / "work",
+            worker_id=f"{host}-{os.getpid()}-0a0b0c",
+        )
+        assert restarted.sweep_dead_workdirs() == 1
+        assert not dead.exists() and (alive / ".lock").is_file()  # the live one's stays
+    finally:
+        for process in (first, idle):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(finish, idle, 30) == 0
+        await setup.db.dispose()
+    assert list((setup.data_dir / "work").iterdir()) == []  # it removed its own on the way out
