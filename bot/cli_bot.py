@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -61,20 +62,59 @@ def cmd_bot(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def check_health(settings: Any, max_age: float) -> str | None:
-    """None when healthy, else one line saying what is wrong (database, a silent bot or its worker)."""
-    from sqlalchemy import text
-
-    from db.engine import Database
-
-    db = Database.from_url(settings.database_url)
+def _sqlite_problem(path: Path, head: str) -> str | None:
+    """What is wrong with the SQLite database at ``path``, read without creating or changing it."""
+    if not path.is_file():
+        # Opening it would create an empty database, and a volume mounted in the wrong
+        # place would look healthy.
+        return f"database file {path} does not exist (is the data volume mounted?)"
     try:
-        async with db.read() as session:
-            await session.execute(text("SELECT 1"))
+        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=10)
+    except sqlite3.Error as exc:
+        return f"database {path} cannot be opened: {exc}"
+    try:
+        revision = connection.execute("SELECT version_num FROM alembic_version").fetchone()
+    except sqlite3.DatabaseError as exc:  # also "file is not a database"
+        if "no such table" not in str(exc):
+            return f"database {path} cannot be read: {exc}"
+        revision = None
+    finally:
+        connection.close()
+    return _schema_problem(str(path), revision[0] if revision else None, head)
+
+
+def _schema_problem(where: str, current: str | None, head: str) -> str | None:
+    if current is None:
+        return f"database {where} has no schema (not this bot's database?)"
+    if current != head:
+        return (
+            f"database {where} is at schema revision {current}, this latent-painter needs {head}; "
+            "run `latent-painter db upgrade`"
+        )
+    return None
+
+
+async def check_health(settings: Any, max_age: float) -> str | None:
+    """None when healthy, else one line saying what is wrong (database, a silent bot or its worker).
+
+    The database must answer and be at this version's schema; an embedded SQLite file is
+    opened read-only and never created.
+    """
+    from db.engine import mask_password, sqlite_path
+    from db.migrate import head_revision, schema_state
+
+    url = settings.database_url
+    path = sqlite_path(url)
+    try:
+        if path is not None:
+            problem = await asyncio.to_thread(_sqlite_problem, path, head_revision())
+        else:
+            state = await schema_state(url)
+            problem = _schema_problem(mask_password(url), state.current, state.head)
     except Exception as exc:  # noqa: BLE001 - any failure means unhealthy
         return f"database unreachable: {type(exc).__name__}: {exc}"
-    finally:
-        await db.dispose()
+    if problem is not None:
+        return problem
     heartbeat: Path = settings.data_dir / "bot.heartbeat"
     try:
         age = time.time() - heartbeat.stat().st_mtime

@@ -23,10 +23,11 @@ from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
 from bot.artifacts import LocalArtifactStore
+from bot.cli import main
 from bot.cli_bot import check_health
 from bot.config import load_settings
 from bot.discord_bot import LatentPainterBot
-from bot.worker import JobContext, JobOutput, Worker
+from bot.worker import WORKER_HEARTBEAT_FILE, JobContext, JobOutput, Worker
 from db.engine import Database, sqlite_path
 from db.models import Result
 from db.queue import JobQueue, QueuePolicy
@@ -438,3 +439,66 @@ async def test_the_store_sweep_deletes_what_no_job_needs_and_keeps_the_rest(
     finally:
         worker.stop()
         await db.dispose()
+
+
+def beating(data: Path) -> None:
+    """The bot and its worker both just beat: only the database decides health."""
+    (data / "bot.heartbeat").write_text("1\n")
+    (data / WORKER_HEARTBEAT_FILE).write_text("1\n")
+
+
+async def test_health_never_creates_the_database_and_wants_this_version_s_schema(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A volume mounted in the wrong place used to look healthy: `health` created an empty
+    database there and found it answering."""
+    data = tmp_path / "data"
+    data.mkdir()
+    beating(data)
+    settings = load_settings(env={"LATENT_PAINTER_STORAGE_DATA_DIR": str(data)})
+    database = data / "latent-painter.db"
+
+    problem = await check_health(settings, max_age=60)
+    assert problem == f"database file {database} does not exist (is the data volume mounted?)"
+    assert not database.exists()
+    monkeypatch.setenv("LATENT_PAINTER_STORAGE_DATA_DIR", str(data))
+    monkeypatch.delenv("LATENT_PAINTER_DATABASE_URL", raising=False)
+    assert await asyncio.to_thread(main, ["health"]) == 1
+    assert capsys.readouterr().out == f"unhealthy: {problem}\n"
+    assert not database.exists()
+
+    database.write_bytes(b"")  # what the old check left behind
+    assert (
+        await check_health(settings, max_age=60)
+        == f"database {database} has no schema (not this bot's database?)"
+    )
+    assert database.read_bytes() == b""  # read, never written
+
+    await db_fixtures.migrate.upgrade(settings.database_url)
+    assert await check_health(settings, max_age=60) is None
+    head = db_fixtures.migrate.head_revision()
+    await db_fixtures.migrate.downgrade(settings.database_url, "-1")
+    older = await db_fixtures.migrate.current(settings.database_url)
+    assert await check_health(settings, max_age=60) == (
+        f"database {database} is at schema revision {older}, this latent-painter needs {head}; "
+        "run `latent-painter db upgrade`"
+    )
+
+
+async def test_health_wants_a_postgresql_database_at_this_version_s_schema(tmp_path: Path) -> None:
+    beating(tmp_path)
+    empty = await db_fixtures.fresh_url("postgresql", tmp_path, migrated=False)
+    migrated = await db_fixtures.fresh_url("postgresql", tmp_path)
+    try:
+
+        def settings_for(url: str) -> object:
+            env = {"LATENT_PAINTER_STORAGE_DATA_DIR": str(tmp_path), "LATENT_PAINTER_DATABASE_URL": url}
+            return load_settings(env=env)
+
+        problem = await check_health(settings_for(empty), max_age=60)
+        assert problem is not None and problem.startswith("database postgresql+asyncpg://")
+        assert problem.endswith("has no schema (not this bot's database?)")
+        assert await check_health(settings_for(migrated), max_age=60) is None
+    finally:
+        await db_fixtures.dispose_url("postgresql", empty)
+        await db_fixtures.dispose_url("postgresql", migrated)
