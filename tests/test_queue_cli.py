@@ -223,8 +223,7 @@ def test_a_picture_that_is_not_one_is_refused_before_anything_is_written(
     assert (code, out) == (2, "")
     assert (
         err.strip()
-        == f"latent-painter submit: error: --image {text}: not an image (or not one of PNG, "
-        + ("JPEG, WEBP, GIF, BMP, TIFF)")
+        == f"latent-painter submit: error: --image {text}: not a PNG, JPEG, WebP, GIF, BMP or TIFF picture"
     )
     assert not (config.parent / "data").exists()
 

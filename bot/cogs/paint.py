@@ -34,7 +34,7 @@ from bot.cogs.common import (
     rules_for,
     start_job,
 )
-from bot.config import EFFECTS
+from bot.config import EFFECTS, parse_sizes
 from bot.text import quote
 from bot.text import size as size_text
 from db.queue import JobNotFound, QueueFull
@@ -68,24 +68,6 @@ EFFECT_HELP = {
     "dissolve": "dissolve: cells dissolve in, busiest first",
     "sharpen": "sharpen: the plain denoising sequence",
 }
-
-
-def parse_sizes(text: str) -> list[tuple[int, int]]:
-    """``"512x512,512x768"`` → ``[(512, 512), (512, 768)]``; a bad entry fails naming it."""
-    sizes = []
-    for part in (p.strip() for p in text.split(",")):
-        if not part:
-            continue
-        try:
-            width, height = (int(v) for v in part.lower().split("x"))
-        except ValueError:
-            raise ValueError(f"[discord] sizes: {part!r} must look like 512x512") from None
-        if width % 8 or height % 8 or min(width, height) < 64:
-            raise ValueError(f"[discord] sizes: {part!r} must be multiples of 8, at least 64")
-        sizes.append((width, height))
-    if not sizes:
-        raise ValueError("[discord] sizes lists no size")
-    return sizes
 
 
 def offered_models(bot_settings: Any) -> list[str]:
