@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import importlib
 import logging
@@ -78,6 +79,42 @@ class PermanentJobError(Exception):
     """
 
     retryable = False
+
+
+class StorageError(Exception):
+    """The artifact store could not take a job's file; the text names the store and the key.
+
+    Retried: a full or read-only disk may be fixed before the next attempt.
+    """
+
+
+class WorkDirectoryError(Exception):
+    """The job's work directory could not be made or written; the text names the directory."""
+
+
+# Errors that say "this disk" without naming a file (PIL and ffmpeg writes report a full
+# disk so): a runner's error of this kind happened writing its work directory.
+_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG})
+
+
+def _in_work_directory(error: BaseException, workdir: Path) -> BaseException:
+    """A runner's ``error``, as a :class:`WorkDirectoryError` naming ``workdir`` if it is one.
+
+    That is an OSError about a file inside ``workdir``, or about a full, read-only or
+    failing disk with no file named. "No space left on device" alone did not say which disk.
+    """
+    if not isinstance(error, OSError):
+        return error
+    name = error.filename
+    if name is None:
+        ours = error.errno in _DISK_ERRNOS
+    else:
+        ours = Path(os.fsdecode(name)).is_relative_to(workdir)
+    if not ours:
+        return error
+    located = WorkDirectoryError(f"work directory {workdir}: {type(error).__name__}: {error}")
+    located.__cause__ = error
+    return located
 
 
 # Between a MemberError's message for the member and its detail for operators, in the
@@ -559,8 +596,6 @@ class Worker:
         """Run one claimed job to its end: done, failed/retried, cancelled or released."""
         job = lease.job
         workdir = self.workdir_root / self.worker_id / f"job-{job.id}-attempt-{lease.attempt}"
-        shutil.rmtree(workdir, ignore_errors=True)
-        workdir.mkdir(parents=True)
         ctx = JobContext(
             job_id=job.id,
             kind=job.kind,
@@ -571,6 +606,17 @@ class Worker:
             guild_id=job.guild_id,
             settings=self.settings,
         )
+        try:
+            shutil.rmtree(workdir, ignore_errors=True)
+            workdir.mkdir(parents=True)
+        except OSError as exc:
+            problem = WorkDirectoryError(f"work directory {workdir}: {type(exc).__name__}: {exc}")
+            problem.__cause__ = exc
+            try:
+                await self._record_failure(lease, ctx, problem)
+            except (LeaseLost, OutcomeNotRecorded) as lost:
+                log.warning("worker %s: job %s: %s", self.worker_id, job.id, lost)
+            return
         self.current = lease
         log.info("worker %s: job %s (%s) attempt %s started", self.worker_id, job.id, job.kind, lease.attempt)
         await self._notify("job_started", lease)
@@ -695,6 +741,8 @@ class Worker:
 
     async def _conclude(self, lease: Lease, ctx: JobContext, outcome: asyncio.Future[JobOutput]) -> None:
         error = outcome.exception()
+        if error is not None:
+            error = _in_work_directory(error, ctx.workdir)
         if ctx.lease_lost:
             log.warning(
                 "worker %s: job %s attempt %s discarded (lease lost)",
@@ -806,7 +854,13 @@ class Worker:
         try:
             for role, path in files.items():
                 key = job_key(lease.job_id, lease.attempt, role, path.suffix)
-                sizes[role] = await asyncio.to_thread(self.store.put_file, key, path)
+                try:
+                    sizes[role] = await asyncio.to_thread(self.store.put_file, key, path)
+                except Exception as exc:
+                    # "No space left on device" alone did not say which disk.
+                    raise StorageError(
+                        f"{self._store_name()}, key {key}: {type(exc).__name__}: {exc}"
+                    ) from exc
                 stored.append(key)
                 keys[role] = key
         except Exception as exc:
@@ -841,6 +895,10 @@ class Worker:
         await self._tidy_after_success(lease)
         log.info("worker %s: job %s done, result %s", self.worker_id, lease.job_id, result.public_id)
         await self._notify("job_finished", lease.job_id, result)
+
+    def _store_name(self) -> str:
+        root = getattr(self.store, "root", None)
+        return f"artifact store {root}" if root is not None else f"artifact store {type(self.store).__name__}"
 
     async def _result_if_recorded(self, lease: Lease) -> Any:
         try:

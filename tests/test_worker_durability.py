@@ -502,3 +502,63 @@ async def test_health_wants_a_postgresql_database_at_this_version_s_schema(tmp_p
     finally:
         await db_fixtures.dispose_url("postgresql", empty)
         await db_fixtures.dispose_url("postgresql", migrated)
+
+
+async def test_storage_and_work_directory_errors_say_which_disk(tmp_path: Path) -> None:
+    """ "OSError: [Errno 28] No space left on device" did not say whether the artifact store
+    or the work directory (often two volumes) was full."""
+    url = await db_fixtures.fresh_url("sqlite", tmp_path)
+    db = Database.from_url(url)
+
+    def runner(ctx: JobContext) -> JobOutput:
+        prompt = ctx.params["prompt"]
+        if prompt == "full disk":
+            # A real ENOSPC while writing a file of the work directory, with no file named
+            # in the error (as PIL's PNG writer reports it).
+            os.symlink("/dev/full", ctx.workdir / "heatmap.png")
+            with open(ctx.workdir / "heatmap.png", "wb") as out:
+                out.write(b"\x89PNG" * 1024)
+        if prompt == "blocked":
+            (ctx.workdir / "frames").write_text("a file where the frames directory goes\n")
+            (ctx.workdir / "frames" / "0001.png").write_bytes(b"")
+        return run_job(ctx)
+
+    worker = make_worker(db, tmp_path, runner, lease_seconds=30, worker_id="host-1-abcdef")
+    store = worker.store
+    assert isinstance(store, LocalArtifactStore)
+    try:
+        queue = worker.queue
+        jobs = {}
+        for user, prompt in enumerate(("full disk", "blocked", "store", "no work directory")):
+            jobs[prompt] = (
+                await queue.enqueue("paint", {"prompt": prompt}, user_id=user, max_attempts=1)
+            ).job
+        # The store cannot make the job's directory (a file is in the way, as a read-only or
+        # full volume refuses it); the job's work directory cannot be made either.
+        (store.root / "jobs").mkdir()
+        (store.root / "jobs" / str(jobs["store"].id)).write_text("in the way\n")
+        workdir_of = tmp_path / "work" / "host-1-abcdef" / f"job-{jobs['no work directory'].id}-attempt-1"
+        workdir_of.parent.mkdir(parents=True)
+        workdir_of.write_text("in the way\n")
+
+        assert await asyncio.wait_for(worker.run(exit_when_idle=True), 30) == 4
+        errors = {prompt: (await queue.get(job.id)).error for prompt, job in jobs.items()}
+        workdir = tmp_path / "work" / "host-1-abcdef"
+        assert errors["full disk"] == (
+            f"WorkDirectoryError: work directory {workdir}/job-{jobs['full disk'].id}-attempt-1: "
+            "OSError: [Errno 28] No space left on device"
+        )
+        blocked = workdir / f"job-{jobs['blocked'].id}-attempt-1"
+        assert errors["blocked"] == (
+            f"WorkDirectoryError: work directory {blocked}: "
+            f"NotADirectoryError: [Errno 20] Not a directory: '{blocked}/frames/0001.png'"
+        )
+        assert errors["store"].startswith(
+            f"StorageError: artifact store {store.root}, key jobs/{jobs['store'].id}/1/"
+        )
+        assert errors["no work directory"].startswith(
+            f"WorkDirectoryError: work directory {workdir_of}: FileExistsError: "
+        )
+        assert [(await queue.get(job.id)).status for job in jobs.values()] == ["failed"] * 4
+    finally:
+        await db.dispose()
