@@ -304,12 +304,11 @@ class _Outage:
         else:
             self.delay = min(self.longest, self.delay * 2)
             log.warning(
-                "%s failed again (%d times in %.0f s): %s: %s; trying again in %.1f s",
+                "%s failed again (%d times in %.0f s): %s; trying again in %.1f s",
                 self.what,
                 self.failures,
                 time.monotonic() - self.since,
-                type(error).__name__,
-                error,
+                _one_line(error),
                 self.delay,
             )
         return self.delay
@@ -323,6 +322,12 @@ class _Outage:
                 time.monotonic() - self.since,
             )
         self.failures = 0
+
+
+def _one_line(error: BaseException) -> str:
+    """``Type: message`` without SQLAlchemy's SQL and background lines, for one-line logs."""
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
 
 
 def _job_of_key(key: str) -> int | None:
@@ -800,7 +805,7 @@ class Worker:
                     why = "the worker is stopping" if expires_in > 0 else "its lease has expired"
                     raise OutcomeNotRecorded(
                         f"could not {what} job {lease.job_id} attempt {lease.attempt} before {why}: "
-                        f"the database is unavailable ({type(exc).__name__}: {exc}); the job runs again "
+                        f"the database is unavailable ({_one_line(exc)}); the job runs again "
                         "once another claim takes it back"
                     ) from exc
                 if now - started >= self.record_patience_seconds:

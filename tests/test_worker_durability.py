@@ -254,6 +254,7 @@ async def test_an_outage_longer_than_the_lease_gives_the_job_back_and_the_worker
     assert len(failures) >= 2, [r.getMessage() for r in claims]
     assert failures[0].exc_info is not None and all(r.exc_info is None for r in failures[1:])
     assert "claiming a job failed again (2 times" in failures[1].getMessage()
+    assert all("\n" not in r.getMessage() for r in failures[1:]) and "\n" not in gave_up[0]
     assert any("works again after" in r.getMessage() for r in claims)
 
 
