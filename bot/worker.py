@@ -23,6 +23,11 @@ surely expired (no heartbeat confirmed for ``lease_seconds``: another claim may 
 job back and run it again). Claims are retried the same way, and an error in one job never
 ends the loop.
 
+Housekeeping: a running worker holds a lock file in its work directory, so another one
+on the host removes the directory once its owner is dead (whatever PID it had); jobs the
+stale-lease rescue ends are cleaned up by the worker whose claim ended them; and the
+artifact store is swept at start and every ``sweep_seconds`` of files no job needs.
+
 On SIGTERM (or :meth:`Worker.stop`) the running job is released back to the queue at once
 (its attempt not counted), the runner is told to stop, and the loop exits.
 """
@@ -455,7 +460,7 @@ class Worker:
         self._hold_workdir()
         beat = asyncio.create_task(self._beat()) if self.heartbeat_file is not None else None
         try:
-            self.sweep_dead_workdirs()
+            self._sweep_workdirs_now()
             await self.warm_up()
             claims = _Outage(
                 f"worker {self.worker_id}: claiming a job", self.poll_seconds, self.retry_max_seconds
@@ -475,7 +480,7 @@ class Worker:
                     if exit_when_idle:
                         break
                     if was_busy:
-                        self.sweep_dead_workdirs()
+                        self._sweep_workdirs_now()
                         was_busy = False
                     await self._idle(self.poll_seconds)
                     continue
@@ -982,6 +987,12 @@ class Worker:
                     "worker %s: could not delete the files of job %s: %s", self.worker_id, job.id, exc
                 )
             await self._notify("job_cancelled" if job.status == "cancelled" else "job_failed", job)
+
+    def _sweep_workdirs_now(self) -> None:
+        try:
+            self.sweep_dead_workdirs()
+        except OSError as exc:  # housekeeping: never a reason to stop working
+            log.warning("worker %s: work directory sweep failed: %s", self.worker_id, exc)
 
     async def _sweep_storage_now(self) -> None:
         self._next_sweep = time.monotonic() + self.sweep_seconds
