@@ -163,8 +163,9 @@ def test_the_terminal_shows_only_the_error(tmp_path: Path) -> None:
     done = run_cli("paint", "x", "--model", "someone/notamodel", "--size", "64x64", env=env, cwd=tmp_path)
     assert done.returncode == 2
     assert done.stderr.splitlines() == [
-        "latent-painter: error: cannot load model 'someone/notamodel': "
-        "someone/notamodel does not appear to have a file named model_index.json."
+        "latent-painter: error: model 'someone/notamodel' is not in the local Hugging Face cache and "
+        "HF_HUB_OFFLINE is set: download it once online (run once without HF_HUB_OFFLINE, or "
+        "`hf download someone/notamodel`) or give a local pipeline directory"
     ]
     # Result ids look the trails up in the database: Alembic logged its plugins at INFO.
     done = run_cli("transition", "ZZZZZZZZ", "YYYYYYYY", "--out", "t.mp4", env=env, cwd=tmp_path)
