@@ -14,8 +14,10 @@ The bot
 - runs one queue worker as an asyncio task (``[discord] run_worker``; painting happens
   in a thread, so the gateway stays responsive), supervised: a worker that dies of an
   error is logged and started again, and it touches ``bot.worker.heartbeat`` while it
-  runs so ``latent-painter health`` sees a dead one; and the
-  :class:`~bot.delivery.JobWatcher` that reports progress and delivers results;
+  runs so ``latent-painter health`` sees a dead one; the worker warms up (loads the
+  model) before its first job and says so, or says in one line that the model cannot be
+  loaded; and the :class:`~bot.delivery.JobWatcher` that reports progress and delivers
+  results;
 - on close, gives a running job back to the queue, lets a delivery in flight finish,
   and closes what it opened.
 """
@@ -28,6 +30,7 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import discord
@@ -110,18 +113,58 @@ class WatcherListener(WorkerListener):
         self.watcher.wake()
 
 
+class ModelNotLoaded(RuntimeError):
+    """The worker's warm-up could not load ``[model] id`` (already logged, in one line)."""
+
+
 def offering_previews(runner: Runner, previews: PreviewBox) -> Runner:
     """The runner, with ``ctx.preview(image)`` for handing the newest painted frame to the bot.
 
     A runner that calls it (when present) gets a small picture of the canvas shown in
-    the progress reply; one that does not still works.
+    the progress reply; one that does not still works. The runner's ``warm_up`` is kept
+    (the worker looks for it on the runner it is given), reporting how it went.
     """
 
     def run(ctx: JobContext) -> JobOutput:
         ctx.preview = lambda image: previews.offer(ctx.job_id, image)  # type: ignore[attr-defined]
         return runner(ctx)
 
+    hook = getattr(runner, "warm_up", None)
+    if hook is not None:
+        run.warm_up = reporting_warm_up(hook)  # type: ignore[attr-defined]
     return run
+
+
+def reporting_warm_up(hook: Callable[[Any], None]) -> Callable[[Any], None]:
+    """``hook`` (a runner's ``warm_up(settings)``), logging that the worker is ready or why not.
+
+    A model that cannot be loaded (a mistyped ``[model] id``) is one ERROR line at start-up
+    naming it, instead of a traceback in every member's failed job later.
+    """
+
+    def warm_up(settings: Any) -> None:
+        started = time.monotonic()
+        try:
+            hook(settings)
+        except Exception as exc:
+            model = settings.model.id if settings is not None else "?"
+            log.error(
+                "cannot load [model] id %r: %s; paintings with it fail until [model] id "
+                "(LATENT_PAINTER_MODEL_ID) names a model that loads",
+                model,
+                first_line(exc),
+            )
+            # The worker logs that its warm-up failed; the reason is in the line above.
+            raise ModelNotLoaded(f"[model] id {model!r} did not load, see the error above") from exc
+        log.info("worker ready (warmed up in %.1f s)", time.monotonic() - started)
+
+    return warm_up
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of ``error``'s message (hub and OS errors add background lines), or its type."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 class LatentPainterBot(commands.Bot):

@@ -1,0 +1,117 @@
+"""What an operator sees when the bot starts: the real bot and discord.py client against the stand-in.
+
+Each test starts its own bot the way ``latent-painter bot`` does (:func:`create_bot`, then
+``start``) in a fresh data directory sharing the session's tiny model, and reads the log
+records an operator would read at the default verbosity.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import discord.gateway
+import discord.http
+import pytest
+
+from bot.config import Settings, load_settings
+from bot.discord_bot import LatentPainterBot, create_bot
+from tests.discord_standin import DiscordStandIn
+
+TOKEN = "startup-test-token.not-a-real-one"
+
+
+@pytest.fixture(autouse=True)
+def endpoints() -> Iterator[None]:
+    """discord.py's class-level endpoints, put back after each test (the bot repoints them)."""
+    saved = discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
+    yield
+    discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = saved
+
+
+@pytest.fixture
+def data(tmp_path: Path, data_dir: Path) -> Path:
+    """A fresh data directory (own database) that finds the session's tiny model."""
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "models").symlink_to(data_dir / "models", target_is_directory=True)
+    return root
+
+
+def settings_for(data: Path, standin: DiscordStandIn, **env: str) -> Settings:
+    return load_settings(
+        env={
+            "LATENT_PAINTER_STORAGE_DATA_DIR": str(data),
+            "LATENT_PAINTER_MODEL_ID": "tiny",
+            "LATENT_PAINTER_QUEUE_POLL_SECONDS": "0.2",
+            **standin.env(),
+            **env,
+        }
+    )
+
+
+@asynccontextmanager
+async def running_bot(standin: DiscordStandIn, settings: Settings) -> AsyncIterator[LatentPainterBot]:
+    """A bot started as ``latent-painter bot`` starts it, connected to ``standin``; closed after."""
+    bot = await create_bot(settings, guild_ready_timeout=0.05)
+    task = asyncio.create_task(bot.start(TOKEN))
+    try:
+        await standin.wait_until_ready(timeout=60)
+        yield bot
+    finally:
+        await bot.close()
+        await asyncio.wait_for(task, 60)
+
+
+async def logged(
+    caplog: pytest.LogCaptureFixture, found: Callable[[logging.LogRecord], bool], timeout: float = 60
+) -> logging.LogRecord:
+    """The first log record ``found`` accepts, waiting up to ``timeout`` seconds for it."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        for record in caplog.records:
+            if found(record):
+                return record
+        if loop.time() > deadline:
+            raise AssertionError(f"nothing matching logged within {timeout:g} s:\n{caplog.text}")
+        await asyncio.sleep(0.05)
+
+
+def says(text: str) -> Callable[[logging.LogRecord], bool]:
+    return lambda record: text in record.getMessage()
+
+
+async def test_the_bots_worker_warms_up_before_the_first_job(
+    data: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The model is loaded at start, not by the first member to /paint, and the log says when."""
+    caplog.set_level(logging.INFO)
+    async with DiscordStandIn(token=TOKEN) as standin:
+        async with running_bot(standin, settings_for(data, standin)):
+            ready = await logged(caplog, says("worker ready (warmed up in "))
+    assert ready.name == "latent_painter.bot" and ready.levelno == logging.INFO
+    assert ready.getMessage().endswith(" s)")
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+async def test_a_model_that_cannot_load_is_one_error_line_at_start_up(
+    data: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A mistyped [model] id is noticed when the bot starts, not when members' jobs fail."""
+    caplog.set_level(logging.INFO)
+    missing = data / "no-such-model"
+    async with DiscordStandIn(token=TOKEN) as standin:
+        async with running_bot(standin, settings_for(data, standin, LATENT_PAINTER_MODEL_ID=str(missing))):
+            await logged(caplog, says("warm-up failed"))
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1, caplog.text
+    line = errors[0].getMessage()
+    assert errors[0].name == "latent_painter.bot" and errors[0].exc_info is None
+    assert "\n" not in line
+    assert line.startswith(f"cannot load [model] id '{missing}': ")
+    assert "LATENT_PAINTER_MODEL_ID" in line
+    assert not [r for r in caplog.records if "worker ready" in r.getMessage()]
