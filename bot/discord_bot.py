@@ -8,6 +8,9 @@ The bot
   (deployments use them for REST and gateway proxies; the tests for a local stand-in);
 - identifies with the default intents only (no privileged intent is needed: everything
   arrives as interactions);
+- logs at start what it runs (model, device, database with its password masked, data
+  directory), warns when that is the random-weight ``tiny`` model, and names the guilds it
+  is in once connected;
 - loads its cogs in ``setup_hook`` (a cog that fails to load is logged, the rest run),
   registers the persistent buttons, and syncs its commands (to ``[discord] sync_guild``
   when set, for instant updates during development);
@@ -46,6 +49,7 @@ from bot.config import Settings
 from bot.delivery import DeliveryLedger, JobWatcher
 from bot.progress import PreviewBox
 from bot.redact import add_secrets, install_log_redaction
+from bot.text import listed, one_line
 from bot.views import DYNAMIC_ITEMS
 from bot.worker import (
     DEFAULT_RUNNER,
@@ -287,8 +291,13 @@ class LatentPainterBot(commands.Bot):
             self.worker.wake()
 
     async def on_ready(self) -> None:
+        guilds = [f"{one_line(g.name, 100)} ({g.id})" for g in self.guilds]
         log.info(
-            "connected as %s (%s) to %d guild(s)", self.user, self.user and self.user.id, len(self.guilds)
+            "connected as %s (%s) to %d guild(s): %s",
+            self.user,
+            self.user and self.user.id,
+            len(guilds),
+            listed(guilds, 1000) or "none yet (invite it with the bot and applications.commands scopes)",
         )
 
     async def close(self) -> None:
@@ -308,11 +317,56 @@ class LatentPainterBot(commands.Bot):
         await self.db.dispose()
 
 
+def describe_start(settings: Settings) -> str:
+    """One line saying what the bot runs: model, device, database (password masked), data directory."""
+    from db.engine import mask_password
+
+    device = settings.model.device
+    if device == "auto" and settings.discord.run_worker:
+        from painter.models import resolve_device
+
+        device = f"auto ({resolve_device(device)})"
+    worker = (
+        "a worker in this process"
+        if settings.discord.run_worker
+        else "no worker ([discord] run_worker = false)"
+    )
+    return (
+        f"starting: model {settings.model.id} on device {device}, database "
+        f"{mask_password(settings.database_url)}, data directory {settings.data_dir.resolve()}, {worker}"
+    )
+
+
+def noise_warning(settings: Settings) -> str | None:
+    """A warning when /paint offers the built-in random-weight model ``tiny``, else None."""
+    from bot.cogs.paint import offered_models
+    from painter.models import TINY_ID
+
+    if TINY_ID not in offered_models(settings):
+        return None
+    if settings.model.id == TINY_ID:
+        where = "[model] id is 'tiny'"
+        fix = (
+            "set [model] id (LATENT_PAINTER_MODEL_ID) to a Stable Diffusion checkpoint: a hub id "
+            "such as stable-diffusion-v1-5/stable-diffusion-v1-5, or a local pipeline directory"
+        )
+    else:
+        where = "[discord] models offers 'tiny'"
+        fix = "take it out of [discord] models (LATENT_PAINTER_DISCORD_MODELS)"
+    return f"{where}, the built-in model with random weights: it paints noise, not pictures; {fix}"
+
+
 async def create_bot(settings: Settings, *, runner: Runner | None = None, **options: Any) -> LatentPainterBot:
     """The bot with its database (schema checked; SQLite upgraded in place) and artifact store."""
     from db.engine import sqlite_path
     from db.migrate import ensure_schema_current
 
+    log.info("%s", describe_start(settings))
+    # 'tiny' is the default, so a forgotten LATENT_PAINTER_MODEL_ID would otherwise only
+    # show as members' pictures of coloured noise.
+    warning = noise_warning(settings)
+    if warning is not None:
+        log.warning("%s", warning)
     url = settings.database_url
     await ensure_schema_current(url, upgrade_if_old=sqlite_path(url) is not None)
     db = Database.from_url(url)

@@ -16,10 +16,12 @@ from pathlib import Path
 import discord.gateway
 import discord.http
 import pytest
+import torch
 
 from bot.config import Settings, load_settings
 from bot.discord_bot import LatentPainterBot, create_bot
 from tests.discord_standin import DiscordStandIn
+from tests.discord_standin.world import GUILD_ID, OTHER_GUILD_ID
 
 TOKEN = "startup-test-token.not-a-real-one"
 
@@ -115,3 +117,49 @@ async def test_a_model_that_cannot_load_is_one_error_line_at_start_up(
     assert line.startswith(f"cannot load [model] id '{missing}': ")
     assert "LATENT_PAINTER_MODEL_ID" in line
     assert not [r for r in caplog.records if "worker ready" in r.getMessage()]
+    assert not [r for r in caplog.records if "paints noise" in r.getMessage()]  # not 'tiny'
+
+
+async def test_start_up_says_what_the_bot_runs_and_where(
+    data: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """At the default verbosity: model, device, database, data directory, then the guilds it is in."""
+    caplog.set_level(logging.INFO)
+    async with DiscordStandIn(token=TOKEN) as standin:
+        settings = settings_for(data, standin)
+        async with running_bot(standin, settings):
+            connected = await logged(caplog, says("connected as "))
+    start = next(r for r in caplog.records if r.getMessage().startswith("starting: "))
+    assert start.name == "latent_painter.bot" and start.levelno == logging.INFO
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    assert start.getMessage() == (
+        f"starting: model tiny on device auto ({device}), database {settings.database_url}, "
+        f"data directory {data.resolve()}, a worker in this process"
+    )
+    assert f"Paint Club ({GUILD_ID}), Elsewhere ({OTHER_GUILD_ID})" in connected.getMessage()
+    assert "to 2 guild(s)" in connected.getMessage()
+    noise = [r for r in caplog.records if "paints noise" in r.getMessage()]
+    assert len(noise) == 1 and noise[0].levelno == logging.WARNING
+    assert noise[0].getMessage().startswith("[model] id is 'tiny', the built-in model with random weights")
+    assert "LATENT_PAINTER_MODEL_ID" in noise[0].getMessage()
+
+
+async def test_the_start_up_line_hides_the_database_password(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The line is logged before the database is tried, so it also says which one could not be reached."""
+    caplog.set_level(logging.INFO)
+    url = "postgresql+asyncpg://painter:s3cret-pw@127.0.0.1:9/paintings"
+    settings = load_settings(
+        env={
+            "LATENT_PAINTER_STORAGE_DATA_DIR": str(tmp_path),
+            "LATENT_PAINTER_DATABASE_URL": url,
+            "LATENT_PAINTER_DISCORD_RUN_WORKER": "false",
+        }
+    )
+    with pytest.raises(OSError):  # nothing listens on port 9
+        await create_bot(settings)
+    start = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("starting: "))
+    assert "database postgresql+asyncpg://painter:***@127.0.0.1:9/paintings," in start
+    assert "s3cret-pw" not in caplog.text
+    assert start.endswith("no worker ([discord] run_worker = false)")
