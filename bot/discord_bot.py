@@ -45,7 +45,7 @@ from discord.ext import commands
 
 from bot.artifacts import ArtifactStore, LocalArtifactStore
 from bot.cogs.common import report_error
-from bot.config import Settings
+from bot.config import ConfigError, Settings
 from bot.delivery import DeliveryLedger, JobWatcher
 from bot.progress import PreviewBox
 from bot.redact import add_secrets, install_log_redaction
@@ -278,7 +278,15 @@ class LatentPainterBot(commands.Bot):
         if guild_id:
             guild = discord.Object(guild_id)
             self.tree.copy_global_to(guild=guild)
-            synced = await self.tree.sync(guild=guild)
+            try:
+                synced = await self.tree.sync(guild=guild)
+            except (discord.Forbidden, discord.NotFound):
+                # Discord answers 403 Missing Access (50001) for a guild the bot is not in.
+                raise ConfigError(
+                    f"cannot register commands in guild {guild_id} ([discord] sync_guild): the bot is "
+                    "not in it or lacks the applications.commands scope; invite it with the bot and "
+                    "applications.commands scopes, or set sync_guild = 0 to register them globally"
+                ) from None
             log.info("synced %d commands to guild %s", len(synced), guild_id)
         else:
             synced = await self.tree.sync()

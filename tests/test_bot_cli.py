@@ -101,3 +101,32 @@ def test_bot_that_cannot_reach_discord_says_so_in_one_line(
         f"latent-painter: error: cannot reach [discord] api_base at {api_base}: Cannot connect to host"
     ), err
     assert TOKEN not in err[0] and TOKEN not in caplog.text
+
+
+async def test_a_sync_guild_the_bot_is_not_in_is_one_line_and_exit_2(
+    data: Path, monkeypatch: pytest.MonkeyPatch, capsys, caplog
+) -> None:
+    """Discord answers 403 Missing Access (50001): a setting to fix, not a traceback."""
+    saved = discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
+    async with DiscordStandIn(token=TOKEN) as standin:
+        for name, value in standin.env().items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setenv("DISCORD_TOKEN", TOKEN)
+        monkeypatch.setenv("LATENT_PAINTER_DISCORD_SYNC_GUILD", "999")
+        monkeypatch.setenv("LATENT_PAINTER_DISCORD_RUN_WORKER", "false")
+        try:
+            code = await asyncio.to_thread(main, ["bot"])
+        finally:
+            discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = saved
+        refused = [r for r in standin.requests if r.route.endswith("/guilds/{guild_id}/commands")]
+        assert [(r.method, r.status, (r.response or {}).get("code")) for r in refused] == [
+            ("PUT", 403, 50001)
+        ]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err == [
+        "latent-painter: error: cannot register commands in guild 999 ([discord] sync_guild): the bot is "
+        "not in it or lacks the applications.commands scope; invite it with the bot and "
+        "applications.commands scopes, or set sync_guild = 0 to register them globally"
+    ]
+    assert not [r for r in caplog.records if r.exc_info], caplog.text
