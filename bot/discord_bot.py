@@ -13,7 +13,9 @@ The bot
   is in once connected;
 - loads its cogs in ``setup_hook`` (a cog that fails to load is logged, the rest run),
   registers the persistent buttons, and syncs its commands (to ``[discord] sync_guild``
-  when set, for instant updates during development);
+  when set, for instant updates during development; the guild synced last is remembered
+  in the data directory and its commands are taken off when the setting changes, so no
+  command is listed twice there);
 - runs one queue worker as an asyncio task (``[discord] run_worker``; painting happens
   in a thread, so the gateway stays responsive), supervised: a worker that dies of an
   error is logged and started again, and it touches ``bot.worker.heartbeat`` while it
@@ -30,10 +32,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import discord
@@ -79,6 +83,9 @@ WORKER_STOP_SECONDS = 30.0
 # the second; one that ran for WORKER_STEADY_SECONDS before dying starts the doubling over.
 WORKER_RESTART_SECONDS = (1.0, 60.0)
 WORKER_STEADY_SECONDS = 300.0
+# Under [storage] data_dir: the [discord] sync_guild the commands were last synced to (0:
+# globally), so a change of the setting can take them off the guild named before.
+SYNCED_GUILD_FILE = Path("bot") / "synced_guild.txt"
 
 
 def point_discord_at(settings: Settings) -> None:
@@ -273,8 +280,17 @@ class LatentPainterBot(commands.Bot):
             delay = min(longest, delay * 2)
 
     async def sync_commands(self) -> list[app_commands.AppCommand]:
-        """Register the slash commands with Discord: to one guild at once, or globally."""
+        """Register the slash commands with Discord: to one guild at once, or globally.
+
+        When ``[discord] sync_guild`` named another guild at the last sync, that guild's
+        commands are taken off first: Discord would list them there as well as the global
+        (or the new guild's) ones.
+        """
         guild_id = self.settings.discord.sync_guild
+        synced_file = self.settings.data_dir / SYNCED_GUILD_FILE
+        previous = _read_guild_id(synced_file)
+        if previous and previous != guild_id:
+            await self._take_commands_off(previous)
         if guild_id:
             guild = discord.Object(guild_id)
             self.tree.copy_global_to(guild=guild)
@@ -291,7 +307,25 @@ class LatentPainterBot(commands.Bot):
         else:
             synced = await self.tree.sync()
             log.info("synced %d global commands", len(synced))
+        if previous != guild_id:
+            _write_guild_id(synced_file, guild_id)
         return synced
+
+    async def _take_commands_off(self, guild_id: int) -> None:
+        """Remove this bot's commands from ``guild_id`` (the sync_guild of an earlier start)."""
+        guild = discord.Object(guild_id)
+        self.tree.clear_commands(guild=guild)
+        try:
+            await self.tree.sync(guild=guild)
+        except (discord.Forbidden, discord.NotFound):
+            # Removed from that guild since: its commands went with it.
+            log.warning(
+                "could not take the commands off guild %s ([discord] sync_guild before): "
+                "the bot is no longer in it",
+                guild_id,
+            )
+            return
+        log.info("took the commands off guild %s ([discord] sync_guild before)", guild_id)
 
     def wake_worker(self) -> None:
         """Let the in-process worker look at the queue now (a job was just queued)."""
@@ -323,6 +357,25 @@ class LatentPainterBot(commands.Bot):
         await self.watcher.stop()
         await super().close()
         await self.db.dispose()
+
+
+def _read_guild_id(path: Path) -> int:
+    """The guild id saved in ``path``; 0 (global) when there is none or it cannot be read."""
+    try:
+        return int(path.read_text().strip() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def _write_guild_id(path: Path, guild_id: int) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(path.name + ".tmp")
+        temporary.write_text(f"{guild_id}\n")
+        os.replace(temporary, path)  # never a half-written id
+    except OSError as exc:
+        # The commands are synced; only a later change of sync_guild would leave doubles.
+        log.warning("could not note the synced guild in %s: %s", path, exc)
 
 
 def describe_start(settings: Settings) -> str:

@@ -62,6 +62,8 @@ async def running_bot(standin: DiscordStandIn, settings: Settings) -> AsyncItera
     task = asyncio.create_task(bot.start(TOKEN))
     try:
         await standin.wait_until_ready(timeout=60)
+        # Closed before its own on_ready, discord.py would dispatch it on a closed client.
+        await asyncio.wait_for(bot.wait_until_ready(), 30)
         yield bot
     finally:
         await bot.close()
@@ -163,3 +165,57 @@ async def test_the_start_up_line_hides_the_database_password(
     assert "database postgresql+asyncpg://painter:***@127.0.0.1:9/paintings," in start
     assert "s3cret-pw" not in caplog.text
     assert start.endswith("no worker ([discord] run_worker = false)")
+
+
+def command_names(commands: list[dict]) -> list[str]:
+    return sorted(c["name"] for c in commands)
+
+
+async def test_changing_sync_guild_takes_the_commands_off_the_guild_named_before(data: Path) -> None:
+    """Every command is listed once wherever it is used: guild → other guild → global."""
+    async with DiscordStandIn(token=TOKEN) as standin:
+
+        async def start_with(sync_guild: int) -> None:
+            settings = settings_for(
+                data,
+                standin,
+                LATENT_PAINTER_DISCORD_SYNC_GUILD=str(sync_guild),
+                LATENT_PAINTER_DISCORD_RUN_WORKER="false",
+            )
+            async with running_bot(standin, settings):
+                pass  # the commands are synced before the bot connects
+
+        await start_with(GUILD_ID)
+        names = command_names(standin.guild_commands[GUILD_ID])
+        assert "paint" in names and standin.global_commands == []
+
+        await start_with(OTHER_GUILD_ID)
+        assert standin.guild_commands[GUILD_ID] == []
+        assert command_names(standin.guild_commands[OTHER_GUILD_ID]) == names
+
+        await start_with(0)
+        assert standin.guild_commands[GUILD_ID] == standin.guild_commands[OTHER_GUILD_ID] == []
+        assert command_names(standin.global_commands) == names
+
+        await start_with(0)  # nothing to take off any more: one global sync only
+        puts = [r for r in standin.requests if r.method == "PUT"]
+        assert [r.path.count("/guilds/") for r in puts[-2:]] == [0, 0]
+        standin.assert_clean()
+
+
+async def test_a_guild_the_bot_has_left_since_is_noted_and_the_bot_starts(
+    data: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    async with DiscordStandIn(token=TOKEN) as standin:
+        env = {"LATENT_PAINTER_DISCORD_RUN_WORKER": "false"}
+        settings = settings_for(data, standin, LATENT_PAINTER_DISCORD_SYNC_GUILD=str(OTHER_GUILD_ID), **env)
+        async with running_bot(standin, settings):
+            pass
+        standin.guilds[:] = [g for g in standin.guilds if g.id != OTHER_GUILD_ID]  # kicked out
+        async with running_bot(standin, settings_for(data, standin, **env)):
+            pass
+        assert command_names(standin.global_commands)
+    [noted] = [r for r in caplog.records if "could not take the commands off" in r.getMessage()]
+    assert noted.levelno == logging.WARNING and str(OTHER_GUILD_ID) in noted.getMessage()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
