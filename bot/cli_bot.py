@@ -2,8 +2,8 @@
 
 The token comes from ``DISCORD_TOKEN`` only; it is never printed or logged, and a token
 Discord refuses is reported without it. Exit codes of ``bot``: 0 after SIGTERM/SIGINT, 1
-when Discord cannot be reached (network, DNS, ``[discord] api_base``), 2 for a bad setting
-or a refused token.
+when Discord cannot be reached (network, DNS, ``[discord] api_base`` or ``gateway_url``), 2
+for a bad setting or a refused token.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ EXIT_OK = 0
 EXIT_UNHEALTHY = 1
 EXIT_UNREACHABLE = 1  # Discord could not be reached (the network, not the settings)
 DEFAULT_API_BASE = DiscordSettings().api_base
+DEFAULT_GATEWAY_URL = DiscordSettings().gateway_url
 
 
 def cmd_bot(args: argparse.Namespace) -> int:
@@ -32,7 +33,7 @@ def cmd_bot(args: argparse.Namespace) -> int:
     import aiohttp
     import discord
 
-    from bot.discord_bot import run_bot
+    from bot.discord_bot import GatewayUnreachable, run_bot
     from bot.redact import redact
     from bot.worker import exit_past_busy_runners
 
@@ -54,6 +55,16 @@ def cmd_bot(args: argparse.Namespace) -> int:
         where = "Discord" if settings.discord.api_base == DEFAULT_API_BASE else "[discord] api_base"
         print(
             f"latent-painter: error: cannot reach {where} at {redact(settings.discord.api_base)}: {reason}",
+            file=sys.stderr,
+        )
+        exit_past_busy_runners(EXIT_UNREACHABLE)
+        return EXIT_UNREACHABLE
+    except GatewayUnreachable as exc:
+        # REST answered (the token was checked) but the websocket could not be opened.
+        url = settings.discord.gateway_url
+        where = "Discord's gateway" if url == DEFAULT_GATEWAY_URL else "[discord] gateway_url"
+        print(
+            f"latent-painter: error: cannot reach {where} at {redact(url)}: {redact(str(exc))}",
             file=sys.stderr,
         )
         exit_past_busy_runners(EXIT_UNREACHABLE)

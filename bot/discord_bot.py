@@ -40,6 +40,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import discord
 import discord.gateway
 import discord.http
@@ -93,6 +94,13 @@ def point_discord_at(settings: Settings) -> None:
     discord.http.Route.BASE = settings.discord.api_base.rstrip("/")
     # A yarl.URL, not a string: discord.py calls .with_query on it.
     discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.discord.gateway_url)
+
+
+class GatewayUnreachable(Exception):
+    """The first connection to the gateway failed (network, DNS, ``[discord] gateway_url``).
+
+    ``__cause__`` is the error the connection failed with.
+    """
 
 
 class PainterTree(app_commands.CommandTree):
@@ -234,6 +242,31 @@ class LatentPainterBot(commands.Bot):
     async def login(self, token: str) -> None:
         point_discord_at(self.settings)
         await super().login(token)
+
+    async def connect(self, *, reconnect: bool = True) -> None:
+        """discord.py's connect, with a gateway unreachable from the start as :class:`GatewayUnreachable`.
+
+        discord.py 2.7 retries a failed first connection by reading the sequence number
+        of a websocket it never had, so an unreachable gateway ended in an AttributeError
+        after a logged traceback per try. Once connected, its reconnects are untouched.
+        """
+        client_log = logging.getLogger("discord.client")
+        client_log.addFilter(self._no_retry_before_first_connection)
+        try:
+            await super().connect(reconnect=reconnect)
+        except AttributeError as exc:
+            cause = exc.__context__
+            if self.ws is not None or not isinstance(
+                cause, (OSError, aiohttp.ClientError, asyncio.TimeoutError, discord.GatewayNotFound)
+            ):
+                raise
+            raise GatewayUnreachable(first_line(cause)) from cause
+        finally:
+            client_log.removeFilter(self._no_retry_before_first_connection)
+
+    def _no_retry_before_first_connection(self, record: logging.LogRecord) -> bool:
+        # "Attempting a reconnect" (with a traceback) is followed by the one-line error at once.
+        return self.ws is not None or not record.getMessage().startswith("Attempting a reconnect")
 
     async def setup_hook(self) -> None:
         for extension in EXTENSIONS:

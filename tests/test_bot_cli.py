@@ -130,3 +130,36 @@ async def test_a_sync_guild_the_bot_is_not_in_is_one_line_and_exit_2(
         "applications.commands scopes, or set sync_guild = 0 to register them globally"
     ]
     assert not [r for r in caplog.records if r.exc_info], caplog.text
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def test_a_gateway_that_cannot_be_reached_is_one_line_and_exit_1(
+    data: Path, monkeypatch: pytest.MonkeyPatch, capsys, caplog
+) -> None:
+    """REST answers (the token is fine) but the websocket cannot be opened: say where it was tried."""
+    gateway = f"ws://127.0.0.1:{closed_port()}/gateway"
+    saved = discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
+    async with DiscordStandIn(token=TOKEN) as standin:
+        for name, value in standin.env().items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setenv("LATENT_PAINTER_DISCORD_GATEWAY_URL", gateway)
+        monkeypatch.setenv("LATENT_PAINTER_DISCORD_RUN_WORKER", "false")
+        monkeypatch.setenv("DISCORD_TOKEN", TOKEN)
+        try:
+            code = await asyncio.wait_for(asyncio.to_thread(main, ["bot"]), 60)
+        finally:
+            discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = saved
+        assert "GET /users/@me" in [r.route for r in standin.requests]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert len(err) == 1 and err[0].startswith(
+        f"latent-painter: error: cannot reach [discord] gateway_url at {gateway}: Cannot connect to host"
+    ), err
+    assert not [r for r in caplog.records if r.exc_info], caplog.text
+    assert TOKEN not in err[0] and TOKEN not in caplog.text
