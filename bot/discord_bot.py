@@ -24,7 +24,8 @@ The bot
   loaded; and the :class:`~bot.delivery.JobWatcher` that reports progress and delivers
   results;
 - on close, gives a running job back to the queue, lets a delivery in flight finish,
-  and closes what it opened.
+  and closes what it opened; on SIGTERM it logs that it is shutting down, closes, and then
+  stops waiting for discord.py, which may be sleeping in its reconnect back-off.
 """
 
 from __future__ import annotations
@@ -84,6 +85,9 @@ WORKER_STOP_SECONDS = 30.0
 # the second; one that ran for WORKER_STEADY_SECONDS before dying starts the doubling over.
 WORKER_RESTART_SECONDS = (1.0, 60.0)
 WORKER_STEADY_SECONDS = 300.0
+# After close(), how long start() gets to return by itself before it is cancelled (when
+# connected, it returns at once).
+SHUTDOWN_GRACE_SECONDS = 0.25
 # Under [storage] data_dir: the [discord] sync_guild the commands were last synced to (0:
 # globally), so a change of the setting can take them off the guild named before.
 SYNCED_GUILD_FILE = Path("bot") / "synced_guild.txt"
@@ -477,15 +481,42 @@ async def run_bot(settings: Settings, token: str, *, handle_signals: bool = True
     # Signal handlers can only be installed from the main thread.
     on_main = threading.current_thread() is threading.main_thread()
     signals = (signal.SIGTERM, signal.SIGINT) if handle_signals and on_main else ()
-    closing: list[asyncio.Task[None]] = []
-    for sig in signals:
-        loop.add_signal_handler(sig, lambda: closing.append(asyncio.create_task(bot.close())))
-    try:
-        async with bot:
-            await bot.start(token)
-    finally:
+    async with bot:
+        running = asyncio.create_task(bot.start(token), name="latent-painter-bot")
+        closing: list[asyncio.Task[None]] = []
+
+        def on_signal(sig: signal.Signals) -> None:
+            if closing:
+                return  # already shutting down
+            log.info("%s received: shutting down", sig.name)
+            closing.append(asyncio.create_task(shut_down(bot, running)))
+
         for sig in signals:
-            loop.remove_signal_handler(sig)
-        for task in closing:
-            with contextlib.suppress(Exception):
-                await task
+            loop.add_signal_handler(sig, on_signal, sig)
+        try:
+            await asyncio.wait({running})
+        finally:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+            if not running.done():  # run_bot itself was cancelled
+                running.cancel()
+                await asyncio.gather(running, return_exceptions=True)
+            for task in closing:
+                with contextlib.suppress(Exception):
+                    await task
+        if not running.cancelled():
+            running.result()  # start()'s own errors (a refused token, an unreachable Discord)
+
+
+async def shut_down(bot: LatentPainterBot, running: asyncio.Task[None]) -> None:
+    """Close ``bot`` (its running job goes back to the queue), then stop waiting for discord.py.
+
+    While Discord cannot be reached, discord.py sleeps in its reconnect back-off (minutes)
+    or waits on a connection, and ``start()`` only returns after that: with the worker
+    stopped and the bot closed, nothing is left to wait for.
+    """
+    await bot.close()
+    done, _ = await asyncio.wait({running}, timeout=SHUTDOWN_GRACE_SECONDS)
+    if not done:
+        log.info("stopped waiting for discord.py to reconnect")
+        running.cancel()

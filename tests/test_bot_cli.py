@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
+import signal
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,6 +20,7 @@ from bot.cli import main
 from tests.discord_standin import DiscordStandIn
 
 TOKEN = "cli-test-token.not-a-real-one"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -163,3 +168,56 @@ async def test_a_gateway_that_cannot_be_reached_is_one_line_and_exit_1(
     ), err
     assert not [r for r in caplog.records if r.exc_info], caplog.text
     assert TOKEN not in err[0] and TOKEN not in caplog.text
+
+
+async def test_sigterm_while_discord_is_down_exits_within_seconds(tmp_path: Path, data_dir: Path) -> None:
+    """discord.py sleeps in its reconnect back-off for minutes while Discord is down; SIGTERM
+    (docker stop, systemd) must not wait for it, and the log says what is happening."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "models").symlink_to(data_dir / "models", target_is_directory=True)
+    log_path = tmp_path / "bot.log"
+    async with DiscordStandIn(token=TOKEN) as standin:
+        env = {
+            **os.environ,
+            **standin.env(),
+            "DISCORD_TOKEN": TOKEN,
+            "HF_HUB_OFFLINE": "1",
+            "LATENT_PAINTER_STORAGE_DATA_DIR": str(data),
+            "LATENT_PAINTER_MODEL_ID": "tiny",
+        }
+        with open(log_path, "wb") as log_file:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "bot.cli",
+                "bot",
+                cwd=ROOT,
+                env=env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            await standin.wait_until_ready(timeout=120)
+            await standin.stop()  # Discord goes away: every reconnect is refused
+            # SIGTERM in a back-off sleep with at least 6 s left (the first sleeps are short).
+            deadline = time.monotonic() + 120
+            while True:  # polled often: the newest sleep has only just begun
+                output = log_path.read_text(errors="replace")
+                assert time.monotonic() < deadline, output
+                sleeps = re.findall(r"Attempting a reconnect in (\d+\.\d+)s", output)
+                if sleeps and float(sleeps[-1]) >= 6.0:
+                    break
+                await asyncio.sleep(0.05)
+            process.send_signal(signal.SIGTERM)
+            sent = time.monotonic()
+            code = await asyncio.wait_for(process.wait(), 120)
+            took = time.monotonic() - sent
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+    output = log_path.read_text(errors="replace")
+    assert code == 0 and took < 4.0, (took, output[-3000:])
+    assert "SIGTERM received: shutting down" in output
+    assert TOKEN not in output
