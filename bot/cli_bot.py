@@ -26,6 +26,10 @@ EXIT_UNHEALTHY = 1
 EXIT_UNREACHABLE = 1  # Discord could not be reached (the network, not the settings)
 DEFAULT_API_BASE = DiscordSettings().api_base
 DEFAULT_GATEWAY_URL = DiscordSettings().gateway_url
+HEALTH_HELP = (
+    "check the database (exists, schema at head), the bot's heartbeat and, when the bot runs "
+    "its worker, the worker's heartbeat (exit 0 healthy, 1 not)"
+)
 
 
 def cmd_bot(args: argparse.Namespace) -> int:
@@ -151,7 +155,7 @@ async def check_health(settings: Any, max_age: float) -> str | None:
 
 
 def cmd_health(args: argparse.Namespace) -> int:
-    """Exit 0 when the database answers and the bot's heartbeat is fresh, else 1."""
+    """Exit 0 when the database is at this version's schema and the heartbeats are fresh, else 1."""
     settings = load_settings(args.config)
     problem = asyncio.run(check_health(settings, args.max_age))
     if problem is not None:
@@ -169,7 +173,11 @@ def add_subcommands(subparsers: Any) -> None:
     add_config_option(bot)
     bot.set_defaults(func=cmd_bot)
 
-    health = subparsers.add_parser("health", help="check the database and the bot's heartbeat (exit 0/1)")
+    health = subparsers.add_parser(
+        "health",
+        help=HEALTH_HELP,
+        description=HEALTH_HELP[0].upper() + HEALTH_HELP[1:] + ".",
+    )
     health.add_argument(
         "--max-age", type=float, default=120.0, help="oldest acceptable heartbeat in seconds (default 120)"
     )

@@ -221,3 +221,16 @@ async def test_sigterm_while_discord_is_down_exits_within_seconds(tmp_path: Path
     assert code == 0 and took < 4.0, (took, output[-3000:])
     assert "SIGTERM received: shutting down" in output
     assert TOKEN not in output
+
+
+def test_health_help_says_what_it_checks(capsys) -> None:
+    """An operator wiring a monitor reads this to know what a failing check can mean."""
+    for argv in (["--help"], ["health", "--help"]):
+        with pytest.raises(SystemExit) as exited:
+            main(argv)
+        assert exited.value.code == 0
+        text = " ".join(capsys.readouterr().out.split())
+        assert (
+            "check the database (exists, schema at head), the bot's heartbeat and, when the bot "
+            "runs its worker, the worker's heartbeat (exit 0 healthy, 1 not)"
+        ) in text.replace("Check the", "check the"), text
