@@ -285,7 +285,9 @@ class LatentPainterBot(commands.Bot):
 
     def start_worker(self) -> None:
         """Start the in-process worker (if ``[discord] run_worker``) as a supervised task."""
-        if self.worker is None or self._worker_task is not None:
+        # Closed already (SIGTERM while setup_hook ran): a worker started now would run on,
+        # unsupervised, until the process ends.
+        if self.worker is None or self._worker_task is not None or self._closed_once:
             return
         self._worker_task = asyncio.create_task(
             self._supervise_worker(self.worker), name="latent-painter-worker"

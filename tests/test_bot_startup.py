@@ -19,10 +19,13 @@ import discord.http
 import pytest
 import torch
 
+from bot.artifacts import LocalArtifactStore
 from bot.config import Settings, load_settings
 from bot.discord_bot import LatentPainterBot, create_bot
+from db.engine import Database
 from tests.discord_standin import DiscordStandIn
 from tests.discord_standin.world import GUILD_ID, OTHER_GUILD_ID
+from tests.job_runners import run_job
 
 TOKEN = "startup-test-token.not-a-real-one"
 
@@ -223,3 +226,21 @@ async def test_a_guild_the_bot_has_left_since_is_noted_and_the_bot_starts(
     [noted] = [r for r in caplog.records if "could not take the commands off" in r.getMessage()]
     assert noted.levelno == logging.WARNING and str(OTHER_GUILD_ID) in noted.getMessage()
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+async def test_a_bot_closed_before_its_setup_finished_starts_no_worker(data: Path) -> None:
+    """SIGTERM while commands are being synced: the worker must not start after the close,
+    where nothing would stop it or give its job back."""
+    from db import migrate
+
+    settings = load_settings(env={"LATENT_PAINTER_STORAGE_DATA_DIR": str(data)})
+    await migrate.upgrade(settings.database_url)
+    bot = LatentPainterBot(
+        settings,
+        db=Database.from_url(settings.database_url),
+        store=LocalArtifactStore(data / "artifacts"),
+        runner=run_job,
+    )
+    await bot.close()
+    bot.start_worker()  # what setup_hook does once the sync is done
+    assert bot._worker_task is None
