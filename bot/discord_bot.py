@@ -37,7 +37,6 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +64,7 @@ from bot.worker import (
     Runner,
     Worker,
     WorkerListener,
+    first_line,
     load_runner,
     queue_policy,
 )
@@ -136,16 +136,12 @@ class WatcherListener(WorkerListener):
         self.watcher.wake()
 
 
-class ModelNotLoaded(RuntimeError):
-    """The worker's warm-up could not load ``[model] id`` (already logged, in one line)."""
-
-
 def offering_previews(runner: Runner, previews: PreviewBox) -> Runner:
     """The runner, with ``ctx.preview(image)`` for handing the newest painted frame to the bot.
 
     A runner that calls it (when present) gets a small picture of the canvas shown in
     the progress reply; one that does not still works. The runner's ``warm_up`` is kept
-    (the worker looks for it on the runner it is given), reporting how it went.
+    (the worker looks for it on the runner it is given, and says how it went).
     """
 
     def run(ctx: JobContext) -> JobOutput:
@@ -154,40 +150,8 @@ def offering_previews(runner: Runner, previews: PreviewBox) -> Runner:
 
     hook = getattr(runner, "warm_up", None)
     if hook is not None:
-        run.warm_up = reporting_warm_up(hook)  # type: ignore[attr-defined]
+        run.warm_up = hook  # type: ignore[attr-defined]
     return run
-
-
-def reporting_warm_up(hook: Callable[[Any], None]) -> Callable[[Any], None]:
-    """``hook`` (a runner's ``warm_up(settings)``), logging that the worker is ready or why not.
-
-    A model that cannot be loaded (a mistyped ``[model] id``) is one ERROR line at start-up
-    naming it, instead of a traceback in every member's failed job later.
-    """
-
-    def warm_up(settings: Any) -> None:
-        started = time.monotonic()
-        try:
-            hook(settings)
-        except Exception as exc:
-            model = settings.model.id if settings is not None else "?"
-            log.error(
-                "cannot load [model] id %r: %s; paintings with it fail until [model] id "
-                "(LATENT_PAINTER_MODEL_ID) names a model that loads",
-                model,
-                first_line(exc),
-            )
-            # The worker logs that its warm-up failed; the reason is in the line above.
-            raise ModelNotLoaded(f"[model] id {model!r} did not load, see the error above") from exc
-        log.info("worker ready (warmed up in %.1f s)", time.monotonic() - started)
-
-    return warm_up
-
-
-def first_line(error: BaseException) -> str:
-    """The first line of ``error``'s message (hub and OS errors add background lines), or its type."""
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
 
 
 class LatentPainterBot(commands.Bot):

@@ -71,6 +71,12 @@ WORKDIR_LOCK = ".lock"
 T = TypeVar("T")
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of ``error``'s message (hub and OS errors add background lines), or its type."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
 class JobCancelled(Exception):
     """Raised by a runner (``ctx.raise_if_cancelled()``) to stop early when asked to."""
 
@@ -564,11 +570,16 @@ class Worker:
             if not done.done():
                 done.set_result(None)
             if error is not None:
-                log.warning(
-                    "worker %s: warm-up failed (%s); the first job will load what it needs",
-                    self.worker_id,
-                    error,
+                # A model that cannot load (a mistyped [model] id) is one line at start-up,
+                # not a traceback in every member's failed job later.
+                model = getattr(getattr(self.settings, "model", None), "id", None)
+                hint = (
+                    f" ([model] id {model!r}); paintings fail until [model] id "
+                    "(LATENT_PAINTER_MODEL_ID) names a model that loads"
+                    if model
+                    else "; the first job will try again"
                 )
+                log.error("worker %s: warm-up failed: %s%s", self.worker_id, first_line(error), hint)
 
         def target() -> None:
             start = time.monotonic()
@@ -578,7 +589,7 @@ class Worker:
             except Exception as exc:  # noqa: BLE001 - logged; jobs still run
                 error = exc
             else:
-                log.info("worker %s: warmed up in %.1f s", self.worker_id, time.monotonic() - start)
+                log.info("worker %s ready (warmed up in %.1f s)", self.worker_id, time.monotonic() - start)
             try:
                 loop.call_soon_threadsafe(settle, error)
             except RuntimeError:
@@ -1107,7 +1118,16 @@ async def run_worker(
     signals = (signal.SIGTERM, signal.SIGINT) if handle_signals else ()
     for sig in signals:
         loop.add_signal_handler(sig, worker.stop)
-    log.info("worker %s: started on %s", worker.worker_id, db.dialect)
+    model = getattr(getattr(settings, "model", None), "id", None)
+    log.info("worker %s: started on %s, model %s", worker.worker_id, db.dialect, model)
+    if model == "tiny":
+        # The default: a forgotten LATENT_PAINTER_MODEL_ID shows only as pictures of noise.
+        log.warning(
+            "worker %s: [model] id is 'tiny', the built-in model with random weights: jobs that name "
+            "no model paint noise; set [model] id (LATENT_PAINTER_MODEL_ID) to a Stable Diffusion "
+            "checkpoint",
+            worker.worker_id,
+        )
     try:
         return await worker.run(max_jobs=max_jobs, exit_when_idle=exit_when_idle)
     finally:

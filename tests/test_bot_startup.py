@@ -100,8 +100,8 @@ async def test_the_bots_worker_warms_up_before_the_first_job(
     caplog.set_level(logging.INFO)
     async with DiscordStandIn(token=TOKEN) as standin:
         async with running_bot(standin, settings_for(data, standin)):
-            ready = await logged(caplog, says("worker ready (warmed up in "))
-    assert ready.name == "latent_painter.bot" and ready.levelno == logging.INFO
+            ready = await logged(caplog, says(" ready (warmed up in "))
+    assert ready.name == "latent_painter.worker" and ready.levelno == logging.INFO
     assert ready.getMessage().endswith(" s)")
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
 
@@ -118,11 +118,13 @@ async def test_a_model_that_cannot_load_is_one_error_line_at_start_up(
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1, caplog.text
     line = errors[0].getMessage()
-    assert errors[0].name == "latent_painter.bot" and errors[0].exc_info is None
+    assert errors[0].name == "latent_painter.worker" and errors[0].exc_info is None
     assert "\n" not in line
-    assert line.startswith(f"cannot load [model] id '{missing}': ")
-    assert "LATENT_PAINTER_MODEL_ID" in line
-    assert not [r for r in caplog.records if "worker ready" in r.getMessage()]
+    assert "warm-up failed: " in line and line.endswith(
+        f"([model] id '{missing}'); paintings fail until [model] id (LATENT_PAINTER_MODEL_ID) "
+        "names a model that loads"
+    )
+    assert not [r for r in caplog.records if " ready (warmed up" in r.getMessage()]
     assert not [r for r in caplog.records if "paints noise" in r.getMessage()]  # not 'tiny'
 
 

@@ -307,7 +307,7 @@ async def test_warm_up_runs_once_before_the_first_claim_and_never_blocks_jobs(
     assert await asyncio.wait_for(worker.run(max_jobs=1), 30) == 1
     assert (await worker.queue.get(job.id)).status == "done"
     assert calls == [("the settings", "warm-up", False)]  # once, off the event loop, before the job
-    assert "warm-up failed (no GPU today)" in caplog.text
+    assert "warm-up failed: no GPU today; the first job will try again" in caplog.text
 
     release = threading.Event()
 
