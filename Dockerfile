@@ -51,8 +51,9 @@ RUN useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin pain
 USER painter
 VOLUME ["/data"]
 
-# Healthy while the database answers and the bot's heartbeat file (written while it is
-# connected to Discord) is fresh; the first minutes go to loading the model.
+# Healthy while the database exists and is at this version's schema, and the heartbeat
+# files of the bot (written while it is connected to Discord) and of its worker are fresh;
+# the first minutes go to loading the model.
 HEALTHCHECK --interval=60s --timeout=30s --start-period=300s --retries=3 \
     CMD ["latent-painter", "health", "--config", "/app/config.toml"]
 
