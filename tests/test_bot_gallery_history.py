@@ -16,6 +16,7 @@ import pytest
 import pytest_asyncio
 from sqlalchemy import delete, update
 
+from bot.text import quote
 from db.gallery import browse, count_entries
 from db.models import GalleryEntry, Result
 from db.results import new_public_id
@@ -320,3 +321,60 @@ async def test_hall_of_fame_features_a_voted_entry_behind_two_hundred_better_one
         await clear_gallery(world)
         async with bot.db.write() as session:
             await session.execute(delete(Result).where(Result.id.in_([r.id for r in fillers])))
+
+
+# -- what members typed, in refusals ---------------------------------------------------------------
+
+
+async def test_refusals_quote_what_was_typed_and_say_what_can_be_picked(world: World) -> None:
+    standin, bot = world.standin, world.bot
+    typed = "<@&1300000000000000111> **x**"
+    text = await told_privately(await standin.send_slash("gallery submit", {"result": typed}))
+    assert text.startswith(f"“{quote(typed)}” is not a result id; ids are 8 letters and digits")
+    assert "'" not in text and "**x**" not in text
+    text = await told_privately(await standin.send_slash("gallery remove", {"result": "@everyone"}))
+    assert text.startswith("“@\u200beveryone” is not a result id")
+    text = await told_privately(
+        await standin.send_slash("transition", {"from": "||y|| `x`", "to": "YYYYYYYY"})
+    )
+    assert text.startswith("`from`: “\\|\\|y\\|\\| \\`x\\`” is not a result id")
+
+    # Unknown ids: the gallery is offered where there is one, not in direct messages.
+    text = await told_privately(
+        await standin.send_slash("transition", {"from": "ZZZZZZZZ", "to": "YYYYYYYY"})
+    )
+    assert text == (
+        "`from`: no result you can use has that id. "
+        "Pick one of yours (see /history) or one from this server's gallery."
+    )
+    text = await told_privately(
+        await standin.send_slash("transition", {"from": "ZZZZZZZZ", "to": "YYYYYYYY"}, guild=None)
+    )
+    assert text == "`from`: no result you can use has that id. Pick one of yours (see /history)."
+
+    # A painting made without a model next to a model's: said as it is, not as two VAEs.
+    rids = []
+    async with bot.db.write() as session:
+        for model_id, vae_id in (("analytic", ""), ("tiny", "vae:tiny")):
+            result = Result(
+                public_id=new_public_id(),
+                kind="paint",
+                owner_id=ALICE_ID,
+                guild_id=GUILD_ID,
+                prompt=f"made by {model_id}",
+                params={},
+                sizes={},
+                model_id=model_id,
+                vae_id=vae_id,
+                trail_key="tests/scripted.trail",
+            )
+            session.add(result)
+            rids.append(result.public_id)
+    painted, modelled = rids
+    try:
+        text = await told_privately(await standin.send_slash("transition", {"from": modelled, "to": painted}))
+        assert text.startswith(f"{painted} was painted without a model"), text
+        assert "can only transition to another" in text and "VAEs differ" not in text
+    finally:
+        async with bot.db.write() as session:
+            await session.execute(delete(Result).where(Result.public_id.in_(rids)))

@@ -19,6 +19,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.cogs.common import GuildRules, UserError, defer_publicly, guild_rules, rules_for
+from bot.cogs.transition import typed_id
 from bot.text import one_line, quote
 from bot.views import gallery_view, vote_view, with_vote_count
 from db.gallery import (
@@ -38,7 +39,7 @@ from db.gallery import (
     toggle_vote,
 )
 from db.models import GalleryEntry, Result
-from db.results import ResultNotFound, get_result, normalize_public_id
+from db.results import ResultNotFound, get_result
 
 if TYPE_CHECKING:
     from bot.discord_bot import LatentPainterBot
@@ -151,10 +152,7 @@ class GalleryCog(commands.Cog, name="Gallery"):
         if interaction.guild_id is None:
             raise UserError("The gallery belongs to a server; use this in one.")
         rules = await rules_for(interaction)
-        try:
-            canonical = normalize_public_id(public_id)
-        except ValueError as exc:
-            raise UserError(f"{exc}.") from None
+        canonical = typed_id(public_id)
         try:
             entry = await submit(self.bot.db, interaction.guild_id, canonical, interaction.user.id)
         except ResultNotFound:
@@ -234,10 +232,7 @@ class GalleryCog(commands.Cog, name="Gallery"):
         """
         if interaction.guild_id is None:
             raise UserError("The gallery belongs to a server; use this in one.")
-        try:
-            canonical = normalize_public_id(public_id)
-        except ValueError as exc:
-            raise UserError(f"{exc}.") from None
+        canonical = typed_id(public_id)
         try:
             item = await remove_result(
                 self.bot.db,

@@ -3,7 +3,7 @@
 ``from`` and ``to`` autocomplete from the results the caller may use (their own, newest
 first, then the server's gallery); the values are public result ids. Both results must
 have a trail (transitions themselves have none) and share a VAE, since the plan mixes
-their latents.
+their latents (paintings of the analytic painter pair only with each other).
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from discord.ext import commands
 from bot.cogs.common import UserError, no_trail, painter_bot, result_for_button, rules_for, start_job
 from bot.cogs.paint import effect_choices
 from bot.config import EFFECTS
-from bot.text import CHOICE_NAME_LIMIT, one_line
+from bot.text import CHOICE_NAME_LIMIT, one_line, quote
 from db.gallery import browse
 from db.models import Result
-from db.results import ResultNotFound, get_result, list_results
+from db.results import PUBLIC_ID_LENGTH, ResultNotFound, get_result, list_results, normalize_public_id
 
 if TYPE_CHECKING:
     from bot.discord_bot import LatentPainterBot
@@ -49,33 +49,61 @@ async def usable_results(bot: LatentPainterBot, user_id: int, guild_id: int | No
     return [r for r in merged if r.trail_key]
 
 
+def typed_id(text: str, role: str | None = None) -> str:
+    """The canonical result id in what a member typed, or :class:`UserError` quoting it inertly.
+
+    ``role`` names the option (``from``) when a command has several.
+    """
+    try:
+        return normalize_public_id(text)
+    except ValueError:
+        where = f"`{role}`: " if role else ""
+        shown = quote(str(text).strip(), 60) or "that"
+        raise UserError(
+            f"{where}“{shown}” is not a result id; ids are {PUBLIC_ID_LENGTH} letters and digits "
+            "like K3F97QXM (see /history)."
+        ) from None
+
+
 async def resolve_usable(
     bot: LatentPainterBot, interaction: discord.Interaction, text: str, role: str
 ) -> Result:
     """The result a member typed (or picked), if they may use it; :class:`UserError` otherwise."""
+    public_id = typed_id(text, role)
     try:
-        return await get_result(bot.db, text, viewer_id=interaction.user.id, guild_id=interaction.guild_id)
-    except ValueError as exc:
-        raise UserError(f"`{role}`: {exc}.") from None
+        return await get_result(
+            bot.db, public_id, viewer_id=interaction.user.id, guild_id=interaction.guild_id
+        )
     except ResultNotFound:
+        # In direct messages only the member's own results can be used: no gallery to pick from.
+        where = " or one from this server's gallery" if interaction.guild_id is not None else ""
         raise UserError(
-            f"`{role}`: no result you can use has that id. Pick one of yours (see /history) "
-            "or one from this server's gallery."
+            f"`{role}`: no result you can use has that id. Pick one of yours (see /history){where}."
         ) from None
 
 
 def check_pair(source: Result, destination: Result) -> None:
     """Refuse pairs a transition cannot be made of, saying why."""
+    from painter.models import ANALYTIC_ID
+
     if source.id == destination.id:
         raise UserError("Pick two different results.")
     for result in (source, destination):
         if not result.trail_key:
             raise UserError(no_trail(result))
+    analytic = [r for r in (source, destination) if r.model_id == ANALYTIC_ID]
+    if len(analytic) == 1:
+        painted, modelled = analytic[0], next(r for r in (source, destination) if r not in analytic)
+        raise UserError(
+            f"{painted.public_id} was painted without a model (the analytic painter, from a picture), "
+            f"and such a painting can only transition to another one; {modelled.public_id} was made "
+            "by a model. Pick two analytic paintings, or two results of models that share a VAE."
+        )
     if source.vae_id != destination.vae_id:
         raise UserError(
-            f"{source.public_id} ({source.model_id}) and {destination.public_id} ({destination.model_id}) "
-            "were painted with checkpoints whose VAEs differ, so their latents cannot be blended. "
-            "Pick results from checkpoints that share a VAE."
+            f"{source.public_id} ({quote(source.model_id, 100)}) and {destination.public_id} "
+            f"({quote(destination.model_id, 100)}) were painted with checkpoints whose VAEs differ, "
+            "so their latents cannot be blended. Pick results from checkpoints that share a VAE."
         )
 
 
