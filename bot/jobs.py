@@ -8,6 +8,7 @@ cancel or shutdown stops the job at its next denoising step or painted frame.
 from __future__ import annotations
 
 import logging
+import unicodedata
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,26 @@ class _Reporter:
         preview = getattr(self.ctx, "preview", None)
         if preview is not None and image is not None:
             preview(image)
+
+
+# Kept of a member's file name: letters, digits, punctuation and spaces, this many at most.
+PICTURE_NAME_LIMIT = 100
+
+
+def member_file_name(name: Any) -> str | None:
+    """The member's file name for their picture, made safe to record and show; None if nothing is left.
+
+    Only the last path part is kept; control and format characters (a right-to-left
+    override, say) are dropped and whitespace is collapsed.
+    """
+    if not isinstance(name, str):
+        return None
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    kept = "".join(ch for ch in base if not unicodedata.category(ch).startswith(("C", "Z")) or ch == " ")
+    kept = " ".join(kept.split())
+    if len(kept) > PICTURE_NAME_LIMIT:
+        kept = kept[: PICTURE_NAME_LIMIT - 1] + "…"
+    return kept or None
 
 
 def _store(settings: Settings):
@@ -212,7 +233,8 @@ def _paint(ctx: JobContext, settings: Settings) -> JobOutput:
             negative_prompt=params.get("negative_prompt", ""),
             seed=params.get("seed"),
             image=image,
-            image_name="the attached picture",
+            # The member's own file name when the bot passed it on (jobs queued before did not).
+            image_name=member_file_name(params.get("image_name")) or "the attached picture",
             start_from_image=bool(params.get("start_from_image", False)),
             save_trail=True,
         )
