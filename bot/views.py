@@ -264,11 +264,16 @@ def _inert(view: discord.ui.View) -> discord.ui.View:
     return view
 
 
-def result_view(public_id: str, *, in_guild: bool = True) -> discord.ui.View:
-    """The controls under a delivered result."""
+def result_view(public_id: str, *, in_guild: bool = True, has_trail: bool = True) -> discord.ui.View:
+    """The controls under a delivered result.
+
+    "Repaint with…" and "Transition from this" need the result's trail: a result without
+    one (a transition) does not get controls that could only refuse.
+    """
     view = discord.ui.View(timeout=None)
-    view.add_item(RepaintSelect(public_id))
-    view.add_item(TransitionButton(public_id))
+    if has_trail:
+        view.add_item(RepaintSelect(public_id))
+        view.add_item(TransitionButton(public_id))
     if in_guild:
         view.add_item(SubmitButton(public_id))
     view.add_item(DeleteButton(public_id))

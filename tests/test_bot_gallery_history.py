@@ -17,6 +17,7 @@ import pytest_asyncio
 from sqlalchemy import delete, update
 
 from bot.text import quote
+from bot.views import result_view
 from db.gallery import browse, count_entries
 from db.models import GalleryEntry, Result
 from db.results import new_public_id
@@ -321,6 +322,22 @@ async def test_hall_of_fame_features_a_voted_entry_behind_two_hundred_better_one
         await clear_gallery(world)
         async with bot.db.write() as session:
             await session.execute(delete(Result).where(Result.id.in_([r.id for r in fillers])))
+
+
+async def test_results_without_a_trail_get_no_repaint_or_transition_controls() -> None:
+    def controls(**options: bool) -> list[str]:
+        view = result_view("K3F97QXM", **options)
+        return [item.custom_id for item in view.children]  # type: ignore[attr-defined]
+
+    assert controls() == [
+        "lp:repaint:K3F97QXM",
+        "lp:transition:K3F97QXM",
+        "lp:submit:K3F97QXM",
+        "lp:delete:K3F97QXM",
+    ]
+    # A transition keeps no trail: no controls that could only refuse.
+    assert controls(has_trail=False) == ["lp:submit:K3F97QXM", "lp:delete:K3F97QXM"]
+    assert controls(has_trail=False, in_guild=False) == ["lp:delete:K3F97QXM"]
 
 
 # -- what members typed, in refusals ---------------------------------------------------------------
