@@ -240,6 +240,45 @@ class GalleryPageButton(
         await _cog(interaction, "Gallery").turn_page(interaction, self.sort, self.page)
 
 
+TRANSITION_MODAL = re.compile(rf"lp:transition-modal:{RESULT_ID}")
+
+
+class TransitionModal(discord.ui.Modal, title="Transition from this result"):
+    """Asks for the destination of a transition that starts at a result message's result.
+
+    Like the buttons, it is persistent: its ``custom_id`` (``lp:transition-modal:K3F97QXM``)
+    names the source, and the submission is answered by the Transition cog's listener
+    (:data:`TRANSITION_MODAL`), so a form submitted after a restart, or however long the
+    member took to type, is still answered. discord.py keeps no copy of it.
+    """
+
+    destination = discord.ui.TextInput(
+        label="Result to end on (its id, see /history)", min_length=1, max_length=32, custom_id="destination"
+    )
+
+    def __init__(self, public_id: str) -> None:
+        super().__init__(timeout=None, custom_id=f"lp:transition-modal:{public_id}")
+        self.public_id = public_id
+        # Not kept in discord.py's modal store (which would answer only until a restart).
+        self.stop()
+
+
+def submitted_values(data: Any) -> dict[str, str]:
+    """A modal submission's text inputs, ``custom_id`` → value (rows and labels unwrapped)."""
+    values: dict[str, str] = {}
+
+    def walk(components: Any) -> None:
+        for component in components or ():
+            if "custom_id" in component and "value" in component:
+                values[component["custom_id"]] = str(component["value"])
+            walk(component.get("components"))
+            if isinstance(component.get("component"), dict):
+                walk([component["component"]])
+
+    walk((data or {}).get("components"))
+    return values
+
+
 DYNAMIC_ITEMS: tuple[type[discord.ui.DynamicItem[Any]], ...] = (
     RepaintSelect,
     TransitionButton,

@@ -324,6 +324,44 @@ async def test_hall_of_fame_features_a_voted_entry_behind_two_hundred_better_one
             await session.execute(delete(Result).where(Result.id.in_([r.id for r in fillers])))
 
 
+# -- "Transition from this" ------------------------------------------------------------------------
+
+
+async def with_trails(world: World, *rids: str) -> None:
+    """Give scripted results a trail (a stored key the scripted runner never reads)."""
+    async with world.bot.db.write() as session:
+        await session.execute(
+            update(Result).where(Result.public_id.in_(rids)).values(trail_key="tests/scripted.trail")
+        )
+
+
+async def test_the_transition_form_is_answered_after_a_restart(world: World) -> None:
+    standin = world.standin
+    source, message = await paint(world, "the start of a transition")
+    destination, _ = await paint(world, "the end of a transition")
+    await with_trails(world, source, destination)
+
+    click = await standin.send_component(f"lp:transition:{source}", message=message)
+    opened = await click.response(timeout=5)
+    assert opened.callback_type == 9
+    # Its id names the source, so any bot process can answer it, however late.
+    assert opened.message["custom_id"] == f"lp:transition-modal:{source}"
+
+    await world.restart()
+    submitted = await click.submit_modal({"destination": destination.lower()})
+    answer = await submitted.response(timeout=5)
+    assert answer.callback_type == 5 and submitted.delay(answer) < 3.0
+    [job] = [j for j in await world.bot.queue.list_jobs(user_id=ALICE_ID) if j.kind == "transition"]
+    assert (job.params["from_result"], job.params["to_result"]) == (source, destination)
+    await world.bot.queue.cancel(job.id)  # the scripted runner paints no transitions
+
+    # A destination that is no result id is refused privately, quoted as typed.
+    again = await standin.send_component(f"lp:transition:{source}", message=message)
+    await again.response(timeout=5)
+    junk = await again.submit_modal({"destination": "**@everyone**"})
+    assert (await told_privately(junk)).startswith("`to`: “\\*\\*@\u200beveryone\\*\\*” is not a result id")
+
+
 async def test_results_without_a_trail_get_no_repaint_or_transition_controls() -> None:
     def controls(**options: bool) -> list[str]:
         view = result_view("K3F97QXM", **options)

@@ -3,7 +3,9 @@
 ``from`` and ``to`` autocomplete from the results the caller may use (their own, newest
 first, then the server's gallery); the values are public result ids. Both results must
 have a trail (transitions themselves have none) and share a VAE, since the plan mixes
-their latents (paintings of the analytic painter pair only with each other).
+their latents (paintings of the analytic painter pair only with each other). The
+"Transition from this" form is answered by a listener, so it works however late it is
+submitted.
 """
 
 from __future__ import annotations
@@ -15,10 +17,19 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.cogs.common import UserError, no_trail, painter_bot, result_for_button, rules_for, start_job
+from bot.cogs.common import (
+    UserError,
+    no_trail,
+    painter_bot,
+    report_error,
+    result_for_button,
+    rules_for,
+    start_job,
+)
 from bot.cogs.paint import effect_choices
 from bot.config import EFFECTS
 from bot.text import CHOICE_NAME_LIMIT, one_line, quote
+from bot.views import TRANSITION_MODAL, TransitionModal, submitted_values
 from db.gallery import browse
 from db.models import Result
 from db.results import PUBLIC_ID_LENGTH, ResultNotFound, get_result, list_results, normalize_public_id
@@ -165,6 +176,21 @@ class TransitionCog(commands.Cog, name="Transition"):
             raise UserError(no_trail(source))
         await interaction.response.send_modal(TransitionModal(source.public_id))
 
+    @commands.Cog.listener()
+    async def on_interaction(self, interaction: discord.Interaction) -> None:
+        """A submitted "Transition from this" form, however long ago (or before which restart) it opened."""
+        if interaction.type != discord.InteractionType.modal_submit:
+            return
+        data = interaction.data or {}
+        matched = TRANSITION_MODAL.fullmatch(str(data.get("custom_id", "")))
+        if matched is None:
+            return
+        try:
+            destination = submitted_values(data).get("destination", "")
+            await self.start(interaction, matched["rid"], destination, None)
+        except Exception as exc:  # noqa: BLE001 - answered or logged
+            await report_error(interaction, exc)
+
     async def start(
         self,
         interaction: discord.Interaction,
@@ -201,29 +227,6 @@ class TransitionCog(commands.Cog, name="Transition"):
         if blend:
             params["interpolate"] = True
         await start_job(interaction, "transition", params, rules)
-
-
-class TransitionModal(discord.ui.Modal, title="Transition from this result"):
-    """Asks for the destination of a transition that starts at a result message's result."""
-
-    destination = discord.ui.TextInput(
-        label="Result to end on (its id, see /history)", min_length=1, max_length=32, custom_id="destination"
-    )
-
-    def __init__(self, source_id: str) -> None:
-        super().__init__(timeout=600)
-        self.source_id = source_id
-
-    async def on_submit(self, interaction: discord.Interaction) -> None:
-        from bot.cogs.common import report_error
-
-        cog = painter_bot(interaction).get_cog("Transition")
-        try:
-            if not isinstance(cog, TransitionCog):
-                raise RuntimeError("the Transition cog is not loaded")
-            await cog.start(interaction, self.source_id, self.destination.value, None)
-        except Exception as exc:  # noqa: BLE001 - answered or logged
-            await report_error(interaction, exc)
 
 
 async def setup(bot: LatentPainterBot) -> None:
