@@ -9,11 +9,15 @@ message, in servers and in direct messages. The bot runs the scripted job runner
 
 from __future__ import annotations
 
+import asyncio
+import io
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import pytest_asyncio
+from PIL import Image
 from sqlalchemy import delete, update
 
 from bot.text import quote
@@ -322,6 +326,96 @@ async def test_hall_of_fame_features_a_voted_entry_behind_two_hundred_better_one
         await clear_gallery(world)
         async with bot.db.write() as session:
             await session.execute(delete(Result).where(Result.id.in_([r.id for r in fillers])))
+
+
+# -- /gallery show within the upload limit --------------------------------------------------------
+
+
+def noise_png(side: int, seed: int) -> bytes:
+    """A PNG that does not compress (about 3 bytes a pixel), as a detailed painting is."""
+    pixels = np.random.default_rng(seed).integers(0, 255, (side, side, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+async def gallery_of_big_pictures(world: World, count: int, side: int = 320) -> list[str]:
+    """``count`` of Bob's results in the gallery, each a picture of about ``3 * side**2`` bytes."""
+    bot = world.bot
+    rows = []
+    async with bot.db.write() as session:
+        for n in range(count):
+            rid = new_public_id()
+            key = f"tests/{rid}.png"
+            await asyncio.to_thread(bot.store.put_bytes, key, noise_png(side, n))
+            result = Result(
+                public_id=rid,
+                kind="paint",
+                owner_id=BOB_ID,
+                guild_id=GUILD_ID,
+                prompt=f"a detailed painting {n}",
+                params={},
+                sizes={},
+                image_key=key,
+            )
+            session.add(result)
+            rows.append(result)
+        await session.flush()
+        session.add_all(GalleryEntry(guild_id=GUILD_ID, result_id=r.id, submitted_by=BOB_ID) for r in rows)
+    return [r.public_id for r in rows]
+
+
+LIMIT = 1_000_000  # the server's upload limit in these tests: five pictures of 300 KB do not fit
+
+
+async def test_a_gallery_page_fits_its_pictures_into_the_upload_limit(world: World) -> None:
+    standin = world.standin
+    rids = await gallery_of_big_pictures(world, 7)
+    try:
+        handle = await standin.send_slash("gallery show", {}, attachment_size_limit=LIMIT)
+        page = await handle.followup(timeout=20)
+        assert page.ok and page.ephemeral, page.response
+        assert len(page.files) == 5 and sum(len(f.data) for f in page.files) <= LIMIT
+        # Made smaller as delivery makes a picture smaller, and still shown by each embed.
+        assert all(f.filename.endswith(".jpg") for f in page.files)
+        assert [e["image"]["url"] for e in page.embeds] == [f"attachment://{f.filename}" for f in page.files]
+        assert "went wrong" not in (page.content or "")
+
+        # The next page, by its button: an edit within the same limit.
+        message = handle.messages[-1]
+        click = await standin.send_component("lp:gallery:new:2", message=message, attachment_size_limit=LIMIT)
+        assert (await click.response(timeout=5)).callback_type == 6
+        [edit] = await click.wait_for(lambda r: r.method == "PATCH", timeout=20)
+        assert edit.ok, edit.response
+        # Two pictures share the limit: each fits its half as it is.
+        assert [f.filename for f in edit.files] == [f"{rid}.png" for rid in rids[1::-1]]
+        assert "Page 2 of 2" in edit.embeds[-1]["footer"]["text"]
+    finally:
+        await clear_gallery(world)
+
+
+async def test_a_gallery_page_refused_as_too_large_comes_without_its_pictures(world: World) -> None:
+    standin = world.standin
+    rids = await gallery_of_big_pictures(world, 2, side=64)
+    # Discord (or a proxy before it) takes less than the bot was told: every upload is refused.
+    standin.max_body_bytes = 4000
+    try:
+        handle = await standin.send_slash("gallery show", {})
+        await handle.wait_for(lambda r: r.ok and r.route == FOLLOWUP, timeout=20)
+        refused = [r for r in handle.requests if r.status == 413]
+        assert refused, "the page with pictures was not even tried"
+        page = handle.messages[-1]
+        assert page.ephemeral and not page.attachments
+        assert [e["title"] for e in page.embeds] == rids[::-1]
+        assert all("image" not in e for e in page.embeds)
+        assert "The pictures are too large to attach here." in page.embeds[-1]["footer"]["text"]
+        assert "went wrong" not in (page.content or "")
+    finally:
+        standin.max_body_bytes = 64 * 1024 * 1024
+        await clear_gallery(world)
+
+
+FOLLOWUP = "POST /webhooks/{application_id}/{token}"
 
 
 # -- "Transition from this" ------------------------------------------------------------------------

@@ -12,14 +12,16 @@ import asyncio
 import io
 import logging
 import math
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.cogs.common import GuildRules, UserError, defer_publicly, guild_rules, rules_for
+from bot.cogs.common import GuildRules, UserError, defer_publicly, guild_rules, rules_for, upload_limit
 from bot.cogs.transition import typed_id
+from bot.delivery import MESSAGE_OVERHEAD, shrink_picture
 from bot.text import one_line, quote
 from bot.views import gallery_view, vote_view, with_vote_count
 from db.gallery import (
@@ -45,6 +47,9 @@ if TYPE_CHECKING:
     from bot.discord_bot import LatentPainterBot
 
 log = logging.getLogger("latent_painter.bot.gallery")
+
+# Said under a page whose pictures Discord refused as too large.
+LEFT_OUT = "The pictures are too large to attach here."
 
 PER_PAGE = 5
 MAX_PAGE = 10_000
@@ -107,8 +112,9 @@ class GalleryCog(commands.Cog, name="Gallery"):
 
     # -- pictures ---------------------------------------------------------------------------
 
-    async def picture(self, result: Result) -> discord.File | None:
-        """The result's final picture as an attachment, or None if its file is gone."""
+    async def picture(self, result: Result, limit: int) -> discord.File | None:
+        """The result's final picture as an attachment of at most ``limit`` bytes (made smaller
+        as delivery does when it is over), or None if its file is gone."""
         if not result.image_key:
             return None
         try:
@@ -116,7 +122,10 @@ class GalleryCog(commands.Cog, name="Gallery"):
         except FileNotFoundError:
             log.warning("result %s: image %s is missing from the store", result.public_id, result.image_key)
             return None
-        return discord.File(io.BytesIO(data), filename=f"{result.public_id}.png")
+        suffix = ".png"
+        if len(data) > limit:
+            data, suffix = await asyncio.to_thread(shrink_picture, data, limit)
+        return discord.File(io.BytesIO(data), filename=f"{result.public_id}{suffix}")
 
     # -- submit -----------------------------------------------------------------------------
 
@@ -157,6 +166,7 @@ class GalleryCog(commands.Cog, name="Gallery"):
             entry = await submit(self.bot.db, interaction.guild_id, canonical, interaction.user.id)
         except ResultNotFound:
             raise UserError(f"Only the member who made {canonical} can add it to the gallery.") from None
+        limit = upload_limit(self.bot, interaction)
         target = rules.gallery_channel_id
         in_place = target is None or target == interaction.channel_id
         post_channel = interaction.channel_id if in_place else target
@@ -164,12 +174,12 @@ class GalleryCog(commands.Cog, name="Gallery"):
             result = await get_result(self.bot.db, canonical)
             if in_place:
                 await defer_publicly(interaction)
-                message_id = await self._post(interaction.followup, result, entry)
+                message_id = await self._post(interaction.followup, result, entry, limit)
             else:
                 assert target is not None
                 await interaction.response.defer(thinking=True, ephemeral=True)
                 channel = self.bot.get_partial_messageable(target, guild_id=interaction.guild_id)
-                message_id = await self._post(channel, result, entry)
+                message_id = await self._post(channel, result, entry, limit)
         except (Exception, asyncio.CancelledError) as exc:
             await discard_entry(self.bot.db, entry.id)
             if isinstance(exc, discord.Forbidden | discord.NotFound):
@@ -250,10 +260,14 @@ class GalleryCog(commands.Cog, name="Gallery"):
         await interaction.followup.send(f"{canonical} is out of this server's gallery.", ephemeral=True)
 
     async def _post(
-        self, where: discord.abc.Messageable | discord.Webhook, result: Result, entry: GalleryEntry
+        self,
+        where: discord.abc.Messageable | discord.Webhook,
+        result: Result,
+        entry: GalleryEntry,
+        limit: int,
     ) -> int:
-        """Post an entry with its picture and vote button; returns the message id."""
-        picture = await self.picture(result)
+        """Post an entry with its picture (fitted to ``limit``) and vote button; returns the message id."""
+        picture = await self.picture(result, limit - min(MESSAGE_OVERHEAD, limit // 20))
         embed = entry_embed(result, entry, image_name=picture.filename if picture else None)
         kwargs: dict = {
             "embed": embed,
@@ -274,7 +288,7 @@ class GalleryCog(commands.Cog, name="Gallery"):
             return
         channel = self.bot.get_partial_messageable(rules.hall_of_fame_channel_id, guild_id=entry.guild_id)
         try:
-            message_id = await self._post(channel, result, entry)
+            message_id = await self._post(channel, result, entry, self.bot.settings.discord.upload_limit)
         except discord.HTTPException as exc:
             log.warning("hall of fame post of entry %s failed: %s", entry.id, exc)
             return
@@ -322,17 +336,46 @@ class GalleryCog(commands.Cog, name="Gallery"):
         if not 1 <= page <= MAX_PAGE:
             raise UserError(f"Page must be from 1 to {MAX_PAGE}.")
         await interaction.response.defer(ephemeral=True, thinking=True)
-        await interaction.followup.send(ephemeral=True, **await self.render(interaction, sort, page))
+
+        async def send(pictures: bool) -> None:
+            rendered = await self.render(interaction, sort, page, pictures=pictures)
+            await interaction.followup.send(ephemeral=True, **rendered)
+
+        await self.without_pictures_if_too_large(send)
 
     async def turn_page(self, interaction: discord.Interaction, sort: str, page: int) -> None:
         """A page button of /gallery show."""
         await interaction.response.defer()
-        rendered = await self.render(interaction, sort, max(1, page))
-        rendered["attachments"] = rendered.pop("files")
-        await interaction.edit_original_response(**rendered)
 
-    async def render(self, interaction: discord.Interaction, sort: str, page: int) -> dict:
-        """Embeds (one per entry, with its picture), files and buttons of one page."""
+        async def edit(pictures: bool) -> None:
+            rendered = await self.render(interaction, sort, max(1, page), pictures=pictures)
+            rendered["attachments"] = rendered.pop("files")
+            await interaction.edit_original_response(**rendered)
+
+        await self.without_pictures_if_too_large(edit)
+
+    @staticmethod
+    async def without_pictures_if_too_large(send: Callable[[bool], Awaitable[None]]) -> None:
+        """Send a page with its pictures; refused as too large (413), send it again without them.
+
+        The pictures are fitted to the upload limit, but the limit the bot knows can be
+        more than what Discord takes (a proxy in between, a server that lost its boosts).
+        """
+        try:
+            await send(True)
+        except discord.HTTPException as exc:
+            if exc.status != 413:
+                raise
+            log.info("gallery page refused as too large (%s); sent without its pictures", exc.code)
+            await send(False)
+
+    async def render(
+        self, interaction: discord.Interaction, sort: str, page: int, *, pictures: bool = True
+    ) -> dict:
+        """Embeds (one per entry, with its picture), files and buttons of one page.
+
+        The pictures share the upload limit: each is fitted to its share.
+        """
         guild_id = interaction.guild_id
         if guild_id is None:
             raise UserError("The gallery belongs to a server; use this in one.")
@@ -344,8 +387,10 @@ class GalleryCog(commands.Cog, name="Gallery"):
         )
         embeds: list[discord.Embed] = []
         files: list[discord.File] = []
+        limit = upload_limit(self.bot, interaction)
+        share = (limit - min(MESSAGE_OVERHEAD, limit // 20)) // max(1, len(items))
         for item in items:
-            picture = await self.picture(item.result)
+            picture = await self.picture(item.result, share) if pictures else None
             if picture is not None:
                 files.append(picture)
             embeds.append(
@@ -356,7 +401,10 @@ class GalleryCog(commands.Cog, name="Gallery"):
                 discord.Embed(description="The gallery is empty. Add a result with /gallery submit.")
             )
         order = "most votes first" if sort == "top" else "newest first"
-        embeds[-1].set_footer(text=f"Page {page} of {pages} · {total} entries · {order}")
+        footer = f"Page {page} of {pages} · {total} entries · {order}"
+        if not pictures and items:
+            footer += f" · {LEFT_OUT}"
+        embeds[-1].set_footer(text=footer)
         view = gallery_view(
             [(i.entry.id, i.entry.votes, i.result.public_id) for i in items], sort, page, pages
         )
