@@ -8,7 +8,9 @@ cancel or shutdown stops the job at its next denoising step or painted frame.
 from __future__ import annotations
 
 import logging
+import time
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -73,11 +75,25 @@ def _server_errors() -> tuple[type[BaseException], ...]:
 
 
 class _Reporter:
-    """Turns painter callbacks into queue progress and cancellation checks."""
+    """Turns painter callbacks into queue progress and cancellation checks.
 
-    def __init__(self, ctx: JobContext) -> None:
+    ``checker``: the pipeline whose safety checker judges the job's pictures (None when
+    the model has none). A live preview is the canvas before the job's verdict, shown
+    unblurred to the whole channel, so with a checker each preview is offered only once
+    the checker has cleared it. Previews are shown at most every ``[discord]
+    preview_seconds``, so frames are put before the checker no more often than that.
+    ``pictures=False``: no previews at all (a repaint or transition of a flagged result).
+    """
+
+    def __init__(
+        self, ctx: JobContext, settings: Settings, checker: Any = None, *, pictures: bool = True
+    ) -> None:
         self.ctx = ctx
         self.steps = 0
+        self.pictures = pictures
+        self.checker = checker
+        self.check_every = settings.discord.preview_seconds
+        self.last_check = -float("inf")
 
     def step(self, done: int, total: int) -> None:
         self.ctx.raise_if_cancelled()
@@ -90,8 +106,103 @@ class _Reporter:
         self.ctx.progress(self.steps, done, total)
         # The bot's in-process worker offers the newest frame as a live preview.
         preview = getattr(self.ctx, "preview", None)
-        if preview is not None and image is not None:
+        if preview is None or image is None or not self.pictures:
+            return
+        if self.checker is None:
             preview(image)
+            return
+        now = time.monotonic()
+        if now - self.last_check < self.check_every:
+            return
+        self.last_check = now
+        from painter.safety import flagged
+
+        if flagged(self.checker, [image]) is False:
+            preview(image)
+
+
+# Marks the trail of a result the safety checker flagged (``TrailMeta.extra``), so what is
+# made from it later (a repaint, a transition) is flagged too, wherever its job runs.
+FLAGGED_MARK = "flagged"
+
+
+def mark_flagged(trail: Any, path: Path) -> None:
+    """Record in a trail file that its result was flagged (rewriting the file, once)."""
+    if trail.meta.extra.get(FLAGGED_MARK):
+        return
+    trail.meta.extra[FLAGGED_MARK] = True
+    trail.save(path)
+
+
+class _DerivedCheck:
+    """Whether a repaint or a transition is flagged: by what it was made from, or by the checker.
+
+    A paint job's frames and final picture are checked as they are made (see
+    :class:`bot.paint_job.SafetySampler`); a repaint or a transition shows new frames of
+    pictures made earlier, so they are checked the same way. What it was made from counts
+    first: a trail marked flagged (:func:`mark_flagged`), or ``params["flagged"]`` where the
+    job's parameters carry it.
+    """
+
+    def __init__(self, ctx: JobContext, settings: Settings, pipeline: Any, sources: Sequence[Any]) -> None:
+        self.pipeline = pipeline
+        self.sources_flagged = bool(ctx.params.get("flagged")) or any(
+            t.meta.extra.get(FLAGGED_MARK) for t in sources
+        )
+        # A flagged source is in the frames from the first: none is shown as a preview.
+        self.forward = _Reporter(ctx, settings, pipeline, pictures=not self.sources_flagged).frame
+        self.sampler: Any = None
+
+    def on_frame(self, done: int, total: int, image: Any) -> None:
+        from bot.paint_job import SafetySampler
+
+        if self.sampler is None and self.pipeline is not None:
+            # The frame count is first known here.
+            self.sampler = SafetySampler(self.pipeline, total, None)
+        if self.sampler is not None:
+            self.sampler.on_frame(done, total, image)
+        self.forward(done, total, image)
+
+    def flagged(self, final_picture: Path) -> bool | None:
+        """True if a source trail or the job was flagged, or the checker flags this job's pictures.
+
+        None when there is nothing to go by (no flagged source, no checker).
+        """
+        if self.sources_flagged:
+            return True
+        if self.pipeline is None:
+            return None
+        import numpy as np
+        from PIL import Image
+
+        from bot.paint_job import SafetySampler
+
+        with Image.open(final_picture) as picture:
+            final = np.asarray(picture.convert("RGB"))
+        return (self.sampler or SafetySampler(self.pipeline, 0, None)).verdict(final)
+
+
+def _checker(settings: Settings, model_ids: Sequence[str], space: str = "latent") -> Any:
+    """The pipeline of the first of ``model_ids`` that has a safety checker, or None.
+
+    The models are the ones the job loads anyway (from the worker's cache); one that
+    does not load is skipped here and reported by the painter itself.
+    """
+    from painter.models import ANALYTIC_ID, ModelError
+    from painter.safety import has_safety_checker
+
+    if space == "pixel":
+        return None
+    for model_id in dict.fromkeys(model_ids):
+        if model_id == ANALYTIC_ID:
+            continue
+        try:
+            model = MODELS.model(replace(settings, model=replace(settings.model, id=model_id)))
+        except ModelError:
+            continue
+        if has_safety_checker(model.pipeline):
+            return model.pipeline
+    return None
 
 
 # Kept of a member's file name: letters, digits, punctuation and spaces, this many at most.
@@ -206,7 +317,6 @@ def run_job(ctx: JobContext) -> JobOutput:
 def _paint(ctx: JobContext, settings: Settings) -> JobOutput:
     params = ctx.params
     out = ctx.workdir / f"painting.{settings.render.format}"
-    reporter = _Reporter(ctx)
     if params.get("trail_key"):
         # "Repaint with…": another effect over a stored trail, no new generation.
         from bot.paint_job import repaint
@@ -220,10 +330,12 @@ def _paint(ctx: JobContext, settings: Settings) -> JobOutput:
             gone=_deleted(params.get("from_result"), "it could be repainted", params.get("prompt")),
         )
         trail = Trail.load(source)
-        outputs = repaint(settings, trail, out, models=MODELS, on_frame=reporter.frame)
+        pipeline = _checker(settings, [trail.meta.model_id], trail.meta.space)
+        check = _DerivedCheck(ctx, settings, pipeline, [trail])
+        outputs = repaint(settings, trail, out, models=MODELS, on_frame=check.on_frame)
         # The new result keeps its own copy, so it can be repainted or transitioned too, and
         # deleting the result it came from takes nothing away from it.
-        outputs = replace(outputs, trail_path=source)
+        outputs = replace(outputs, trail_path=source, flagged=check.flagged(outputs.image))
     else:
         image = None
         if params.get("image_key"):
@@ -238,12 +350,15 @@ def _paint(ctx: JobContext, settings: Settings) -> JobOutput:
             start_from_image=bool(params.get("start_from_image", False)),
             save_trail=True,
         )
+        reporter = _Reporter(ctx, settings, _checker(settings, [settings.model.id]))
         outputs = run_paint(
             settings, request, out, models=MODELS, on_step=reporter.step, on_frame=reporter.frame
         )
     files = {"video": outputs.video, "image": outputs.image, "heatmap": outputs.heatmap}
     if outputs.trail_path is not None:
         files["trail"] = outputs.trail_path
+    if outputs.flagged and outputs.trail_path is not None:
+        mark_flagged(outputs.trail, outputs.trail_path)
     fields = result_fields(outputs.trail.meta, outputs.animation, settings)
     if outputs.flagged is not None:
         fields["flagged"] = outputs.flagged
@@ -252,6 +367,7 @@ def _paint(ctx: JobContext, settings: Settings) -> JobOutput:
 
 def _transition(ctx: JobContext, settings: Settings) -> JobOutput:
     from bot.cli_transition import run_transition
+    from painter.trail import Trail
 
     params = ctx.params
     keys = [params.get("from_trail"), params.get("to_trail")]
@@ -259,16 +375,19 @@ def _transition(ctx: JobContext, settings: Settings) -> JobOutput:
         raise PermanentJobError("a transition job needs the trail artifacts of both results")
     ids = [params.get("from_result"), params.get("to_result")]
     trails = [
-        _read_artifact(
-            settings,
-            key,
-            ctx.workdir / f"hop{i}.trail",
-            gone=_deleted(public_id, "the transition could be made"),
+        Trail.load(
+            _read_artifact(
+                settings,
+                key,
+                ctx.workdir / f"hop{i}.trail",
+                gone=_deleted(public_id, "the transition could be made"),
+            )
         )
         for i, (key, public_id) in enumerate(zip(keys, ids, strict=True))
     ]
     out = ctx.workdir / f"transition.{settings.render.format}"
-    reporter = _Reporter(ctx)
+    pipeline = _checker(settings, [t.meta.model_id for t in trails], trails[0].meta.space)
+    check = _DerivedCheck(ctx, settings, pipeline, trails)
     outputs = run_transition(
         settings,
         trails,
@@ -277,16 +396,19 @@ def _transition(ctx: JobContext, settings: Settings) -> JobOutput:
         guidance="interpolate" if params.get("interpolate") else "schedule",
         resize=bool(params.get("resize", False)),
         models=MODELS,
-        on_frame=reporter.frame,
+        on_frame=check.on_frame,
     )
     meta = outputs.plan.meta
-    fields = {
+    fields: dict[str, Any] = {
         "model_id": ",".join(dict.fromkeys(meta.model_ids)),
         "vae_id": meta.vae_id,
         "width": meta.width,
         "height": meta.height,
         **animation_fields(outputs.animation, settings),
     }
+    flagged = check.flagged(outputs.image)
+    if flagged is not None:
+        fields["flagged"] = flagged
     return JobOutput(
         files={"video": outputs.video, "image": outputs.image, "heatmap": outputs.heatmap},
         result=fields,

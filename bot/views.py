@@ -62,6 +62,10 @@ class RepaintSelect(discord.ui.DynamicItem[discord.ui.Select], template=rf"lp:re
 
     @reports_errors
     async def callback(self, interaction: discord.Interaction) -> None:  # type: ignore[override]
+        from bot.cogs.transition import source_for_button
+
+        # A result the safety checker flagged is not repainted where it may not be shown.
+        await source_for_button(interaction, self.public_id, "repaint")
         await _cog(interaction, "Paint").repaint(interaction, self.public_id, self.item.values[0])
 
 

@@ -1,10 +1,12 @@
-"""Gallery posts and /history links through the real discord.py client and the Discord stand-in.
+"""Gallery posts, /history links and picking results, through the real discord.py client and the stand-in.
 
 A failed gallery post leaves no entry behind and says why; a deleted result takes its
 gallery and hall-of-fame posts with it; ``/gallery remove`` and who may use it; the hall
 of fame finds a voted entry however many have more votes; ``/history`` links each result's
-message, in servers and in direct messages. The bot runs the scripted job runner of
-``test_bot_delivery`` (real files, no model): the paintings themselves are not the point here.
+message, in servers and in direct messages; a gallery page fits its pictures into the
+upload limit; the "Transition from this" form outlives a restart; typed ids that are not
+ids are quoted inertly. The bot runs the scripted job runner of ``test_bot_delivery``
+(real files, no model): the paintings themselves are not the point here.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.cogs.common import GuildRules, UserError, defer_publicly, guild_rules, rules_for, upload_limit
-from bot.cogs.transition import typed_id
+from bot.cogs.transition import flagged_action, typed_id, withheld
 from bot.delivery import MESSAGE_OVERHEAD, shrink_picture
 from bot.text import one_line, quote
 from bot.views import gallery_view, vote_view, with_vote_count
@@ -48,15 +48,24 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("latent_painter.bot.gallery")
 
-# Said under a page whose pictures Discord refused as too large.
-LEFT_OUT = "The pictures are too large to attach here."
-
 PER_PAGE = 5
 MAX_PAGE = 10_000
 
 
-def entry_embed(result: Result, entry: GalleryEntry, *, image_name: str | None) -> discord.Embed:
-    """One gallery entry: prompt, who made it, votes, and its picture when attached."""
+# Said in place of a picture the safety checker flagged, where the server's policy hides it.
+NOT_SHOWN = "Not shown here: flagged by the safety checker."
+# Said under a page whose pictures Discord refused as too large.
+LEFT_OUT = "The pictures are too large to attach here."
+
+
+def entry_embed(
+    result: Result, entry: GalleryEntry, *, image_name: str | None, withheld_picture: bool = False
+) -> discord.Embed:
+    """One gallery entry: prompt, who made it, votes, and its picture when attached.
+
+    ``image_name``: the attachment the embed shows (None for none, or for a spoilered
+    picture, which an embed would show unblurred); ``withheld_picture``: say why there is none.
+    """
     embed = discord.Embed(
         title=f"{result.public_id}",
         description=quote(result.prompt, 500) or None,
@@ -66,6 +75,8 @@ def entry_embed(result: Result, entry: GalleryEntry, *, image_name: str | None) 
     embed.add_field(name="Votes", value=str(entry.votes), inline=True)
     if result.effect:
         embed.add_field(name="Effect", value=result.effect, inline=True)
+    if withheld_picture:
+        embed.add_field(name="Picture", value=NOT_SHOWN, inline=False)
     if image_name:
         embed.set_image(url=f"attachment://{image_name}")
     return embed
@@ -112,7 +123,7 @@ class GalleryCog(commands.Cog, name="Gallery"):
 
     # -- pictures ---------------------------------------------------------------------------
 
-    async def picture(self, result: Result, limit: int) -> discord.File | None:
+    async def picture(self, result: Result, limit: int, *, spoiler: bool = False) -> discord.File | None:
         """The result's final picture as an attachment of at most ``limit`` bytes (made smaller
         as delivery does when it is over), or None if its file is gone."""
         if not result.image_key:
@@ -125,7 +136,7 @@ class GalleryCog(commands.Cog, name="Gallery"):
         suffix = ".png"
         if len(data) > limit:
             data, suffix = await asyncio.to_thread(shrink_picture, data, limit)
-        return discord.File(io.BytesIO(data), filename=f"{result.public_id}{suffix}")
+        return discord.File(io.BytesIO(data), filename=f"{result.public_id}{suffix}", spoiler=spoiler)
 
     # -- submit -----------------------------------------------------------------------------
 
@@ -162,24 +173,26 @@ class GalleryCog(commands.Cog, name="Gallery"):
             raise UserError("The gallery belongs to a server; use this in one.")
         rules = await rules_for(interaction)
         canonical = typed_id(public_id)
+        target = rules.gallery_channel_id
+        in_place = target is None or target == interaction.channel_id
+        post_channel = interaction.channel_id if in_place else target
+        await self.check_postable(interaction, canonical, post_channel, rules)
         try:
             entry = await submit(self.bot.db, interaction.guild_id, canonical, interaction.user.id)
         except ResultNotFound:
             raise UserError(f"Only the member who made {canonical} can add it to the gallery.") from None
         limit = upload_limit(self.bot, interaction)
-        target = rules.gallery_channel_id
-        in_place = target is None or target == interaction.channel_id
-        post_channel = interaction.channel_id if in_place else target
         try:
             result = await get_result(self.bot.db, canonical)
+            shown = await flagged_action(self.bot, result, interaction.guild_id, post_channel)
             if in_place:
                 await defer_publicly(interaction)
-                message_id = await self._post(interaction.followup, result, entry, limit)
+                message_id = await self._post(interaction.followup, result, entry, shown, limit)
             else:
                 assert target is not None
                 await interaction.response.defer(thinking=True, ephemeral=True)
                 channel = self.bot.get_partial_messageable(target, guild_id=interaction.guild_id)
-                message_id = await self._post(channel, result, entry, limit)
+                message_id = await self._post(channel, result, entry, shown, limit)
         except (Exception, asyncio.CancelledError) as exc:
             await discard_entry(self.bot.db, entry.id)
             if isinstance(exc, discord.Forbidden | discord.NotFound):
@@ -204,6 +217,25 @@ class GalleryCog(commands.Cog, name="Gallery"):
             await interaction.followup.send(
                 f"{canonical} is in the gallery now: <#{target}>.", ephemeral=True
             )
+
+    async def check_postable(
+        self, interaction: discord.Interaction, public_id: str, channel_id: int | None, rules: GuildRules
+    ) -> None:
+        """Refuse, before anything is written, the member's own result that the gallery channel may not show.
+
+        A result the safety checker flagged is posted only where delivery would have shown
+        it (as spoilers, in an age-restricted channel when the server allows that). Someone
+        else's result is left to :func:`db.gallery.submit`, which refuses it.
+        """
+        try:
+            result = await get_result(self.bot.db, public_id)
+        except ResultNotFound:
+            return
+        if result.owner_id != interaction.user.id:
+            return
+        if await flagged_action(self.bot, result, interaction.guild_id, channel_id) == "refuse":
+            log.info("gallery submission of %s refused: flagged by the safety checker", public_id)
+            raise UserError(withheld(public_id, "added to the gallery", rules.flagged_results))
 
     # -- remove -----------------------------------------------------------------------------
 
@@ -264,11 +296,20 @@ class GalleryCog(commands.Cog, name="Gallery"):
         where: discord.abc.Messageable | discord.Webhook,
         result: Result,
         entry: GalleryEntry,
+        shown: str,
         limit: int,
     ) -> int:
-        """Post an entry with its picture (fitted to ``limit``) and vote button; returns the message id."""
-        picture = await self.picture(result, limit - min(MESSAGE_OVERHEAD, limit // 20))
-        embed = entry_embed(result, entry, image_name=picture.filename if picture else None)
+        """Post an entry with its picture (as ``shown`` allows) and vote button; returns the message id."""
+        picture = None
+        if shown != "refuse":
+            budget = limit - min(MESSAGE_OVERHEAD, limit // 20)
+            picture = await self.picture(result, budget, spoiler=shown == "spoiler")
+        embed = entry_embed(
+            result,
+            entry,
+            image_name=picture.filename if picture and shown == "deliver" else None,
+            withheld_picture=shown == "refuse",
+        )
         kwargs: dict = {
             "embed": embed,
             "view": vote_view(entry.id, entry.votes),
@@ -287,8 +328,12 @@ class GalleryCog(commands.Cog, name="Gallery"):
         if rules.hall_of_fame_channel_id is None or entry.hall_of_fame_message_id is not None:
             return
         channel = self.bot.get_partial_messageable(rules.hall_of_fame_channel_id, guild_id=entry.guild_id)
+        # The hall of fame may be a channel where a flagged picture is not shown: the entry is, without it.
+        shown = await flagged_action(self.bot, result, entry.guild_id, channel.id)
         try:
-            message_id = await self._post(channel, result, entry, self.bot.settings.discord.upload_limit)
+            message_id = await self._post(
+                channel, result, entry, shown, self.bot.settings.discord.upload_limit
+            )
         except discord.HTTPException as exc:
             log.warning("hall of fame post of entry %s failed: %s", entry.id, exc)
             return
@@ -374,7 +419,8 @@ class GalleryCog(commands.Cog, name="Gallery"):
     ) -> dict:
         """Embeds (one per entry, with its picture), files and buttons of one page.
 
-        The pictures share the upload limit: each is fitted to its share.
+        The pictures share the upload limit: each is fitted to its share. A flagged one
+        appears as the server's policy has it in this channel (a spoiler, or not at all).
         """
         guild_id = interaction.guild_id
         if guild_id is None:
@@ -390,11 +436,19 @@ class GalleryCog(commands.Cog, name="Gallery"):
         limit = upload_limit(self.bot, interaction)
         share = (limit - min(MESSAGE_OVERHEAD, limit // 20)) // max(1, len(items))
         for item in items:
-            picture = await self.picture(item.result, share) if pictures else None
+            shown = await flagged_action(self.bot, item.result, guild_id, interaction.channel_id)
+            picture = None
+            if pictures and shown != "refuse":
+                picture = await self.picture(item.result, share, spoiler=shown == "spoiler")
             if picture is not None:
                 files.append(picture)
             embeds.append(
-                entry_embed(item.result, item.entry, image_name=picture.filename if picture else None)
+                entry_embed(
+                    item.result,
+                    item.entry,
+                    image_name=picture.filename if picture and shown == "deliver" else None,
+                    withheld_picture=shown == "refuse",
+                )
             )
         if not embeds:
             embeds.append(

@@ -3,9 +3,10 @@
 ``from`` and ``to`` autocomplete from the results the caller may use (their own, newest
 first, then the server's gallery); the values are public result ids. Both results must
 have a trail (transitions themselves have none) and share a VAE, since the plan mixes
-their latents (paintings of the analytic painter pair only with each other). The
-"Transition from this" form is answered by a listener, so it works however late it is
-submitted.
+their latents (paintings of the analytic painter pair only with each other). A result
+the safety checker flagged is used only where delivery would show it (see
+:func:`flagged_action`); the "Transition from this" form is answered by a listener, so
+it works however late it is submitted.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from discord.ext import commands
 
 from bot.cogs.common import (
     UserError,
+    guild_rules,
     no_trail,
     painter_bot,
     report_error,
@@ -28,6 +30,7 @@ from bot.cogs.common import (
 )
 from bot.cogs.paint import effect_choices
 from bot.config import EFFECTS
+from bot.delivery import safety_action
 from bot.text import CHOICE_NAME_LIMIT, one_line, quote
 from bot.views import TRANSITION_MODAL, TransitionModal, submitted_values
 from db.gallery import browse
@@ -91,6 +94,70 @@ async def resolve_usable(
         raise UserError(
             f"`{role}`: no result you can use has that id. Pick one of yours (see /history){where}."
         ) from None
+
+
+def is_flagged(result: Result) -> bool:
+    """Whether the safety checker flagged the result (recorded in its params by the worker)."""
+    return bool((result.params or {}).get("flagged"))
+
+
+async def flagged_action(
+    bot: LatentPainterBot, result: Result, guild_id: int | None, channel_id: int | None
+) -> str:
+    """How ``result``'s pictures may be shown in a channel: ``deliver``, ``spoiler`` or ``refuse``.
+
+    Delivery's own rule (:func:`bot.delivery.safety_action`) with the server's flagged-results
+    policy and the channel's age restriction, so what a member may reuse, post or browse
+    is what they would have been shown when it was painted.
+    """
+    if not is_flagged(result):
+        return "deliver"
+    rules = await guild_rules(bot, guild_id)
+    age_restricted = await bot.watcher.deliverer.age_restricted(channel_id)
+    return safety_action(True, rules.flagged_results, age_restricted)
+
+
+def withheld(public_id: str, use: str, policy: str) -> str:
+    """Why a flagged result cannot be used here (``use``: "transitioned", "repainted", …)."""
+    where = (
+        " here: this server shows flagged results only in age-restricted channels."
+        if policy == "spoiler"
+        else "."
+    )
+    return f"{public_id} was flagged by the safety checker, so it cannot be {use}{where}"
+
+
+async def refuse_if_withheld(interaction: discord.Interaction, result: Result, use: str) -> None:
+    """Raise :class:`UserError` if ``result`` may not be shown where the interaction happened.
+
+    A flagged result that may be shown here (as spoilers) is fine: what is made from it is
+    flagged in turn (the worker reads the flag from its trail), so delivery treats it alike.
+    """
+    if not is_flagged(result):
+        return
+    bot = painter_bot(interaction)
+    action = await flagged_action(bot, result, interaction.guild_id, interaction.channel_id)
+    if action == "refuse":
+        policy = (await guild_rules(bot, interaction.guild_id)).flagged_results
+        log.info("result %s (flagged) refused as a source for user %s", result.public_id, interaction.user.id)
+        raise UserError(withheld(result.public_id, use, policy))
+
+
+# What a control does with its result → what a refusal says cannot be done to it.
+BUTTON_USES = {"repaint": "repainted", "transition from": "transitioned"}
+
+
+async def source_for_button(interaction: discord.Interaction, public_id: str, action: str) -> Result:
+    """The result under a "Repaint with…" (``repaint``) or "Transition from this"
+    (``transition from``) control, if it may be used here.
+
+    The channel's rules and the member's access come first (as the controls' own checks
+    have them), then the safety checker's verdict.
+    """
+    await rules_for(interaction)
+    result = await result_for_button(interaction, public_id, action)
+    await refuse_if_withheld(interaction, result, BUTTON_USES[action])
+    return result
 
 
 def check_pair(source: Result, destination: Result) -> None:
@@ -168,10 +235,10 @@ class TransitionCog(commands.Cog, name="Transition"):
         """ "Transition from this": ask for the destination, once the source is known usable.
 
         The checks come first so a member who may not use the result (or whose channel is
-        not allowed) is told so before typing a destination.
+        not allowed, or who may not see it as the safety checker flagged it) is told so
+        before typing a destination.
         """
-        await rules_for(interaction)
-        source = await result_for_button(interaction, public_id, "transition from")
+        source = await source_for_button(interaction, public_id, "transition from")
         if not source.trail_key:
             raise UserError(no_trail(source))
         await interaction.response.send_modal(TransitionModal(source.public_id))
@@ -213,13 +280,17 @@ class TransitionCog(commands.Cog, name="Transition"):
         source = await resolve_usable(bot, interaction, source_id, "from")
         destination = await resolve_usable(bot, interaction, destination_id, "to")
         check_pair(source, destination)
+        # Both ends are shown in the animation: each must be one this channel may show.
+        for result in (source, destination):
+            await refuse_if_withheld(interaction, result, "transitioned")
         params = {
             "from_result": source.public_id,
             "to_result": destination.public_id,
             "from_trail": source.trail_key,
             "to_trail": destination.trail_key,
             "effect": effect,
-            # Results of two sizes meet at the source's size.
+            # Results of two sizes meet at the source's size: the destination is scaled to
+            # cover it and centre-cropped (never stretched) when their shapes differ.
             "resize": (source.width, source.height) != (destination.width, destination.height),
         }
         if depth is not None:
