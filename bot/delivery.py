@@ -407,7 +407,9 @@ class Deliverer:
             embed=result_embed(result, None if spoiler else image_name),
             files=tuple(files),
             spoiler=spoiler,
-            view=result_view(result.public_id, in_guild=job.guild_id is not None),
+            view=result_view(
+                result.public_id, in_guild=job.guild_id is not None, has_trail=bool(result.trail_key)
+            ),
             notes=tuple(notes),
             left_out=left_out,
             result_id=result.id,

@@ -89,8 +89,12 @@ SCHEMAS: dict[str, dict[str, Field]] = {
         # Paint from a picture (SDEdit): the uploaded image, how much is repainted, and
         # whether the canvas starts at the picture instead of blank paper.
         "image_key": _ARTIFACT_KEY,
+        # The member's own name of that picture, for the result's text.
+        "image_name": Field(str, high=255),
         "strength": Field(float, low=0.0, high=1.0, check=_in_unit_interval),
         "start_from_image": Field(bool),
+        # A repaint of a result the safety checker flagged: the repaint is flagged too.
+        "flagged": Field(bool),
         **_COMMON,
     },
     JobKind.TRANSITION.value: {
@@ -106,6 +110,8 @@ SCHEMAS: dict[str, dict[str, Field]] = {
         "depth": Field(float, low=0.0, high=1.0, check=_in_unit_interval),
         # Resample the destination to the source's size when they differ.
         "resize": Field(bool),
+        # One of the two results was flagged by the safety checker: so is the transition.
+        "flagged": Field(bool),
         **_COMMON,
     },
 }

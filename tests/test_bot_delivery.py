@@ -86,11 +86,15 @@ def scripted_runner(ctx: JobContext) -> JobOutput:
     # "noisy-heatmap": a heatmap of about 49 KB (noise does not compress).
     video_bytes = 200_000 if "big-video" in words else 2000
     heatmap = _noise_png(128) if "noisy-heatmap" in words else _png(200)
-    for role, name, data in (
+    outputs = [
         ("video", "painting.mp4", b"\x00\x00\x00\x18ftypmp42" + bytes(video_bytes)),
         ("image", "painting.png", _png(10)),
         ("heatmap", "painting.heatmap.png", heatmap),
-    ):
+    ]
+    if "with-trail" in words:
+        # As a real painting keeps: its result gets "Repaint with…" and "Transition from this".
+        outputs.append(("trail", "painting.trail.safetensors", b"scripted trail"))
+    for role, name, data in outputs:
         path = ctx.workdir / name
         path.write_bytes(data)
         files[role] = path
@@ -276,7 +280,7 @@ async def test_a_separate_worker_paints_and_the_bot_delivers(world: World) -> No
     try:
         bot = await world.start()
         assert bot.worker is None
-        handle = await world.standin.send_slash("paint", {"prompt": "painted elsewhere"})
+        handle = await world.standin.send_slash("paint", {"prompt": "painted elsewhere with-trail"})
         assert (await handle.response(timeout=5)).callback_type == 5
         await asyncio.sleep(1.5)
         assert not [r for r in handle.requests if r.route == FOLLOWUP]  # nobody painted it yet

@@ -423,19 +423,10 @@ FOLLOWUP = "POST /webhooks/{application_id}/{token}"
 # -- "Transition from this" ------------------------------------------------------------------------
 
 
-async def with_trails(world: World, *rids: str) -> None:
-    """Give scripted results a trail (a stored key the scripted runner never reads)."""
-    async with world.bot.db.write() as session:
-        await session.execute(
-            update(Result).where(Result.public_id.in_(rids)).values(trail_key="tests/scripted.trail")
-        )
-
-
 async def test_the_transition_form_is_answered_after_a_restart(world: World) -> None:
     standin = world.standin
-    source, message = await paint(world, "the start of a transition")
-    destination, _ = await paint(world, "the end of a transition")
-    await with_trails(world, source, destination)
+    source, message = await paint(world, "the start of a transition with-trail")
+    destination, _ = await paint(world, "the end of a transition with-trail")
 
     click = await standin.send_component(f"lp:transition:{source}", message=message)
     opened = await click.response(timeout=5)

@@ -269,7 +269,7 @@ async def test_the_reply_says_where_the_result_will_go_before_its_token_expires(
 @on_world
 async def test_result_buttons_refuse_other_members_plainly_and_before_the_modal(world: World) -> None:
     standin = world.standin
-    handle, _ = await queued_paint(world, "alice's own picture")
+    handle, _ = await queued_paint(world, "alice's own picture with-trail")
     assert await work(world) == 1
     followup = await delivered(handle, timeout=30)
     rid = result_id(followup.content)
@@ -289,11 +289,10 @@ async def test_result_buttons_refuse_other_members_plainly_and_before_the_modal(
     assert refusal.callback_type == 4 and refusal.ephemeral
     assert refusal.content.startswith(f"Only <@{ALICE_ID}> can transition from this result;")
 
-    # Alice may use it; the scripted runner keeps no trail, which she is told before the
-    # modal too (test_bot_e2e shows the modal for a result with a trail).
+    # Alice may use it: she gets the form asking for the destination.
     own = await standin.send_component(f"lp:transition:{rid}", message=message, user=ALICE_ID)
     answer = await own.response(timeout=5)
-    assert answer.callback_type == 4 and answer.content.startswith(f"{rid} has no stored trail")
+    assert answer.callback_type == 9 and answer.message["custom_id"] == f"lp:transition-modal:{rid}"
 
     # A result deleted elsewhere (its message stays): said plainly, to its owner too.
     await delete_result(world.bot.db, rid, ALICE_ID)

@@ -254,6 +254,7 @@ class PaintCog(commands.Cog, name="Paint"):
             self.check_picture, data, image.filename, params, rules, size_given=size is not None
         )
         key = params["image_key"] = await self.store_upload(interaction, image, data)
+        params["image_name"] = image.filename[:255]
         try:
             await start_job(interaction, "paint", params, rules, already_deferred=True)
         except (UserError, QueueFull):
@@ -457,6 +458,8 @@ class PaintCog(commands.Cog, name="Paint"):
             "trail_key": result.trail_key,
             "from_result": result.public_id,
             "effect": effect,
+            # A repaint of a flagged result is delivered (or withheld) as the result was.
+            "flagged": True if (result.params or {}).get("flagged") else None,
         }
         await start_job(interaction, "paint", {k: v for k, v in params.items() if v is not None}, rules)
 

@@ -297,6 +297,8 @@ class TransitionCog(commands.Cog, name="Transition"):
             params["depth"] = depth
         if blend:
             params["interpolate"] = True
+        if is_flagged(source) or is_flagged(destination):
+            params["flagged"] = True
         await start_job(interaction, "transition", params, rules)
 
 
