@@ -397,6 +397,7 @@ class Deliverer:
         notes = []
         if spoiler:
             notes.append("It was flagged by the safety checker, so it is shown as spoilers.")
+        notes.extend(fit_notes(result))
         left_out: tuple[str, ...] = ()
         if result.video_key and not any(f.role == "video" for f in files):
             left_out = ("video",)
@@ -771,3 +772,15 @@ class JobWatcher:
     async def _forget_upload(self, job: Job) -> None:
         # A job cancelled while queued never reached a worker, which deletes it otherwise.
         await asyncio.to_thread(forget_input, self.bot.store, job)
+
+
+def fit_notes(result: Any) -> list[str]:
+    """A transition whose destination had another size says what was done to it (never stretched)."""
+    params = result.params or {}
+    note = params.get("fitted_note") if result.kind == "transition" else None
+    if not note:
+        return []
+    return [
+        f"Result `{params.get('to_result', '?')}` was {note} to match "
+        f"`{params.get('from_result', '?')}`'s size."
+    ]

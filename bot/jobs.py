@@ -406,6 +406,11 @@ def _transition(ctx: JobContext, settings: Settings) -> JobOutput:
         "height": meta.height,
         **animation_fields(outputs.animation, settings),
     }
+    if meta.fitted:
+        from bot.cli_transition import fit_note
+
+        # "cropped from 512x768 to 512x512 (…)": the member is told in the delivery.
+        fields["fitted_note"] = fit_note(meta)
     flagged = check.flagged(outputs.image)
     if flagged is not None:
         fields["flagged"] = flagged

@@ -337,3 +337,37 @@ def test_warm_up_loads_the_configured_model_before_any_job(
     jobs.warm_up(tiny)
     assert any(key[0] == "tiny" for key in cache._models)
     assert run_job.warm_up is jobs.warm_up
+
+
+async def test_a_transition_to_another_shape_says_it_was_cropped(setup, tmp_path):
+    """Results of two shapes meet at the source's size: the destination is scaled to cover
+    it and centre-cropped, and the member is told so (it was stretched, silently)."""
+    from bot.delivery import fit_notes
+
+    db, queue, worker, store = setup
+    _, square = await run_one(db, queue, worker, "paint", {"prompt": "a red boat", "seed": 3, **SMALL})
+    tall_size = {**SMALL, "height": 128}
+    _, tall = await run_one(db, queue, worker, "paint", {"prompt": "a tall tower", "seed": 4, **tall_size})
+    job, moved = await run_one(
+        db,
+        queue,
+        worker,
+        "transition",
+        {
+            "from_result": square.public_id,
+            "to_result": tall.public_id,
+            "from_trail": square.trail_key,
+            "to_trail": tall.trail_key,
+            "resize": True,
+            "fps": 8,
+            "duration": 1.0,
+        },
+    )
+    assert job.status == "done", job.error
+    assert (moved.width, moved.height) == (64, 64)
+    assert moved.params["fitted_note"].startswith("cropped from 64x128 to 64x64")
+    [note] = fit_notes(moved)
+    assert note.startswith(f"Result `{tall.public_id}` was cropped from 64x128 to 64x64")
+    assert note.endswith(f"to match `{square.public_id}`'s size.")
+    # Same shapes: nothing to say.
+    assert fit_notes(square) == []
