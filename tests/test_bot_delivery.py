@@ -20,23 +20,20 @@ import pytest
 import pytest_asyncio
 from PIL import Image
 
-from bot.config import load_settings
 from bot.delivery import DeliveryLedger, failure_text, fitted_files, safety_action, shrink_picture
 from bot.worker import JobContext, JobOutput, MemberError, PermanentJobError, run_worker
 from db.models import Job, Result
 from painter.video import FrameEncoder, read_frames
-from tests.discord_standin import DiscordStandIn
 from tests.discord_standin.world import ALICE_ID, GUILD_ID
 from tests.test_bot_e2e import (
     CHANNEL_POST,
     FOLLOWUP,
-    TOKEN,
     World,
-    bot_env,
     custom_ids,
     delivered,
     new_data_dir,
     result_id,
+    running_world,
 )
 
 # The bot tests share one event loop (and one bot) per module; the unit tests below need none.
@@ -116,19 +113,8 @@ def scripted_runner(ctx: JobContext) -> JobOutput:
 @contextlib.asynccontextmanager
 async def scripted_world(data: Path, **env: str) -> AsyncIterator[World]:
     """A bot on the stand-in whose worker runs :func:`scripted_runner` (no model), with ``env``."""
-    import discord.gateway
-    import discord.http
-
-    saved = discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
-    async with DiscordStandIn(token=TOKEN) as standin:
-        world = World(standin, load_settings(env=bot_env(data, standin, **env)), runner=scripted_runner)
-        await world.start()
-        try:
-            yield world
-        finally:
-            await world.stop()
-            discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = saved
-        standin.assert_clean()
+    async with running_world(data, runner=scripted_runner, heartbeat_interval_ms=41250, **env) as world:
+        yield world
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

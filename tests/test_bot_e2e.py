@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import discord.gateway
@@ -130,6 +131,24 @@ class World:
     async def restart(self) -> LatentPainterBot:
         await self.stop()
         return await self.start()
+
+
+@asynccontextmanager
+async def running_world(
+    data: Path, *, runner: Runner | None = None, heartbeat_interval_ms: int = 500, **env: str
+) -> AsyncIterator[World]:
+    """A bot and its worker on a fresh stand-in, with ``env`` settings over :func:`bot_env`'s;
+    discord.py's class-level endpoints are put back and the stand-in checked clean after."""
+    saved = discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
+    async with DiscordStandIn(token=TOKEN, heartbeat_interval_ms=heartbeat_interval_ms) as standin:
+        world = World(standin, load_settings(env=bot_env(data, standin, **env)), runner=runner)
+        await world.start()
+        try:
+            yield world
+        finally:
+            await world.stop()
+            discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = saved
+        standin.assert_clean()
 
 
 @pytest.fixture(scope="module")

@@ -22,8 +22,6 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import discord.gateway
-import discord.http
 import numpy as np
 import pytest
 import pytest_asyncio
@@ -36,9 +34,9 @@ from bot.worker import JobContext, JobOutput
 from db.results import get_result
 from painter.models import build_tiny_pipeline
 from painter.trail import Trail
-from tests.discord_standin import DiscordStandIn, InteractionHandle, RecordedRequest, StoredMessage
+from tests.discord_standin import InteractionHandle, RecordedRequest, StoredMessage
 from tests.discord_standin.world import MOD_ID, NSFW_ID
-from tests.test_bot_e2e import TOKEN, World, bot_env, custom_ids, delivered, result_id
+from tests.test_bot_e2e import World, custom_ids, delivered, result_id, running_world
 
 # The bot tests share one event loop (and one bot); the runner's test at the end needs none.
 on_world = pytest.mark.asyncio(loop_scope="module")
@@ -79,24 +77,15 @@ async def world(
     checkpoints: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[World]:
     flagging, clean = checkpoints
-    saved = discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
-    async with DiscordStandIn(token=TOKEN, heartbeat_interval_ms=500) as standin:
-        env = bot_env(
-            tmp_path_factory.mktemp("flagged-data"),
-            standin,
-            LATENT_PAINTER_MODEL_ID=str(flagging),
-            LATENT_PAINTER_DISCORD_MODELS=f"{flagging},{clean}",
-            LATENT_PAINTER_DISCORD_PREVIEW_SECONDS="1",
-        )
-        world = World(standin, load_settings(env=env), runner=held_frames)
+    async with running_world(
+        tmp_path_factory.mktemp("flagged-data"),
+        runner=held_frames,
+        LATENT_PAINTER_MODEL_ID=str(flagging),
+        LATENT_PAINTER_DISCORD_MODELS=f"{flagging},{clean}",
+        LATENT_PAINTER_DISCORD_PREVIEW_SECONDS="1",
+    ) as world:
         world.results["clean model"] = str(clean)
-        await world.start()
-        try:
-            yield world
-        finally:
-            await world.stop()
-            discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = saved
-        standin.assert_clean()
+        yield world
 
 
 async def set_policy(world: World, policy: str) -> None:

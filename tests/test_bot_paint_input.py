@@ -15,17 +15,14 @@ import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import discord.gateway
-import discord.http
 import numpy as np
 import pytest
 import pytest_asyncio
 from PIL import Image
 
-from bot.config import load_settings
-from tests.discord_standin import DiscordStandIn, InteractionHandle, StandInAttachment
+from tests.discord_standin import InteractionHandle, StandInAttachment
 from tests.discord_standin.world import GUILD_ID
-from tests.test_bot_e2e import TOKEN, World, bot_env, delivered, new_data_dir, refused, result_id
+from tests.test_bot_e2e import World, delivered, new_data_dir, refused, result_id, running_world
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -39,23 +36,13 @@ async def world(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Asy
     long_model = data / ("a-checkpoint-kept-under-a-long-descriptive-directory-name-" + "v" * 50)
     long_model.symlink_to(data_dir / "models" / "tiny", target_is_directory=True)
     assert len(str(long_model)) > 100
-    saved = discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
-    async with DiscordStandIn(token=TOKEN, heartbeat_interval_ms=500) as standin:
-        env = bot_env(
-            data,
-            standin,
-            LATENT_PAINTER_DISCORD_SIZES=SIZES,
-            LATENT_PAINTER_DISCORD_MODELS=f"tiny,analytic,{long_model}",
-            LATENT_PAINTER_DISCORD_MAX_IMAGE_BYTES="100000",
-        )
-        world = World(standin, load_settings(env=env))
-        await world.start()
-        try:
-            yield world
-        finally:
-            await world.stop()
-            discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = saved
-        standin.assert_clean()
+    async with running_world(
+        data,
+        LATENT_PAINTER_DISCORD_SIZES=SIZES,
+        LATENT_PAINTER_DISCORD_MODELS=f"tiny,analytic,{long_model}",
+        LATENT_PAINTER_DISCORD_MAX_IMAGE_BYTES="100000",
+    ) as world:
+        yield world
 
 
 def picture(size: tuple[int, int], kind: str = "PNG", **save: object) -> bytes:
