@@ -150,6 +150,20 @@ def test_unreadable_model_path(tmp_path):
 XL_GEN = Generation("a lighthouse in a storm", seed=3, steps=4, width=64, height=64, guidance=5.0)
 
 
+def pipeline_picture(model, gen: Generation) -> torch.Tensor:
+    """The picture the pipeline itself decodes for ``gen`` (RGB in [0, 1], ``[1, 3, H, W]``)."""
+    with torch.inference_mode():
+        return model.pipeline(
+            prompt=gen.prompt,
+            num_inference_steps=gen.steps,
+            guidance_scale=gen.guidance,
+            height=gen.height,
+            width=gen.width,
+            generator=torch.Generator("cpu").manual_seed(gen.seed),
+            output_type="pt",
+        ).images
+
+
 @pytest.fixture(scope="module")
 def sdxl(tiny_sdxl_model):
     return load_pipeline(str(tiny_sdxl_model), device="cpu")
@@ -175,16 +189,7 @@ def test_sdxl_trail_decodes_to_the_pipelines_own_picture(sdxl, tiny_sdxl_model):
     # SDXL pipeline itself decodes for the same request.
     decoder = Decoder(sdxl.vae, scaling_factor=m.scaling_factor, shift_factor=m.shift_factor)
     ours = decoder.decode_float(trail.final[None])
-    with torch.inference_mode():
-        theirs = sdxl.pipeline(
-            prompt=XL_GEN.prompt,
-            num_inference_steps=XL_GEN.steps,
-            guidance_scale=XL_GEN.guidance,
-            height=64,
-            width=64,
-            generator=torch.Generator("cpu").manual_seed(XL_GEN.seed),
-            output_type="pt",
-        ).images
+    theirs = pipeline_picture(sdxl, XL_GEN)
     assert ours.shape == theirs.shape == (1, 3, 64, 64)
     assert torch.allclose(ours, theirs, atol=1e-4)
     # SDXL's VAE overflows in fp16: its config asks for fp32, and the decoder obeys.
@@ -248,16 +253,7 @@ def test_per_channel_latent_statistics_decode_as_the_pipeline_does(sdxl_with_lat
     assert dist[0] > dist[-2] > 0
     m = Trail.load(trail.save(tmp_path / "t.safetensors")).meta
     assert (m.scaling_factor, m.latents_mean, m.latents_std) == tuple(PLAYGROUND_STATS.values())
-    with torch.inference_mode():
-        theirs = xl.pipeline(
-            prompt=XL_GEN.prompt,
-            num_inference_steps=XL_GEN.steps,
-            guidance_scale=XL_GEN.guidance,
-            height=64,
-            width=64,
-            generator=torch.Generator("cpu").manual_seed(XL_GEN.seed),
-            output_type="pt",
-        ).images
+    theirs = pipeline_picture(xl, XL_GEN)
     from_meta = Decoder(xl.vae, **{k: getattr(m, k) for k in LatentScaling.__dataclass_fields__})
     assert torch.allclose(from_meta.decode_float(final[None]), theirs, atol=1e-4)
     job_decoder = ModelCache().decoder(load_settings(None, env={}), xl)
