@@ -7,8 +7,6 @@ import os
 import re
 import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,9 +16,9 @@ import pytest
 
 from bot.cli import main
 from tests.discord_standin import DiscordStandIn
+from tests.test_bot_e2e import start_bot_process
 
 TOKEN = "cli-test-token.not-a-real-one"
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -187,16 +185,7 @@ async def test_sigterm_while_discord_is_down_exits_within_seconds(tmp_path: Path
             "LATENT_PAINTER_MODEL_ID": "tiny",
         }
         with open(log_path, "wb") as log_file:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "bot.cli",
-                "bot",
-                cwd=ROOT,
-                env=env,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-            )
+            process = await start_bot_process(env, log_file)
         try:
             await standin.wait_until_ready(timeout=120)
             await standin.stop()  # Discord goes away: every reconnect is refused

@@ -21,6 +21,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import discord.gateway
 import discord.http
@@ -687,6 +688,13 @@ async def _job_ids(url: str, prompts: list[str]) -> dict[str, tuple[int, str, in
     }
 
 
+async def start_bot_process(env: dict[str, str], log_file: Any) -> asyncio.subprocess.Process:
+    """``latent-painter bot`` in its own process (as ``python -m bot.cli bot``), logging to ``log_file``."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot.cli", "bot", cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT
+    )
+
+
 async def test_real_entry_point_and_jobs_interrupted_by_sigterm_are_delivered_once(
     world: World, tmp_path: Path
 ) -> None:
@@ -702,16 +710,7 @@ async def test_real_entry_point_and_jobs_interrupted_by_sigterm_are_delivered_on
     log_path = tmp_path / "bot.log"
     mark = standin.mark()
     with open(log_path, "wb") as log_file:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "bot.cli",
-            "bot",
-            cwd=ROOT,
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
+        process = await start_bot_process(env, log_file)
         try:
             await standin.wait_for(
                 lambda r: r.route.endswith("/guilds/{guild_id}/commands"), since=mark, timeout=120
