@@ -281,21 +281,21 @@ async def test_gallery_remove_is_for_the_submitter_the_maker_and_moderators(worl
 # -- the hall of fame by votes ------------------------------------------------------------------
 
 
+def stored_paint(owner_id: int, prompt: str, **columns: object) -> Result:
+    """A paint result row in this guild, written straight to the database (no job made it)."""
+    columns.setdefault("public_id", new_public_id())
+    return Result(
+        kind="paint", owner_id=owner_id, guild_id=GUILD_ID, prompt=prompt, params={}, sizes={}, **columns
+    )
+
+
 async def test_hall_of_fame_features_a_voted_entry_behind_two_hundred_better_ones(world: World) -> None:
     standin, bot = world.standin, world.bot
     rid, _ = await paint(world, "an underdog")
     fillers = []
     async with bot.db.write() as session:
         for n in range(205):
-            result = Result(
-                public_id=new_public_id(),
-                kind="paint",
-                owner_id=BOB_ID,
-                guild_id=GUILD_ID,
-                prompt=f"filler {n}",
-                params={},
-                sizes={},
-            )
+            result = stored_paint(BOB_ID, f"filler {n}")
             session.add(result)
             fillers.append(result)
         await session.flush()
@@ -350,16 +350,7 @@ async def gallery_of_big_pictures(world: World, count: int, side: int = 320) -> 
             rid = new_public_id()
             key = f"tests/{rid}.png"
             await asyncio.to_thread(bot.store.put_bytes, key, noise_png(side, n))
-            result = Result(
-                public_id=rid,
-                kind="paint",
-                owner_id=BOB_ID,
-                guild_id=GUILD_ID,
-                prompt=f"a detailed painting {n}",
-                params={},
-                sizes={},
-                image_key=key,
-            )
+            result = stored_paint(BOB_ID, f"a detailed painting {n}", public_id=rid, image_key=key)
             session.add(result)
             rows.append(result)
         await session.flush()
@@ -498,18 +489,8 @@ async def test_refusals_quote_what_was_typed_and_say_what_can_be_picked(world: W
     rids = []
     async with bot.db.write() as session:
         for model_id, vae_id in (("analytic", ""), ("tiny", "vae:tiny")):
-            result = Result(
-                public_id=new_public_id(),
-                kind="paint",
-                owner_id=ALICE_ID,
-                guild_id=GUILD_ID,
-                prompt=f"made by {model_id}",
-                params={},
-                sizes={},
-                model_id=model_id,
-                vae_id=vae_id,
-                trail_key="tests/scripted.trail",
-            )
+            made = {"model_id": model_id, "vae_id": vae_id, "trail_key": "tests/scripted.trail"}
+            result = stored_paint(ALICE_ID, f"made by {model_id}", **made)
             session.add(result)
             rids.append(result.public_id)
     painted, modelled = rids
