@@ -53,7 +53,9 @@ VOLUME ["/data"]
 
 # Healthy while the database exists and is at this version's schema, and the heartbeat
 # files of the bot (written while it is connected to Discord) and of its worker are fresh;
-# the first minutes go to loading the model.
+# the first minutes go to loading the model. A container running `latent-painter worker`
+# instead checks that worker: `docker run --health-cmd "latent-painter health --worker
+# --config /app/config.toml" … latent-painter latent-painter worker --config /app/config.toml`.
 HEALTHCHECK --interval=60s --timeout=30s --start-period=300s --retries=3 \
     CMD ["latent-painter", "health", "--config", "/app/config.toml"]
 

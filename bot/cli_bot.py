@@ -28,7 +28,8 @@ DEFAULT_API_BASE = DiscordSettings().api_base
 DEFAULT_GATEWAY_URL = DiscordSettings().gateway_url
 HEALTH_HELP = (
     "check the database (exists, schema at head), the bot's heartbeat and, when the bot runs "
-    "its worker, the worker's heartbeat (exit 0 healthy, 1 not)"
+    "its worker, the worker's heartbeat; with --worker, the heartbeat of a `latent-painter "
+    "worker` on this host instead (exit 0 healthy, 1 not)"
 )
 
 
@@ -109,11 +110,26 @@ def _schema_problem(where: str, current: str | None, head: str) -> str | None:
     return None
 
 
-async def check_health(settings: Any, max_age: float) -> str | None:
+def _stale(beat: Path, max_age: float, *, missing: str, stale: str) -> str | None:
+    """None when ``beat`` was touched within ``max_age`` seconds, else what is wrong.
+
+    ``missing`` and ``stale`` are the messages, with ``{beat}`` and ``{age}`` to fill in.
+    """
+    try:
+        age = time.time() - beat.stat().st_mtime
+    except FileNotFoundError:
+        return missing.format(beat=beat)
+    if age > max_age:
+        return stale.format(age=f"{age:.0f} s ago (more than {max_age:g} s)")
+    return None
+
+
+async def check_health(settings: Any, max_age: float, *, worker: bool = False) -> str | None:
     """None when healthy, else one line saying what is wrong (database, a silent bot or its worker).
 
     The database must answer and be at this version's schema; an embedded SQLite file is
-    opened read-only and never created.
+    opened read-only and never created. ``worker``: check a standalone ``latent-painter
+    worker`` on this host (its container) rather than the bot.
     """
     from db.engine import mask_password, sqlite_path
     from db.migrate import head_revision, schema_state
@@ -130,34 +146,40 @@ async def check_health(settings: Any, max_age: float) -> str | None:
         return f"database unreachable: {type(exc).__name__}: {exc}"
     if problem is not None:
         return problem
-    heartbeat: Path = settings.data_dir / "bot.heartbeat"
-    try:
-        age = time.time() - heartbeat.stat().st_mtime
-    except FileNotFoundError:
-        return f"no heartbeat yet ({heartbeat}): the bot is not connected"
-    if age > max_age:
-        return f"last heartbeat {age:.0f} s ago (more than {max_age:g} s): the bot is stuck or disconnected"
-    if settings.discord.run_worker:
+    if worker:
+        from bot.worker import standalone_heartbeat_file
+
+        return _stale(
+            standalone_heartbeat_file(settings.data_dir),
+            max_age,
+            missing="no worker heartbeat yet ({beat}): no `latent-painter worker` has run on this host",
+            stale="the worker on this host last beat {age}: it has stopped or is stuck",
+        )
+    problem = _stale(
+        settings.data_dir / "bot.heartbeat",
+        max_age,
+        missing="no heartbeat yet ({beat}): the bot is not connected",
+        stale="last heartbeat {age}: the bot is stuck or disconnected",
+    )
+    if problem is None and settings.discord.run_worker:
         # A bot whose worker task died still answers Discord, but nothing gets painted.
         from bot.worker import WORKER_HEARTBEAT_FILE
 
-        beat: Path = settings.data_dir / WORKER_HEARTBEAT_FILE
-        try:
-            age = time.time() - beat.stat().st_mtime
-        except FileNotFoundError:
-            return f"no worker heartbeat yet ({beat}): the bot's worker is not running, so nothing is painted"
-        if age > max_age:
-            return (
-                f"the bot's worker last beat {age:.0f} s ago (more than {max_age:g} s): "
-                "it has stopped, so nothing is painted"
-            )
-    return None
+        problem = _stale(
+            settings.data_dir / WORKER_HEARTBEAT_FILE,
+            max_age,
+            missing=(
+                "no worker heartbeat yet ({beat}): the bot's worker is not running, so nothing is painted"
+            ),
+            stale="the bot's worker last beat {age}: it has stopped, so nothing is painted",
+        )
+    return problem
 
 
 def cmd_health(args: argparse.Namespace) -> int:
     """Exit 0 when the database is at this version's schema and the heartbeats are fresh, else 1."""
     settings = load_settings(args.config)
-    problem = asyncio.run(check_health(settings, args.max_age))
+    problem = asyncio.run(check_health(settings, args.max_age, worker=args.worker))
     if problem is not None:
         print(f"unhealthy: {problem}")
         return EXIT_UNHEALTHY
@@ -180,6 +202,11 @@ def add_subcommands(subparsers: Any) -> None:
     )
     health.add_argument(
         "--max-age", type=float, default=120.0, help="oldest acceptable heartbeat in seconds (default 120)"
+    )
+    health.add_argument(
+        "--worker",
+        action="store_true",
+        help="check the `latent-painter worker` of this host (its container) instead of the bot",
     )
     add_config_option(health)
     health.set_defaults(func=cmd_health)

@@ -64,6 +64,17 @@ DEFAULT_RUNNER = "bot.jobs:run_job"
 # The in-process worker of `latent-painter bot` touches this file under [storage] data_dir
 # while it runs; `latent-painter health` reads its age, as it reads the bot's own heartbeat.
 WORKER_HEARTBEAT_FILE = "bot.worker.heartbeat"
+
+
+def standalone_heartbeat_file(data_dir: Path) -> Path:
+    """Where a ``latent-painter worker`` on this host touches its heartbeat.
+
+    Named by host, not by worker id (which changes with every start): a container's
+    health check (``latent-painter health --worker``) finds the file of the worker in its
+    own container, and a restarted worker keeps beating into the same file. Workers on one
+    host that share a data directory share it too: healthy while any of them runs.
+    """
+    return data_dir / f"worker.{host_name()}.heartbeat"
 # Held locked (flock) by a running worker in its work directory: the kernel lets go when
 # the process dies, however it dies, so a free lock means a dead owner, whatever its PID.
 WORKDIR_LOCK = ".lock"
@@ -268,10 +279,14 @@ def load_runner(spec: str) -> Runner:
     return runner
 
 
+def host_name() -> str:
+    """This machine's (or container's) host name, safe as part of a file name."""
+    return "".join(ch if ch.isalnum() or ch in "._" else "_" for ch in socket.gethostname())[:80] or "host"
+
+
 def make_worker_id() -> str:
     """``host-pid-random``: unique, readable in ``jobs`` output, and safe as a directory name."""
-    host = "".join(ch if ch.isalnum() or ch in "._" else "_" for ch in socket.gethostname())[:80] or "host"
-    return f"{host}-{os.getpid()}-{secrets.token_hex(3)}"
+    return f"{host_name()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
 def queue_policy(settings: Any) -> QueuePolicy:
@@ -1113,6 +1128,7 @@ async def run_worker(
         heartbeat_seconds=settings.queue.heartbeat_seconds,
         poll_seconds=settings.queue.poll_seconds,
         settings=settings,
+        heartbeat_file=standalone_heartbeat_file(settings.data_dir),
     )
     loop = asyncio.get_running_loop()
     signals = (signal.SIGTERM, signal.SIGINT) if handle_signals else ()

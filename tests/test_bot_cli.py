@@ -76,6 +76,23 @@ def test_health_needs_a_fresh_heartbeat(data: Path, capsys) -> None:
     assert "more than 120 s" in capsys.readouterr().out
 
 
+def test_health_of_a_standalone_worker_reads_its_own_heartbeat(data: Path, capsys) -> None:
+    """A worker container's health check: `health --worker` follows `latent-painter worker`
+    on this host, and does not ask for a bot there."""
+    assert main(["db", "upgrade"]) == 0
+    assert main(["health", "--worker"]) == 1
+    assert "no worker heartbeat yet" in capsys.readouterr().out
+    assert main(["worker", "--exit-when-idle", "--runner", "tests.job_runners:run_job"]) == 0
+    capsys.readouterr()
+    assert main(["health", "--worker"]) == 0
+    assert capsys.readouterr().out.strip() == "healthy"
+    assert main(["health"]) == 1  # no bot runs here
+    assert "no heartbeat yet" in capsys.readouterr().out
+    time.sleep(1.1)  # the worker has stopped: its heartbeat only grows older
+    assert main(["health", "--worker", "--max-age", "1"]) == 1
+    assert "the worker on this host last beat" in capsys.readouterr().out
+
+
 def test_health_reports_an_unreachable_database(data: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     (data / "bot.heartbeat").write_text("1\n")
     monkeypatch.setenv("LATENT_PAINTER_DATABASE_URL", "postgresql+asyncpg://nobody@127.0.0.1:9/none")
@@ -221,5 +238,6 @@ def test_health_help_says_what_it_checks(capsys) -> None:
         text = " ".join(capsys.readouterr().out.split())
         assert (
             "check the database (exists, schema at head), the bot's heartbeat and, when the bot "
-            "runs its worker, the worker's heartbeat (exit 0 healthy, 1 not)"
+            "runs its worker, the worker's heartbeat; with --worker, the heartbeat of a "
+            "`latent-painter worker` on this host instead (exit 0 healthy, 1 not)"
         ) in text.replace("Check the", "check the"), text
