@@ -75,6 +75,8 @@ def standalone_heartbeat_file(data_dir: Path) -> Path:
     host that share a data directory share it too: healthy while any of them runs.
     """
     return data_dir / f"worker.{host_name()}.heartbeat"
+
+
 # Held locked (flock) by a running worker in its work directory: the kernel lets go when
 # the process dies, however it dies, so a free lock means a dead owner, whatever its PID.
 WORKDIR_LOCK = ".lock"
