@@ -41,7 +41,7 @@ import discord
 from PIL import Image
 
 from bot.progress import Tracked, interaction_webhook, token_usable
-from bot.text import quote
+from bot.text import jump_link, quote, seconds
 from bot.worker import forget_input, member_message
 from db.models import Job, Result, utcnow
 from db.results import result_for_job, set_result_message
@@ -323,6 +323,8 @@ class Outcome:
     notes: tuple[str, ...] = ()
     left_out: tuple[str, ...] = ()  # roles of files too large to attach
     result_id: int | None = None  # the result row the message delivers
+    # The reply's last words once the message is out: the status line with a link to it.
+    done: str | None = None
     private: bool = False  # the member's own mistake: told only to them (ephemeral)
     replaces_reply: bool = False  # once sent, the reply (a stale status line) is deleted
     # The status line in the reply says it all (a cancellation, usually the member's own
@@ -344,6 +346,13 @@ class Outcome:
 
 
 # -- delivery -----------------------------------------------------------------------------
+
+
+def done_in(job: Job) -> str:
+    """``Done in about 40 s``: from the request to the finished result, as the member waited."""
+    if job.finished_at is None or job.created_at is None:
+        return "Done"
+    return f"Done in {seconds((job.finished_at - job.created_at).total_seconds())}"
 
 
 class Deliverer:
@@ -414,6 +423,7 @@ class Deliverer:
             notes=tuple(notes),
             left_out=left_out,
             result_id=result.id,
+            done=f"{done_in(job)}: result `{result.public_id}`.",
         )
 
     async def age_restricted(self, channel_id: int | None) -> bool:
@@ -532,6 +542,17 @@ class Deliverer:
             raise
         log.info("job %s delivered as an interaction follow-up", job.id)
         await self._remember(outcome, message.id)
+        if outcome.done is not None and job.channel_id is not None:
+            # In a busy channel other messages come between the reply and the result.
+            link = jump_link(job.guild_id, job.channel_id, message.id)
+            try:
+                await webhook.edit_message(  # type: ignore[arg-type]
+                    "@original",
+                    content=f"{outcome.done} [Open it]({link})",
+                    allowed_mentions=discord.AllowedMentions.none(),
+                )
+            except discord.HTTPException as exc:  # the status line without its link is enough
+                log.info("job %s: reply not linked to its result (%s %s)", job.id, exc.status, exc.code)
         if outcome.replaces_reply:
             # One message says it all: the status line above it would only repeat it.
             try:

@@ -135,6 +135,12 @@ def seconds(value: float) -> str:
     return f"about {value / 3600:.1f} h"
 
 
+def jump_link(guild_id: int | None, channel_id: int, message_id: int | None = None) -> str:
+    """A link that opens a channel, or a message in it (``@me`` stands for direct messages)."""
+    url = f"https://discord.com/channels/{guild_id or '@me'}/{channel_id}"
+    return f"{url}/{message_id}" if message_id else url
+
+
 def timestamp(when: datetime, style: str = "R") -> str:
     """A Discord timestamp tag, shown in each reader's own time zone."""
     return discord.utils.format_dt(when, style=style)  # type: ignore[arg-type]

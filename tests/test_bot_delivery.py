@@ -252,7 +252,7 @@ async def test_one_members_rate_limit_holds_up_nobody_else(world: World) -> None
     await _settled(alice)
     late = [r for r in alice.requests if r.method == "PATCH" and r.at > followup.at]
     assert all(not r.content.startswith("**Painting**") for r in late), [r.content for r in late]
-    assert alice.original is not None and alice.original.content.startswith("Done: result")
+    assert alice.original is not None and alice.original.content.startswith("Done in about")
 
 
 @on_world

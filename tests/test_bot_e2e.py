@@ -306,9 +306,14 @@ async def test_paint_delivers_mp4_final_image_and_heatmap_pinging_only_the_reque
         f"lp:submit:{rid}",
         f"lp:delete:{rid}",
     ]
-    # The deferred reply ends as a status line pointing at the result.
+    # The deferred reply ends as a status line: how long it took, and a link to the result.
+    await handle.wait_for(lambda r: r.method == "PATCH" and "Open it" in (r.content or ""), timeout=10)
     original = handle.original
-    assert original is not None and rid in original.content and not original.attachments
+    assert original is not None and not original.attachments
+    link = f"https://discord.com/channels/{message.guild_id}/{message.channel_id}/{message.id}"
+    assert re.fullmatch(
+        rf"Done in about \d+ s: result `{rid}`\. \[Open it\]\({re.escape(link)}\)", original.content
+    ), original.content
 
 
 async def test_history_lists_the_result(world: World) -> None:

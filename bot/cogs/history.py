@@ -11,7 +11,7 @@ from discord.ext import commands
 
 from bot.cogs.common import UserError, painter_bot
 from bot.cogs.gallery import delete_posts
-from bot.text import quote, timestamp
+from bot.text import jump_link, quote, timestamp
 from bot.views import history_view
 from db.gallery import result_posts
 from db.models import Result
@@ -24,12 +24,6 @@ log = logging.getLogger("latent_painter.bot.history")
 
 PER_PAGE = 5
 MAX_PAGE = 10_000
-
-
-def jump_link(guild_id: int | None, channel_id: int, message_id: int | None = None) -> str:
-    """A link that opens a channel, or a message in it (``@me`` stands for direct messages)."""
-    url = f"https://discord.com/channels/{guild_id or '@me'}/{channel_id}"
-    return f"{url}/{message_id}" if message_id else url
 
 
 def describe_result(result: Result, *, in_dm: bool = False) -> str:
