@@ -68,6 +68,27 @@ def os_error_line(error: OSError) -> tuple[str, int]:
     return describe_os_error(error), EXIT_USER_ERROR
 
 
+def database_error_line(error: Exception) -> str | None:
+    """The one line a database driver's error that ended a command is reported as.
+
+    asyncpg reports an unreachable server as an OSError (see :func:`os_error_line`);
+    psycopg's and SQLite's errors arrive wrapped in SQLAlchemy's ``DBAPIError`` with a
+    multi-line message and a link. None: not a database error.
+    """
+    from sqlalchemy.exc import DBAPIError
+
+    from db.engine import mask_password
+
+    if not isinstance(error, DBAPIError):
+        return None
+    cause = error.orig if error.orig is not None else error
+    text = mask_password(str(cause).strip()).splitlines()
+    reason = " ".join(line.strip() for line in text[:2] if line.strip()) or type(cause).__name__
+    if type(cause).__name__ == "OperationalError" and "connect" in reason.lower():
+        return f"cannot reach the database ([database] url): {reason}"
+    return f"database error ([database] url): {reason}"
+
+
 def describe_os_error(error: OSError, what: str = "file system error") -> str:
     """``<what>: <path>: <strerror>``, the one line an OSError is reported as."""
     parts = [what]
@@ -443,6 +464,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         line, status = os_error_line(exc)
         print(f"latent-painter: error: {line}", file=sys.stderr)
         return status
+    except Exception as exc:
+        line = database_error_line(exc)
+        if line is None:
+            raise
+        print(f"latent-painter: error: {line}", file=sys.stderr)
+        return EXIT_UNREACHABLE
     except Terminated:
         print("latent-painter: terminated", file=sys.stderr)
         return EXIT_TERMINATED

@@ -143,7 +143,9 @@ async def check_health(settings: Any, max_age: float, *, worker: bool = False) -
             state = await schema_state(url)
             problem = _schema_problem(mask_password(url), state.current, state.head)
     except Exception as exc:  # noqa: BLE001 - any failure means unhealthy
-        return f"database unreachable: {type(exc).__name__}: {exc}"
+        from bot.cli import database_error_line
+
+        return database_error_line(exc) or f"database unreachable: {type(exc).__name__}: {exc}"
     if problem is not None:
         return problem
     if worker:

@@ -190,6 +190,14 @@ def _command(name: str, body: Callable[[argparse.Namespace], int]) -> Callable[[
             line, _ = os_error_line(exc)
             print(f"latent-painter {name}: error: {line}", file=sys.stderr)
             return EXIT_FAILED
+        except Exception as exc:
+            from bot.cli import database_error_line
+
+            line = database_error_line(exc)
+            if line is None:
+                raise
+            print(f"latent-painter {name}: error: {line}", file=sys.stderr)
+            return EXIT_FAILED
 
     return run
 

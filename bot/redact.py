@@ -27,6 +27,8 @@ _PATTERNS = (
     ),
     # A password in a URL: postgresql+asyncpg://user:password@host/db.
     (re.compile(r"(\b[a-z][a-z0-9+.\-]*://[^/\s:@]*:)[^@\s/]+@", re.IGNORECASE), r"\1" + REDACTED + "@"),
+    # A password as a URL's query parameter (libpq and psycopg take ?password=…).
+    (re.compile(r"([?&](?:ssl)?password=)[^&#\s'\"]+", re.IGNORECASE), r"\1" + REDACTED),
 )
 
 _secrets: set[str] = set()

@@ -12,6 +12,7 @@ Reads use a plain deferred ``BEGIN``. PostgreSQL needs none of this.
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -44,12 +45,18 @@ class DatabaseURLError(ValueError):
     """A database URL this project cannot use; the message says which ones it can."""
 
 
+# libpq (and so psycopg) also takes the password as a query parameter: ?password=….
+_QUERY_PASSWORD = re.compile(r"([?&](?:ssl)?password=)[^&#\s]*", re.IGNORECASE)
+
+
 def mask_password(text: str) -> str:
-    """``text`` with what sits between ``//`` and ``@`` after the user name masked.
+    """``text`` with what sits between ``//`` and ``@`` after the user name masked, and
+    a ``password=`` query parameter's value.
 
     Works on text that is not a valid URL too (the one we could not parse is exactly the
     one to echo back). Without ``//`` everything before the ``@`` is masked.
     """
+    text = _QUERY_PASSWORD.sub(r"\1***", text)
     at = text.rfind("@")
     if at < 0:
         return text

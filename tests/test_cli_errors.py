@@ -245,11 +245,18 @@ def test_sigterm_mid_paint_leaves_nothing_behind(workdir: Path, env_for: Path) -
     assert files_under(workdir) == ["p.png"]
 
 
-@pytest.mark.parametrize("command", [["jobs"], ["db", "upgrade"], ["bot"]])
-def test_an_unreachable_database_is_named_as_such(workdir: Path, command: list[str]) -> None:
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+asyncpg://painter:s3cret@127.0.0.1:1/lp",
+        # psycopg's errors come wrapped in SQLAlchemy's, with a hint and a link (170 lines).
+        "postgresql+psycopg://painter@127.0.0.1:1/lp?password=s3cret",
+    ],
+)
+@pytest.mark.parametrize("command", [["jobs"], ["db", "upgrade"], ["bot"], ["worker"]])
+def test_an_unreachable_database_is_named_as_such(workdir: Path, command: list[str], url: str) -> None:
     """A database server that refuses connections is not a "file system error" (the bot said
     so) nor a bare "[Errno 111]": one line naming [database] url, exit 1, no password."""
-    url = "postgresql+asyncpg://painter:s3cret@127.0.0.1:1/lp"
     done = run_cli(*command, env={"LATENT_PAINTER_DATABASE_URL": url, "DISCORD_TOKEN": "x.y.z"}, cwd=workdir)
     assert done.returncode == 1, done.stderr
     lines = done.stderr.strip().splitlines()
@@ -257,6 +264,14 @@ def test_an_unreachable_database_is_named_as_such(workdir: Path, command: list[s
     # The bot says what it starts first (model, masked database URL); nothing else.
     assert all(" INFO " in line or " WARNING " in line for line in lines[:-1]), lines
     assert "Traceback" not in done.stderr and "s3cret" not in done.stderr + done.stdout
+
+
+def test_health_with_an_unreachable_database_says_so_in_one_line(workdir: Path) -> None:
+    url = "postgresql+psycopg://painter@127.0.0.1:1/lp?password=s3cret"
+    done = run_cli("health", env={"LATENT_PAINTER_DATABASE_URL": url}, cwd=workdir)
+    assert done.returncode == 1, done.stderr
+    assert done.stdout.startswith("unhealthy: cannot reach the database ([database] url): connection failed")
+    assert len(done.stdout.strip().splitlines()) == 1 and "s3cret" not in done.stdout + done.stderr
 
 
 @pytest.mark.parametrize(

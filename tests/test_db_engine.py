@@ -134,6 +134,11 @@ def test_a_url_that_cannot_be_parsed_is_echoed_without_its_password(url: str) ->
     assert "hunter2" not in str(refused.value)
     assert mask_password("postgresql://u:hunter2@host/db") == "postgresql://u:***@host/db"
     assert mask_password("sqlite:///no/password/here.db") == "sqlite:///no/password/here.db"
+    # libpq takes the password as a query parameter too.
+    assert (
+        mask_password("postgresql+psycopg://u@host/db?sslmode=require&password=hunter2&x=1")
+        == "postgresql+psycopg://u@host/db?sslmode=require&password=***&x=1"
+    )
 
 
 async def test_provider_urls_connect_to_a_real_server() -> None:

@@ -32,6 +32,13 @@ def test_database_password_is_redacted_and_the_rest_kept() -> None:
         == f"cannot reach postgresql+asyncpg://painter:{REDACTED}@db.internal:5432/painter"
     )
 
+    # libpq (psycopg) takes it as a query parameter too.
+    url = "postgresql+psycopg://painter@db.internal/painter?password=s3cret-pw&sslmode=require"
+    assert redact(f"starting: database {url}, data directory /data") == (
+        f"starting: database postgresql+psycopg://painter@db.internal/painter?password={REDACTED}"
+        "&sslmode=require, data directory /data"
+    )
+
 
 def test_ordinary_messages_are_unchanged() -> None:
     text = "job 12 (paint) queued for user 1300000000000000301: 'a lighthouse', token expires at 12:00"
