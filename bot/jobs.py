@@ -250,6 +250,21 @@ def _read_artifact(settings: Settings, key: str, into: Path, *, gone: str | None
     return into
 
 
+def _stored_trail(path: Path, public_id: str | None) -> Any:
+    """A result's stored trail; one that cannot be read is our failure, not the member's.
+
+    (A damaged or truncated file on our disk: its message names a path of ours, and
+    :func:`run_job` would take a :class:`~painter.trail.TrailError` for bad input.)
+    """
+    from painter.trail import Trail, TrailError
+
+    try:
+        return Trail.load(path)
+    except TrailError as exc:
+        what = f"result {public_id}" if public_id else "the source result"
+        raise PermanentJobError(f"the stored trail of {what} is unreadable: {exc}") from exc
+
+
 def _deleted(public_id: str | None, what: str, prompt: str | None = None) -> str:
     """``result ABCD was deleted before it could be repainted``; by its prompt when the id is unknown.
 
@@ -320,7 +335,6 @@ def _paint(ctx: JobContext, settings: Settings) -> JobOutput:
     if params.get("trail_key"):
         # "Repaint with…": another effect over a stored trail, no new generation.
         from bot.paint_job import repaint
-        from painter.trail import Trail
 
         source = _read_artifact(
             settings,
@@ -329,7 +343,7 @@ def _paint(ctx: JobContext, settings: Settings) -> JobOutput:
             # Repaint jobs queued before they carried from_result name their prompt instead.
             gone=_deleted(params.get("from_result"), "it could be repainted", params.get("prompt")),
         )
-        trail = Trail.load(source)
+        trail = _stored_trail(source, params.get("from_result"))
         pipeline = _checker(settings, [trail.meta.model_id], trail.meta.space)
         check = _DerivedCheck(ctx, settings, pipeline, [trail])
         outputs = repaint(settings, trail, out, models=MODELS, on_frame=check.on_frame)
@@ -367,7 +381,6 @@ def _paint(ctx: JobContext, settings: Settings) -> JobOutput:
 
 def _transition(ctx: JobContext, settings: Settings) -> JobOutput:
     from bot.cli_transition import run_transition
-    from painter.trail import Trail
 
     params = ctx.params
     keys = [params.get("from_trail"), params.get("to_trail")]
@@ -375,13 +388,14 @@ def _transition(ctx: JobContext, settings: Settings) -> JobOutput:
         raise PermanentJobError("a transition job needs the trail artifacts of both results")
     ids = [params.get("from_result"), params.get("to_result")]
     trails = [
-        Trail.load(
+        _stored_trail(
             _read_artifact(
                 settings,
                 key,
                 ctx.workdir / f"hop{i}.trail",
                 gone=_deleted(public_id, "the transition could be made"),
-            )
+            ),
+            public_id,
         )
         for i, (key, public_id) in enumerate(zip(keys, ids, strict=True))
     ]

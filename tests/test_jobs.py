@@ -241,6 +241,7 @@ def test_member_input_problems_are_member_errors(setup, tmp_path):
 
 def test_server_faults_are_ours_not_the_members(setup, tmp_path):
     del setup
+    store = LocalArtifactStore(load_settings().data_dir / "artifacts")
     # The model the server is configured with cannot be read.
     broken = tmp_path / "not-a-model"
     broken.mkdir()
@@ -255,6 +256,30 @@ def test_server_faults_are_ours_not_the_members(setup, tmp_path):
     with pytest.raises(PermanentJobError) as caught:
         run_job(_context(tmp_path, {"prompt": "x", "trail_key": "../etc/passwd", **SMALL}))
     assert not isinstance(caught.value, MemberError)
+    # A stored trail damaged on our disk (half copied): a repaint and a transition of it
+    # fail on our side; the member is not told a path of ours as if the mistake were theirs.
+    store.put_bytes("jobs/5/1/trail.safetensors", b'\x08\x00\x00\x00\x00\x00\x00\x00{"a":')
+    with pytest.raises(PermanentJobError) as caught:
+        run_job(
+            _context(
+                tmp_path, {"prompt": "x", "trail_key": "jobs/5/1/trail.safetensors", "from_result": "K3F9"}
+            )
+        )
+    assert not isinstance(caught.value, MemberError)
+    assert "the stored trail of result K3F9 is unreadable" in str(caught.value)
+    ctx = _context(
+        tmp_path,
+        {
+            "from_result": "A1",
+            "to_result": "B2",
+            "from_trail": "jobs/5/1/trail.safetensors",
+            "to_trail": "b/t",
+        },
+        kind="transition",
+    )
+    with pytest.raises(PermanentJobError) as caught:
+        run_job(ctx)
+    assert not isinstance(caught.value, MemberError) and "result A1 is unreadable" in str(caught.value)
 
 
 async def test_safety_checker_verdict_is_recorded(setup, tmp_path, monkeypatch):
