@@ -26,7 +26,15 @@ from painter.animate import Animation, AnimationSpec, decode_image, save_png
 from painter.capture import CaptureError, Generation, capture, check_img2img_steps, validate_generation
 from painter.decode import Decoder, LatentScaling, parse_colour
 from painter.images import image_to_tensor, load_image
-from painter.models import ANALYTIC_ID, LoadedModel, ModelError, load_pipeline, load_taesd, set_scheduler
+from painter.models import (
+    ANALYTIC_ID,
+    LoadedModel,
+    ModelError,
+    load_pipeline,
+    load_taesd,
+    model_label,
+    set_scheduler,
+)
 from painter.trail import Trail, TrailMeta
 
 StepCallback = Callable[[int, int], None]
@@ -593,7 +601,7 @@ def parameters_line(meta: TrailMeta) -> str:
         f"CFG scale: {meta.guidance}",
         f"Seed: {meta.seed}",
         f"Size: {meta.width}x{meta.height}",
-        f"Model: {meta.model_id}",
+        f"Model: {model_label(meta.model_id)}",
     ]
     if picture:
         fields.append(f"Picture: {picture}")
@@ -626,7 +634,8 @@ def png_text(trail: Trail, effect: str) -> dict[str, Any]:
         text.update(negative_prompt=m.negative_prompt, seed=m.seed, guidance=m.guidance, sampler=m.scheduler)
     if m.extra.get("picture"):
         text["picture"] = m.extra["picture"]
-    text.update(steps=m.steps, model=m.model_id)
+    # Pictures are public: a local checkpoint is named by its folder, not the server's path.
+    text.update(steps=m.steps, model=model_label(m.model_id))
     if m.vae_id:
         text["vae"] = m.vae_id
     text.update(effect=effect, Software="latent-painter")

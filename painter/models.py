@@ -82,6 +82,18 @@ class LoadedModel:
         return self.pipeline.vae
 
 
+def model_label(model_id: str | None) -> str | None:
+    """How a model is named where members see it: a local checkpoint by its folder's name.
+
+    A local pipeline is recorded by its absolute path (so it loads again from anywhere),
+    and that path names the server's file system (often its user); members are shown only
+    its last part. Hub ids (``org/name``) and the built-in ids are shown as they are.
+    """
+    if not model_id or not model_id.startswith("/"):
+        return model_id
+    return Path(model_id).name or model_id
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     """``auto`` picks CUDA when present, else the CPU."""
     if device == "auto":

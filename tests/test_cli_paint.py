@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -367,6 +369,21 @@ def test_a_relative_model_path_is_recorded_absolute(env_for, tmp_path, monkeypat
     assert recorded == str((project / "my-model").resolve())
     monkeypatch.chdir(tmp_path)
     assert load_pipeline(recorded).model_id == recorded
+    # The picture is shown to members: its text names the checkpoint's folder, not the
+    # server's path to it.
+    text = Image.open(tmp_path / "t.png").text
+    folder = Path(recorded).name
+    assert text["model"] == folder and f"Model: {folder}," in text["parameters"]
+    assert str(Path(recorded).parent) not in " ".join(text.values())
+
+
+def test_members_see_a_local_checkpoint_by_its_folder_name() -> None:
+    from painter.models import model_label
+
+    assert model_label("/home/owner/models/sd15-house") == "sd15-house"
+    assert model_label("/srv/sd15/") == "sd15"
+    for shown in ("stable-diffusion-v1-5/stable-diffusion-v1-5", "tiny", "analytic", None):
+        assert model_label(shown) == shown
 
 
 def test_a_job_failing_mid_animation_leaves_no_file(env_for, tmp_path):

@@ -333,8 +333,12 @@ def test_transition_pairs_need_trails_and_a_shared_vae() -> None:
 
     check_pair(made(1, "AAAAAAAA", "sd15", "vae-1"), made(2, "BBBBBBBB", "sd15-finetune", "vae-1"))
     with pytest.raises(UserError, match="VAEs differ") as refused:
-        check_pair(made(1, "AAAAAAAA", "sd15", "vae-1"), made(2, "BBBBBBBB", "sdxl", "vae-2"))
+        check_pair(
+            made(1, "AAAAAAAA", "sd15", "vae-1"), made(2, "BBBBBBBB", "/home/owner/ckpt/sdxl", "vae-2")
+        )
+    # A local checkpoint is named by its folder: the server's paths are not for members.
     assert "AAAAAAAA (sd15)" in str(refused.value) and "BBBBBBBB (sdxl)" in str(refused.value)
+    assert "/home/owner" not in str(refused.value)
     with pytest.raises(UserError, match="BBBBBBBB is a transition, which keeps no trail"):
         transition = made(2, "BBBBBBBB", "sd15", "vae-1", trail=None, kind="transition")
         check_pair(made(1, "AAAAAAAA", "sd15", "vae-1"), transition)

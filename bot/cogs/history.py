@@ -16,6 +16,7 @@ from bot.views import history_view
 from db.gallery import result_posts
 from db.models import Result
 from db.results import Page, ResultNotFound, delete_result, get_result, history
+from painter.models import model_label
 
 if TYPE_CHECKING:
     from bot.discord_bot import LatentPainterBot
@@ -44,7 +45,7 @@ def describe_result(result: Result, *, in_dm: bool = False) -> str:
     if result.effect:
         facts.append(result.effect)
     if result.model_id:
-        facts.append(quote(result.model_id, 60))
+        facts.append(quote(model_label(result.model_id), 60))
     if result.width and result.height:
         facts.append(f"{result.width}x{result.height}")
     lines.append(" · ".join(facts))

@@ -162,7 +162,7 @@ async def source_for_button(interaction: discord.Interaction, public_id: str, ac
 
 def check_pair(source: Result, destination: Result) -> None:
     """Refuse pairs a transition cannot be made of, saying why."""
-    from painter.models import ANALYTIC_ID
+    from painter.models import ANALYTIC_ID, model_label
 
     if source.id == destination.id:
         raise UserError("Pick two different results.")
@@ -178,9 +178,10 @@ def check_pair(source: Result, destination: Result) -> None:
             "by a model. Pick two analytic paintings, or two results of models that share a VAE."
         )
     if source.vae_id != destination.vae_id:
+        one, other = (quote(model_label(r.model_id), 100) for r in (source, destination))
         raise UserError(
-            f"{source.public_id} ({quote(source.model_id, 100)}) and {destination.public_id} "
-            f"({quote(destination.model_id, 100)}) were painted with checkpoints whose VAEs differ, "
+            f"{source.public_id} ({one}) and {destination.public_id} "
+            f"({other}) were painted with checkpoints whose VAEs differ, "
             "so their latents cannot be blended. Pick results from checkpoints that share a VAE."
         )
 
