@@ -329,8 +329,8 @@ class JobQueue:
             )
             if live is not None and live >= cap:
                 raise QueueFull(
-                    f"you already have {live} job{'s' if live != 1 else ''} waiting or running "
-                    f"(the limit is {cap}); try again when one has finished"
+                    f"You already have {live} job{'s' if live != 1 else ''} waiting or running "
+                    f"(the limit is {cap}); try again when one has finished."
                 )
             try:
                 async with session.begin_nested():

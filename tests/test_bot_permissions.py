@@ -1,0 +1,86 @@
+"""Who may do what, and what the bot may do: the member cap, moderators, the bot's own permissions.
+
+The bot here runs no worker of its own (``[discord] run_worker = false``), so a job stays
+queued until a test runs :func:`bot.worker.run_worker` with the scripted runner of
+``test_bot_delivery.py``; every member may have two jobs waiting or running.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from PIL import Image
+
+from tests.discord_standin import StandInAttachment
+from tests.discord_standin.world import ALICE_ID, BOB_ID
+from tests.test_bot_delivery import scripted_world
+from tests.test_bot_e2e import World, new_data_dir, refused
+from tests.test_bot_waiting import until
+
+on_world = pytest.mark.asyncio(loop_scope="module")
+
+CAP = 2
+FULL = (
+    f"You already have {CAP} jobs waiting or running (the limit is {CAP}); try again when one has finished."
+)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def world(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> AsyncIterator[World]:
+    data = new_data_dir(tmp_path_factory.mktemp("bot-permissions"), data_dir)
+    async with scripted_world(
+        data,
+        LATENT_PAINTER_DISCORD_RUN_WORKER="false",
+        LATENT_PAINTER_QUEUE_PER_USER_CAP=str(CAP),
+    ) as world:
+        yield world
+
+
+def picture(value: int) -> StandInAttachment:
+    """A small PNG to attach to /paint (well under the test bot's 4 KB limit)."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (48, 48), (value * 40 % 256, 120, 200)).save(buffer, "PNG")
+    return StandInAttachment(f"picture-{value}.png", buffer.getvalue())
+
+
+async def live_jobs(world: World, user_id: int) -> list[int]:
+    jobs = await world.bot.queue.list_jobs(user_id=user_id, limit=1000)
+    return sorted(job.id for job in jobs if job.is_live)
+
+
+async def queued(world: World, count: int, user_id: int = ALICE_ID) -> bool:
+    return len(await live_jobs(world, user_id)) == count
+
+
+async def cancel_all(world: World, user_id: int) -> None:
+    """Take the member's waiting jobs back, and wait until their replies say so (a clean slate)."""
+    jobs = await live_jobs(world, user_id)
+    for job_id in jobs:
+        await world.bot.queue.cancel(job_id)
+    world.bot.watcher.wake()
+    for job_id in jobs:
+        await until(lambda job_id=job_id: job_id in world.bot.watcher.ledger, f"job {job_id} to be delivered")
+
+
+# -- the member cap ---------------------------------------------------------------------------
+
+
+@on_world
+async def test_the_queue_full_refusal_reads_as_the_early_cap_check_does(world: World) -> None:
+    standin = world.standin
+    try:
+        for n in range(CAP):
+            waiting = await standin.send_slash("paint", {"prompt": f"waiting {n}"}, user=BOB_ID)
+            assert (await waiting.response(timeout=5)).callback_type == 5
+        # Without a picture the queue itself refuses; with one, the check before the download.
+        by_queue = await refused(await standin.send_slash("paint", {"prompt": "one more"}, user=BOB_ID))
+        by_check = await refused(
+            await standin.send_slash("paint", {"prompt": "one more", "image": picture(1)}, user=BOB_ID)
+        )
+        assert by_queue == by_check == FULL
+    finally:
+        await cancel_all(world, BOB_ID)
