@@ -7,6 +7,7 @@ queued until a test runs :func:`bot.worker.run_worker` with the scripted runner 
 
 from __future__ import annotations
 
+import asyncio
 import io
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -84,3 +85,37 @@ async def test_the_queue_full_refusal_reads_as_the_early_cap_check_does(world: W
         assert by_queue == by_check == FULL
     finally:
         await cancel_all(world, BOB_ID)
+
+
+@on_world
+async def test_picture_requests_sent_at_once_beyond_the_cap_are_refused_before_any_download(
+    world: World,
+) -> None:
+    standin = world.standin
+    downloads = len(standin.attachment_downloads)
+    # Slow downloads: every request arrives while the first pictures are still on their way.
+    standin.attachment_delay = 0.5
+    try:
+        handles = await asyncio.gather(
+            *(
+                standin.send_slash("paint", {"prompt": f"from a picture {n}", "image": picture(n)})
+                for n in range(6)
+            )
+        )
+        answers = [await handle.response(timeout=5) for handle in handles]
+        accepted = [a for a in answers if a.callback_type == 5]
+        refusals = [a for a in answers if a.callback_type == 4]
+        assert len(accepted) == CAP and len(refusals) == 6 - CAP, [a.callback_type for a in answers]
+        assert all(a.ephemeral and a.content == FULL for a in refusals)
+        await until(lambda: queued(world, CAP), "the accepted requests to be queued")
+        assert len(standin.attachment_downloads) - downloads == CAP
+        # The places were given back once the jobs were queued: with those cancelled, the
+        # member may send pictures again.
+        await cancel_all(world, ALICE_ID)
+        again = await standin.send_slash("paint", {"prompt": "after the others", "image": picture(9)})
+        assert (await again.response(timeout=5)).callback_type == 5
+        await until(lambda: queued(world, 1), "the new request to be queued")
+        assert len(standin.attachment_downloads) - downloads == CAP + 1
+    finally:
+        standin.attachment_delay = 0.0
+        await cancel_all(world, ALICE_ID)

@@ -9,7 +9,8 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
@@ -293,9 +294,52 @@ async def live_jobs(bot: LatentPainterBot, user_id: int) -> int:
     return sum(1 for job in jobs if job.is_live)
 
 
-async def check_cap(bot: LatentPainterBot, user_id: int, rules: GuildRules) -> None:
-    """Refuse early (before a download) when the member's queue is already full."""
+class PreparingRequests:
+    """Requests being prepared (a picture downloading and decoding), not queued yet, per member.
+
+    The queue only counts jobs it holds, so without these a member sending many /paint
+    requests with pictures at once would have every picture downloaded and decoded before
+    the first job was queued. Counted per (guild, member), and compared with the member's
+    live jobs in every server, as the queue's own cap is.
+    """
+
+    def __init__(self) -> None:
+        self._counts: Counter[tuple[int | None, int]] = Counter()
+
+    def of(self, user_id: int) -> int:
+        """How many of the member's requests are being prepared, in all servers."""
+        return sum(count for (_, user), count in self._counts.items() if user == user_id)
+
+    @contextlib.asynccontextmanager
+    async def place(
+        self, bot: LatentPainterBot, interaction: discord.Interaction, rules: GuildRules
+    ) -> AsyncIterator[None]:
+        """Hold a place under the member's cap while the request is prepared; refuse when there is none.
+
+        Released when the block ends (queued, refused or failed).
+        """
+        key = (interaction.guild_id, interaction.user.id)
+        await check_cap(bot, interaction.user.id, rules, preparing=self)
+        # No await between the check and this count: a concurrent request sees it.
+        self._counts[key] += 1
+        try:
+            yield
+        finally:
+            self._counts[key] -= 1
+            if self._counts[key] <= 0:
+                del self._counts[key]
+
+
+async def check_cap(
+    bot: LatentPainterBot, user_id: int, rules: GuildRules, *, preparing: PreparingRequests | None = None
+) -> None:
+    """Refuse early (before a download) when the member's queue is already full.
+
+    Requests of the member still being prepared (``preparing``) count as jobs.
+    """
     live = await live_jobs(bot, user_id)
+    if preparing is not None:
+        live += preparing.of(user_id)
     if live >= rules.per_user_cap:
         raise UserError(
             f"You already have {plural(live, 'job')} waiting or running (the limit is "

@@ -24,9 +24,9 @@ from discord.ext import commands
 
 from bot.cogs.common import (
     GuildRules,
+    PreparingRequests,
     UserError,
     answer,
-    check_cap,
     defer_publicly,
     no_trail,
     painter_bot,
@@ -116,6 +116,7 @@ class PaintCog(commands.Cog, name="Paint"):
         self.sizes = parse_sizes(settings.discord.sizes)
         self.models = offered_models(settings)
         self.model_by_value = {model_choice_value(m): m for m in self.models}
+        self.preparing = PreparingRequests()
         self.command = self._build_command()
 
     async def cog_load(self) -> None:
@@ -243,24 +244,26 @@ class PaintCog(commands.Cog, name="Paint"):
             await start_job(interaction, "paint", params, rules)
             return
         self.check_attachment(image)
-        await check_cap(self.bot, interaction.user.id, rules)
-        # Downloading may take longer than the 3 s Discord gives the first answer. A problem
-        # found after this takes the "thinking…" message away (see common.answer).
-        await defer_publicly(interaction)
-        data = await self.download_attachment(image)
-        # Decoded now, in a thread, so a picture the worker could not read is refused to the
-        # member alone, before it is queued and announced in the channel.
-        await asyncio.to_thread(
-            self.check_picture, data, image.filename, params, rules, size_given=size is not None
-        )
-        key = params["image_key"] = await self.store_upload(interaction, image, data)
-        params["image_name"] = image.filename[:255]
-        try:
-            await start_job(interaction, "paint", params, rules, already_deferred=True)
-        except (UserError, QueueFull):
-            # Refused before a job existed: nothing will ever read the picture.
-            await asyncio.to_thread(self.bot.store.delete, key)
-            raise
+        # The place is held from here until the job is queued, so requests sent at once
+        # beyond the cap are refused before their pictures are downloaded.
+        async with self.preparing.place(self.bot, interaction, rules):
+            # Downloading may take longer than the 3 s Discord gives the first answer. A
+            # problem found after this takes the "thinking…" message away (see common.answer).
+            await defer_publicly(interaction)
+            data = await self.download_attachment(image)
+            # Decoded now, in a thread, so a picture the worker could not read is refused to
+            # the member alone, before it is queued and announced in the channel.
+            await asyncio.to_thread(
+                self.check_picture, data, image.filename, params, rules, size_given=size is not None
+            )
+            key = params["image_key"] = await self.store_upload(interaction, image, data)
+            params["image_name"] = image.filename[:255]
+            try:
+                await start_job(interaction, "paint", params, rules, already_deferred=True)
+            except (UserError, QueueFull):
+                # Refused before a job existed: nothing will ever read the picture.
+                await asyncio.to_thread(self.bot.store.delete, key)
+                raise
 
     def paint_params(
         self,

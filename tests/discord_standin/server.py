@@ -167,6 +167,10 @@ class DiscordStandIn:
         self._dm_channels: dict[int, StandInUser] = {}
         self._forced: list[_ForcedLimit] = []
         self._buckets: list[_Bucket] = []
+        # Attachment (CDN) downloads: the paths served, in order, and a delay before each
+        # answer (seconds), so a test can see how many pictures the bot fetched at once.
+        self.attachment_downloads: list[str] = []
+        self.attachment_delay = 0.0
         self._routes = self._route_table()
         self._runner: web.AppRunner | None = None
         self._port = 0
@@ -788,6 +792,9 @@ class DiscordStandIn:
         if request.headers.get("Upgrade", "").lower() == "websocket":
             return await self.gateway.handle(request)
         if request.method == "GET" and request.path.startswith("/attachments/"):
+            self.attachment_downloads.append(request.path)
+            if self.attachment_delay > 0:
+                await asyncio.sleep(self.attachment_delay)
             return self._serve_attachment(request)
         prefix = next((p for p in API_PREFIXES if request.path.startswith(p + "/")), None)
         path = request.path[len(prefix) :] if prefix else request.path
