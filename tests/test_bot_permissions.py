@@ -17,10 +17,10 @@ import pytest_asyncio
 from PIL import Image
 
 from tests.discord_standin import StandInAttachment
-from tests.discord_standin.world import ALICE_ID, BOB_ID
+from tests.discord_standin.world import ALICE_ID, BOB_ID, MOD_ID, OTHER_GENERAL_ID, OTHER_GUILD_ID, Permission
 from tests.test_bot_delivery import scripted_world
-from tests.test_bot_e2e import World, new_data_dir, refused
-from tests.test_bot_waiting import until
+from tests.test_bot_e2e import CHANNEL_POST, World, new_data_dir, refused
+from tests.test_bot_waiting import queued_paint, until
 
 on_world = pytest.mark.asyncio(loop_scope="module")
 
@@ -118,4 +118,56 @@ async def test_picture_requests_sent_at_once_beyond_the_cap_are_refused_before_a
         assert len(standin.attachment_downloads) - downloads == CAP + 1
     finally:
         standin.attachment_delay = 0.0
+        await cancel_all(world, ALICE_ID)
+
+
+# -- moderators cancel ------------------------------------------------------------------------
+
+
+@on_world
+async def test_a_moderator_of_the_server_cancels_a_members_job_and_the_reply_says_so(world: World) -> None:
+    standin = world.standin
+    refusal = f"Only <@{ALICE_ID}>, who asked for it, can cancel this job."
+    first, first_id = await queued_paint(world, "something off-topic")
+    second, second_id = await queued_paint(world, "something else off-topic")
+    try:
+        # A plain member is refused as before, and so is the owner of another server.
+        plain = await standin.send_component(f"lp:cancel:{first_id}", message=first.original, user=BOB_ID)
+        assert await refused(plain) == refusal
+        elsewhere = await standin.send_component(
+            f"lp:cancel:{first_id}",
+            message=first.original,
+            user=BOB_ID,
+            guild=OTHER_GUILD_ID,
+            channel=OTHER_GENERAL_ID,
+        )
+        assert await refused(elsewhere) == refusal
+        assert await live_jobs(world, ALICE_ID) == [first_id, second_id]
+
+        # Manage Server (the mods role): the reply says a moderator cancelled it, and the
+        # watcher's delivery keeps saying so.
+        click = await standin.send_component(f"lp:cancel:{first_id}", message=first.original, user=MOD_ID)
+        answer = await click.response(timeout=5)
+        said = "Your painting “something off-topic” was cancelled by a moderator."
+        assert answer.callback_type == 7 and answer.content.endswith(f"\n{said}")
+        await first.wait_for(lambda r: r.method == "PATCH" and r.ok and r.content == said, timeout=10)
+        assert (await world.bot.queue.get(first_id)).status == "cancelled"
+
+        # Manage Messages in the channel is enough too. The reply can no longer be edited by
+        # the watcher (its token expired), so the member is told in the channel.
+        second.expire()
+        mark = standin.mark()
+        click = await standin.send_component(
+            f"lp:cancel:{second_id}",
+            message=second.original,
+            user=BOB_ID,
+            permissions=Permission.EVERYONE | Permission.MANAGE_MESSAGES,
+        )
+        said = "Your painting “something else off-topic” was cancelled by a moderator."
+        assert (await click.response(timeout=5)).content.endswith(f"\n{said}")
+        posted = await standin.wait_for(lambda r: r.route == CHANNEL_POST and r.ok, since=mark, timeout=10)
+        assert posted.content == f"<@{ALICE_ID}> {said}"
+        assert posted.allowed_mentions["users"] == [ALICE_ID]
+        assert await live_jobs(world, ALICE_ID) == []
+    finally:
         await cancel_all(world, ALICE_ID)

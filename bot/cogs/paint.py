@@ -469,8 +469,10 @@ class PaintCog(commands.Cog, name="Paint"):
     # -- "Cancel" under a progress reply -------------------------------------------------
 
     async def cancel(self, interaction: discord.Interaction, job_id: int) -> None:
-        """Cancel a job from its progress reply: only its requester may.
+        """Cancel a job from its progress reply: its requester, or a moderator of its server, may.
 
+        A moderator is a member with Manage Messages in the channel or Manage Server, in the
+        server the job was asked for; the announcement then says a moderator cancelled it.
         A queued job ends at once, a running one at the worker's next step. The reply is
         edited in the same answer (the click's own token, so this works after the command's
         token expired); the watcher then delivers the cancellation as for any finished job.
@@ -483,7 +485,8 @@ class PaintCog(commands.Cog, name="Paint"):
             job = await bot.queue.get(job_id)
         except LookupError:
             raise UserError("That job no longer exists; there is nothing to cancel.") from None
-        if job.user_id != interaction.user.id:
+        by_moderator = job.user_id != interaction.user.id
+        if by_moderator and not moderates(interaction, job.guild_id):
             raise UserError(f"Only <@{job.user_id}>, who asked for it, can cancel this job.")
         if not job.is_live:
             what = {"done": "it has finished", "failed": "it has failed", "cancelled": "it was cancelled"}
@@ -491,19 +494,25 @@ class PaintCog(commands.Cog, name="Paint"):
             why = what.get(job.status, job.status)
             await answer(interaction, f"{job_title(job)} cannot be cancelled: {why} already.")
             return
+        if by_moderator:
+            # Noted first: the watcher may see the cancelled job before this call returns.
+            bot.watcher.cancelled_by_moderator(job_id)
         try:
-            job = await bot.queue.cancel(job_id, user_id=interaction.user.id)
+            job = await bot.queue.cancel(job_id, user_id=None if by_moderator else interaction.user.id)
         except JobNotFound:
             raise UserError("That job no longer exists; there is nothing to cancel.") from None
         if job.status == "cancelled":
-            text = failure_text(job)  # the same words the delivery will use
+            text = failure_text(job, by_moderator=by_moderator)  # the same words the delivery will use
         elif job.is_live:
             text = "Cancelling: the job stops at its next step."
         else:  # it finished between the two reads
             await interaction.response.edit_message(view=None)
             await answer(interaction, f"{job_title(job)} finished before it could be cancelled.")
             return
-        log.info("job %s cancelled by its requester %s", job_id, interaction.user.id)
+        if by_moderator:
+            log.info("job %s of user %s cancelled by moderator %s", job_id, job.user_id, interaction.user.id)
+        else:
+            log.info("job %s cancelled by its requester %s", job_id, interaction.user.id)
         await interaction.response.edit_message(
             content=f"{heading(job)}\n{text}",
             embeds=[],
@@ -512,6 +521,18 @@ class PaintCog(commands.Cog, name="Paint"):
             allowed_mentions=discord.AllowedMentions.none(),
         )
         bot.watcher.wake()
+
+
+def moderates(interaction: discord.Interaction, guild_id: int | None) -> bool:
+    """Whether the member may stop others' jobs of ``guild_id``: Manage Messages here, or Manage Server.
+
+    Only in that server: a job asked for elsewhere (or in a direct message) is its requester's.
+    """
+    if interaction.guild_id is None or guild_id != interaction.guild_id:
+        return False
+    # Resolved for this channel by Discord, overwrites included (an administrator has every bit).
+    permissions = interaction.permissions
+    return permissions.administrator or permissions.manage_messages or permissions.manage_guild
 
 
 async def setup(bot: LatentPainterBot) -> None:
