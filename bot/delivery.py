@@ -311,6 +311,9 @@ def too_large_note(roles: Iterable[str]) -> str:
     return f"{listed[0].upper()}{listed[1:]} {verb} too large to attach here."
 
 
+SPOILER_NOTE = "It was flagged by the safety checker, so it is shown as spoilers."
+
+
 @dataclass
 class Outcome:
     """One message to deliver: a status line for the reply, and the message itself."""
@@ -324,6 +327,7 @@ class Outcome:
     notes: tuple[str, ...] = ()
     left_out: tuple[str, ...] = ()  # roles of files too large to attach
     result_id: int | None = None  # the result row the message delivers
+    public_id: str | None = None  # and its id, as members know it
     # The reply's last words once the message is out: the status line with a link to it.
     done: str | None = None
     private: bool = False  # the member's own mistake: told only to them (ephemeral)
@@ -335,7 +339,17 @@ class Outcome:
     @property
     def text(self) -> str:
         """The message's content: what happened, notes, and (once) what was too large."""
-        return " ".join(part for part in (self.content, *self.notes, too_large_note(self.left_out)) if part)
+        flagged = SPOILER_NOTE if self.spoiler else ""
+        parts = (self.content, flagged, *self.notes, too_large_note(self.left_out))
+        return " ".join(part for part in parts if part)
+
+    def without_files(self, note: str) -> Outcome:
+        """The same message with no files at all, saying why in ``note``."""
+        embed = self.embed
+        if embed is not None and embed.image:
+            embed = embed.copy()
+            embed.set_image(url=None)  # it pointed at an attachment
+        return replace(self, embed=embed, files=(), left_out=(), notes=(*self.notes, note))
 
     def without(self, role: str) -> Outcome:
         """The same message with one more kind of file left out as too large."""
@@ -407,10 +421,7 @@ class Deliverer:
         from bot.views import result_view
 
         what = "transition" if result.kind == "transition" else "painting"
-        notes = []
-        if spoiler:
-            notes.append("It was flagged by the safety checker, so it is shown as spoilers.")
-        notes.extend(fit_notes(result))
+        notes = fit_notes(result)
         left_out: tuple[str, ...] = ()
         if result.video_key and not any(f.role == "video" for f in files):
             left_out = ("video",)
@@ -427,6 +438,7 @@ class Deliverer:
             notes=tuple(notes),
             left_out=left_out,
             result_id=result.id,
+            public_id=result.public_id,
             done=f"{done_in(job)}: result `{result.public_id}`.",
         )
 
@@ -566,7 +578,11 @@ class Deliverer:
         return True
 
     async def _in_channel(self, job: Job, outcome: Outcome, files: list[Attachment]) -> bool:
-        """A channel message mentioning the requester (the token expired or failed)."""
+        """A channel message mentioning the requester (the token expired or failed).
+
+        Where the bot may not attach files, the message goes without them; where it may not
+        post at all (or the channel is gone), the requester gets a direct message instead.
+        """
         if job.channel_id is None:
             log.warning("job %s has no channel to deliver to; dropped", job.id)
             return True
@@ -574,18 +590,87 @@ class Deliverer:
         try:
             message = await self._send_fitting(channel.send, job, outcome, files)
         except discord.HTTPException as exc:
-            if exc.status in (403, 404):
-                log.warning(
-                    "job %s: cannot post in channel %s (%s %s); dropped",
-                    job.id,
-                    job.channel_id,
-                    exc.status,
-                    exc.code,
-                )
-                return True
-            raise
+            if exc.status not in (403, 404):
+                raise
+            log.warning(
+                "job %s: cannot post in channel %s (%s %s)", job.id, job.channel_id, exc.status, exc.code
+            )
+            refusal = f"{exc.status} {exc.code}"
+            message = None
+            if exc.status == 403 and files:
+                # Discord answers a missing Attach Files with the same 403 as a missing Send
+                # Messages: the message without its files tells which it was.
+                try:
+                    message = await self._without_files(channel, job, outcome)
+                except discord.HTTPException as again:
+                    if again.status not in (403, 404):
+                        raise
+                    refusal = f"{again.status} {again.code}"
+            if message is None:
+                return await self._directly(job, outcome, files, refusal)
         log.info("job %s delivered as a channel message in %s", job.id, job.channel_id)
         await self._remember(outcome, message.id)
+        return True
+
+    async def _without_files(
+        self, channel: discord.PartialMessageable, job: Job, outcome: Outcome
+    ) -> discord.Message:
+        """The channel message without its attachments, saying where the result can be found."""
+        where = f"result `{outcome.public_id}`" if outcome.public_id else "it"
+        bare = outcome.without_files(
+            f"I'm not allowed to attach files in this channel, so they are left out; "
+            f"find {where} in /history."
+        )
+        message = await channel.send(**self._message(bare, job, files=()))
+        log.info("job %s: posted without its files in channel %s", job.id, job.channel_id)
+        return message
+
+    async def _directly(self, job: Job, outcome: Outcome, files: list[Attachment], refusal: str) -> bool:
+        """A direct message to the requester, whose channel refused the message (``refusal``).
+
+        Sent without the controls (they act in a server) and without a flagged result's
+        pictures (a direct message is no age-restricted channel). When the member's privacy
+        settings refuse it too, that is logged: the result stays in /history.
+        """
+        assert job.channel_id is not None
+        channel_link = jump_link(job.guild_id, job.channel_id)
+        notes = [f"I'm not allowed to post in [the channel you asked in]({channel_link}), so it comes here."]
+        if outcome.spoiler:
+            notes.append("It was flagged by the safety checker, so it is not shown in a direct message.")
+            files = []
+        notes.extend(outcome.notes)
+        if outcome.public_id:
+            notes.append(f"You can find result `{outcome.public_id}` in /history.")
+        content = outcome.content.removeprefix(f"<@{job.user_id}> ")  # no one to ping in a DM
+        direct = replace(
+            outcome,
+            content=content[:1].upper() + content[1:],
+            notes=tuple(notes),
+            spoiler=False,
+            view=None,
+        )
+        try:
+            dm = await self.bot.create_dm(discord.Object(job.user_id))
+            await self._send_fitting(dm.send, job, direct, files)
+        except discord.HTTPException as exc:
+            if exc.status not in (400, 403, 404):
+                raise
+            log.warning(
+                "job %s: result %s not delivered: channel %s refused it (%s) and user %s takes no "
+                "direct messages from the bot (%s %s); it stays in /history",
+                job.id,
+                outcome.public_id,
+                job.channel_id,
+                refusal,
+                job.user_id,
+                exc.status,
+                exc.code,
+            )
+            return True
+        # Not recorded as the result's message: /history links to messages in its channel.
+        log.info(
+            "job %s delivered by direct message (channel %s refused it: %s)", job.id, job.channel_id, refusal
+        )
         return True
 
     async def _send_fitting(

@@ -8,19 +8,33 @@ queued until a test runs :func:`bot.worker.run_worker` with the scripted runner 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 from PIL import Image
 
-from tests.discord_standin import StandInAttachment
-from tests.discord_standin.world import ALICE_ID, BOB_ID, MOD_ID, OTHER_GENERAL_ID, OTHER_GUILD_ID, Permission
+from db.results import result_for_job
+from tests.discord_standin import RecordedRequest, StandInAttachment
+from tests.discord_standin.world import (
+    ALICE_ID,
+    BOB_ID,
+    BOT_ROLE_ID,
+    GENERAL_ID,
+    GUILD_ID,
+    MOD_ID,
+    OTHER_GENERAL_ID,
+    OTHER_GUILD_ID,
+    Permission,
+    StandInMember,
+)
 from tests.test_bot_delivery import scripted_world
-from tests.test_bot_e2e import CHANNEL_POST, World, new_data_dir, refused
-from tests.test_bot_waiting import queued_paint, until
+from tests.test_bot_e2e import CHANNEL_POST, World, new_data_dir, refused, result_id
+from tests.test_bot_waiting import queued_paint, until, work
 
 on_world = pytest.mark.asyncio(loop_scope="module")
 
@@ -171,3 +185,147 @@ async def test_a_moderator_of_the_server_cancels_a_members_job_and_the_reply_say
         assert await live_jobs(world, ALICE_ID) == []
     finally:
         await cancel_all(world, ALICE_ID)
+
+
+# -- what the bot may do in the channel ---------------------------------------------------------
+
+
+@contextlib.contextmanager
+def bot_lacking(world: World, permissions: int) -> Iterator[None]:
+    """The bot without ``permissions`` in the main server, as a server admin may leave it."""
+    standin = world.standin
+    guild = standin.guild(GUILD_ID)
+    assert guild is not None
+    granted = standin.bot_permissions(guild)
+    member = StandInMember(standin.bot_user, roles=[BOT_ROLE_ID], permissions=granted & ~permissions)
+    guild.members.append(member)
+    try:
+        yield
+    finally:
+        guild.members.remove(member)
+
+
+def cannot_post(missing: str) -> str:
+    return (
+        f"I can't post results in this channel: I'm missing {missing}. "
+        "Ask a server admin to allow it, or use another channel."
+    )
+
+
+async def painted_after_the_token_expired(world: World, prompt: str, lacking: int) -> tuple[int, int]:
+    """A job queued while the bot could post, painted once its token expired and the bot lost
+    ``lacking``; returns the job id and the stand-in's mark from before it was painted."""
+    handle, job_id = await queued_paint(world, prompt)
+    handle.expire()  # a long queue: the interaction's 15 minutes are over
+    mark = world.standin.mark()
+    with bot_lacking(world, lacking):
+        assert await work(world) == 1
+        await until(lambda: job_id in world.bot.watcher.ledger, "the result to be delivered")
+    return job_id, mark
+
+
+def posts_in(world: World, mark: int, channel_id: int | None) -> list[RecordedRequest]:
+    """Message posts since ``mark`` in the channel (None: anywhere but the server's channels)."""
+    guild_channels = {f"/channels/{c.id}/messages" for g in world.standin.guilds for c in g.channels}
+
+    def here(r: RecordedRequest) -> bool:
+        if r.route != CHANNEL_POST:
+            return False
+        return r.path == f"/channels/{channel_id}/messages" if channel_id else r.path not in guild_channels
+
+    return world.standin.recorder.matching(here, since=mark)
+
+
+@on_world
+async def test_paint_is_refused_privately_where_the_bot_could_not_post_the_result(world: World) -> None:
+    standin = world.standin
+    downloads = len(standin.attachment_downloads)
+    with bot_lacking(world, Permission.ATTACH_FILES):
+        assert await refused(await standin.send_slash("paint", {"prompt": "a lighthouse"})) == cannot_post(
+            "Attach Files"
+        )
+        with_picture = await standin.send_slash("paint", {"prompt": "a lighthouse", "image": picture(4)})
+        assert await refused(with_picture) == cannot_post("Attach Files")
+    with bot_lacking(world, Permission.SEND_MESSAGES | Permission.EMBED_LINKS):
+        text = await refused(await standin.send_slash("paint", {"prompt": "a lighthouse"}))
+        assert text == cannot_post("Send Messages and Embed Links")
+    assert len(standin.attachment_downloads) == downloads  # refused before the picture was fetched
+    assert await live_jobs(world, ALICE_ID) == []
+
+
+@on_world
+async def test_a_result_the_channel_takes_no_files_for_is_posted_without_them(world: World) -> None:
+    standin = world.standin
+    job_id, mark = await painted_after_the_token_expired(
+        world, "with-trail harbour at night", Permission.ATTACH_FILES
+    )
+    refusal, posted = posts_in(world, mark, GENERAL_ID)
+    assert refusal.status == 403 and refusal.files  # with its files
+    assert posted.ok and not posted.files
+    rid = result_id(posted.content)
+    assert posted.content == (
+        f"<@{ALICE_ID}> your painting `{rid}` is ready. I'm not allowed to attach files in this "
+        f"channel, so they are left out; find result `{rid}` in /history."
+    )
+    assert posted.allowed_mentions["users"] == [ALICE_ID]
+    assert "image" not in posted.embeds[0]  # it would point at a file that is not there
+    assert not posts_in(world, mark, None)  # no direct message as well: delivered once
+    message = standin.channel_messages("general")[-1]
+    assert (await result_for_job(world.bot.db, job_id)).message_id == message.id
+
+    # Its "Repaint with…" is refused, before anything is queued, where files cannot be attached.
+    click = await standin.send_component(
+        f"lp:repaint:{rid}",
+        message=message,
+        values=["glow"],
+        app_permissions=Permission.BOT & ~Permission.ATTACH_FILES,
+    )
+    assert await refused(click) == cannot_post("Attach Files")
+    assert await live_jobs(world, ALICE_ID) == []
+
+
+@on_world
+async def test_a_result_the_channel_refuses_goes_to_the_member_by_direct_message(world: World) -> None:
+    job_id, mark = await painted_after_the_token_expired(world, "a harbour at dawn", Permission.SEND_MESSAGES)
+    # Refused with its files, then without them: the channel takes nothing.
+    assert [r.status for r in posts_in(world, mark, GENERAL_ID)] == [403, 403]
+    [direct] = posts_in(world, mark, None)
+    assert direct.ok
+    rid = result_id(direct.content)
+    assert sorted(direct.file_names) == sorted(
+        [f"painting-{rid}.mp4", f"final-{rid}.png", f"heatmap-{rid}.png"]
+    )
+    assert direct.content == (
+        f"Your painting `{rid}` is ready. I'm not allowed to post in [the channel you asked in]"
+        f"(https://discord.com/channels/{GUILD_ID}/{GENERAL_ID}), so it comes here. "
+        f"You can find result `{rid}` in /history."
+    )
+    assert not direct.message.get("components")  # the controls act in the server
+    # /history links the messages in the result's channel; a direct message is none of them.
+    assert (await result_for_job(world.bot.db, job_id)).message_id is None
+
+
+@on_world
+async def test_a_result_nobody_would_take_is_logged_with_its_id(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    alice = world.standin.user(ALICE_ID)
+    assert alice is not None
+    alice.accepts_dms = False  # her privacy settings
+    try:
+        with caplog.at_level(logging.WARNING, logger="latent_painter.bot.delivery"):
+            job_id, mark = await painted_after_the_token_expired(
+                world, "a harbour nobody sees", Permission.SEND_MESSAGES
+            )
+            await asyncio.sleep(1.5)  # a watcher tick or two: nothing is tried again
+    finally:
+        alice.accepts_dms = True
+    [direct] = posts_in(world, mark, None)
+    assert direct.status == 403
+    assert [r.status for r in posts_in(world, mark, GENERAL_ID)] == [403, 403]
+    result = await result_for_job(world.bot.db, job_id)
+    assert result is not None
+    [warning] = [
+        r for r in caplog.records if r.levelno == logging.WARNING and "not delivered" in r.getMessage()
+    ]
+    assert f"job {job_id}:" in warning.getMessage() and result.public_id in warning.getMessage()

@@ -192,6 +192,44 @@ async def rules_for(interaction: discord.Interaction) -> GuildRules:
     return rules
 
 
+# What a result message needs from the bot in its channel: discord.py's names, Discord's labels.
+POSTING_PERMISSIONS = {
+    "send_messages": "Send Messages",
+    "embed_links": "Embed Links",
+    "attach_files": "Attach Files",
+}
+THREAD_TYPES = (
+    discord.ChannelType.public_thread,
+    discord.ChannelType.private_thread,
+    discord.ChannelType.news_thread,
+)
+
+
+def check_can_post(interaction: discord.Interaction) -> None:
+    """Refuse (with :class:`UserError`) a job whose result the bot could not post in this channel.
+
+    The reply to the interaction works for 15 minutes whatever the channel allows, but a
+    result that comes later is a channel message, with an embed and files. Discord tells
+    each interaction the bot's permissions in its channel (``app_permissions``); what is
+    missing is named, so a server admin knows what to grant. Direct messages need none.
+    """
+    if interaction.guild_id is None:
+        return
+    have = interaction.app_permissions
+    if have.administrator:
+        return
+    missing = [label for name, label in POSTING_PERMISSIONS.items() if not getattr(have, name)]
+    channel_type = getattr(interaction.channel, "type", None)
+    if channel_type in THREAD_TYPES and have.send_messages_in_threads and "Send Messages" in missing:
+        missing.remove("Send Messages")  # in a thread, Send Messages in Threads is what counts
+    if missing:
+        names = missing[0] if len(missing) == 1 else ", ".join(missing[:-1]) + " and " + missing[-1]
+        raise UserError(
+            f"I can't post results in this channel: I'm missing {names}. "
+            "Ask a server admin to allow it, or use another channel."
+        )
+
+
 def no_trail(result: Any) -> str:
     """Why a result cannot be painted again or transitioned (it has no stored trail)."""
     if result.kind == "transition":
@@ -242,10 +280,12 @@ async def start_job(
 ) -> Job:
     """Queue a job for this interaction, defer the reply, and have the watcher follow it.
 
-    Bad parameters and a full queue are member errors (nothing is queued); the deferral
-    comes only after the job exists, so an error can still be answered ephemerally.
+    Bad parameters, a full queue and a channel the bot cannot post the result in are
+    member errors (nothing is queued); the deferral comes only after the job exists, so an
+    error can still be answered ephemerally.
     """
     bot = painter_bot(interaction)
+    check_can_post(interaction)
     params = dict(params)
     params["max_bytes"] = min(bot.settings.render.max_bytes, upload_limit(bot, interaction))
     enqueue = asyncio.ensure_future(

@@ -27,6 +27,7 @@ from bot.cogs.common import (
     PreparingRequests,
     UserError,
     answer,
+    check_can_post,
     defer_publicly,
     no_trail,
     painter_bot,
@@ -221,6 +222,7 @@ class PaintCog(commands.Cog, name="Paint"):
     ) -> None:
         """Check the request, queue it, and defer; the watcher takes it from there."""
         rules = await rules_for(interaction)
+        check_can_post(interaction)  # before a picture is downloaded for nothing
         # Discord reports an image's size (not always: none for some formats); the decoded
         # picture's own size decides below when it differs (an EXIF rotation).
         picture_size = (

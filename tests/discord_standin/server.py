@@ -1178,6 +1178,9 @@ class DiscordStandIn:
             perms = self.bot_permissions(guild)
             if not perms & Permission.SEND_MESSAGES or (record.files and not perms & Permission.ATTACH_FILES):
                 raise ApiError(403, 50013, "Missing Permissions")
+        elif not self._dm_channels[cid].accepts_dms:
+            # The recipient's privacy settings (or a block) keep the bot out of their DMs.
+            raise ApiError(403, 50007, "Cannot send messages to this user")
         validate_message_body(body, record.files, size_limit=limit, creating=True)
         flags = int(body.get("flags") or 0) & ~(
             FLAG_EPHEMERAL | FLAG_LOADING

@@ -77,6 +77,8 @@ class StandInUser:
     username: str
     global_name: str | None = None
     bot: bool = False
+    # False: the user's privacy settings refuse direct messages from the bot (403 50007).
+    accepts_dms: bool = True
 
     def payload(self) -> dict:
         """The user object as Discord sends it."""
