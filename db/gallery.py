@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.engine import Database
-from db.models import GalleryEntry, GalleryVote, GuildSettings, Result, utcnow
+from db.models import GalleryEntry, GalleryVote, GuildSettings, Job, Result, utcnow
 from db.results import ResultNotFound, normalize_public_id
 
 
@@ -163,12 +165,144 @@ async def get_item(db: Database, guild_id: int, entry_id: int) -> GalleryItem:
 
 
 async def result_posts(db: Database, result_id: int) -> list[GalleryPost]:
-    """Every gallery and hall-of-fame post of a result's entries, in every guild."""
-    async with db.read() as session:
+    """Every gallery and hall-of-fame post to take down when a result is deleted, in every guild.
+
+    Called just before the result's row is deleted. Its own entries go with the row (the
+    database cascades); entries of other members' results made from it (repaints and
+    transitions of it, and what was made from those) show its picture under another name,
+    so they are withdrawn here, and their posts are in the list too.
+    """
+    async with db.write() as session:
+        source = await session.get(Result, result_id)
+        if source is None:
+            return []
+        made_from = [r.id for r in await _made_from(session, source) if r.owner_id != source.owner_id]
         entries = (
-            await session.scalars(select(GalleryEntry).where(GalleryEntry.result_id == result_id))
+            await session.scalars(
+                select(GalleryEntry).where(GalleryEntry.result_id.in_([result_id, *made_from]))
+            )
         ).all()
+        withdrawn = [entry.id for entry in entries if entry.result_id != result_id]
+        if withdrawn:
+            await session.execute(delete(GalleryEntry).where(GalleryEntry.id.in_(withdrawn)))
     return [post for entry in entries for post in posts_of(entry)]
+
+
+# -- where a result's picture came from ----------------------------------------------------------
+
+# How many results a lineage is followed through, either way (each step is one query; a
+# chain of repaints of repaints this long is already far past what members make).
+MAX_LINEAGE = 64
+# The parameters that name another result (its public id) or its trail (an artifact key).
+_SOURCE_IDS = ("from_result", "to_result")
+_SOURCE_TRAILS = ("trail_key", "from_trail", "to_trail")
+
+
+@dataclass(frozen=True)
+class Borrowed:
+    """A result another member made (or one nobody can tell the maker of) that a result comes from.
+
+    ``relation`` says how: ``repaints``, ``is a transition from``, ``is a transition to``,
+    or ``comes from`` when it is further up (a repaint of a repaint of it).
+    """
+
+    public_id: str | None  # None: a repaint from before repaints named their source
+    owner_id: int | None  # None: deleted, and no job is left that says who made it
+    relation: str
+
+
+def _sources(kind: str, params: dict[str, Any]) -> list[tuple[str, str | None, str | None]]:
+    """What a result was painted from: (relation, public id, trail key) of each result it uses."""
+    if kind == "transition":
+        return [
+            ("is a transition from", params.get("from_result"), params.get("from_trail")),
+            ("is a transition to", params.get("to_result"), params.get("to_trail")),
+        ]
+    if params.get("trail_key"):  # "Repaint with…": another effect over a stored trail
+        return [("repaints", params.get("from_result"), params.get("trail_key"))]
+    return []  # painted from a prompt (or an uploaded picture): nobody else's result
+
+
+async def borrowed_source(
+    db: Database,
+    public_id: str,
+    user_id: int,
+    *,
+    job_of_key: Callable[[str], int | None] | None = None,
+) -> Borrowed | None:
+    """The first result up ``public_id``'s lineage that is not ``user_id``'s; None when all are theirs.
+
+    The lineage is what the result repaints or transitions, what those were made from, and
+    so on: a repaint's final picture is its source's picture. A source whose row is gone is
+    looked up through the job that stored its trail (``job_of_key`` reads the job id from an
+    artifact key: the store's key layout is the bot's business); when nothing tells who made
+    it, it counts as someone else's.
+    """
+    canonical = normalize_public_id(public_id)
+    async with db.read() as session:
+        result = await session.scalar(select(Result).where(Result.public_id == canonical))
+        if result is None:
+            return None
+        seen: set[str] = {canonical}
+        pending: list[tuple[str, dict[str, Any], bool]] = [(result.kind, result.params or {}, True)]
+        while pending and len(seen) <= MAX_LINEAGE:
+            kind, params, direct = pending.pop()
+            for relation, source_id, trail_key in _sources(kind, params):
+                mark = source_id or trail_key or ""
+                if mark in seen:
+                    continue
+                seen.add(mark)
+                maker = await _maker(session, source_id, trail_key, job_of_key)
+                shown_id = maker[0] if maker else source_id
+                if maker is None or maker[1] != user_id:
+                    return Borrowed(
+                        public_id=shown_id,
+                        owner_id=maker[1] if maker else None,
+                        relation=relation if direct else "comes from",
+                    )
+                pending.append((maker[2], maker[3], False))
+    return None
+
+
+async def _maker(
+    session: AsyncSession,
+    public_id: str | None,
+    trail_key: str | None,
+    job_of_key: Callable[[str], int | None] | None,
+) -> tuple[str | None, int, str, dict[str, Any]] | None:
+    """(public id, maker, kind, params) of a source result, by its id, its trail, or its trail's job."""
+    if public_id:
+        row = await session.scalar(select(Result).where(Result.public_id == public_id))
+        if row is not None:
+            return row.public_id, row.owner_id, row.kind, row.params or {}
+    if trail_key:
+        row = await session.scalar(select(Result).where(Result.trail_key == trail_key).limit(1))
+        if row is not None:
+            return row.public_id, row.owner_id, row.kind, row.params or {}
+        job_id = job_of_key(trail_key) if job_of_key else None
+        job = await session.get(Job, job_id) if job_id is not None else None
+        if job is not None:
+            return public_id, job.user_id, job.kind, job.params or {}
+    return None
+
+
+async def _made_from(session: AsyncSession, source: Result) -> list[Result]:
+    """Every result made from ``source``: its repaints and transitions, theirs, and so on."""
+    found: dict[int, Result] = {}
+    ids, keys = {source.public_id}, {source.trail_key} - {None}
+    for _ in range(MAX_LINEAGE):
+        named = [Result.params[name].as_string().in_(ids) for name in _SOURCE_IDS]
+        if keys:
+            named += [Result.params[name].as_string().in_(keys) for name in _SOURCE_TRAILS]
+        rows = (
+            await session.scalars(select(Result).where(or_(*named), Result.id.not_in([source.id, *found])))
+        ).all()
+        if not rows:
+            break
+        found.update((row.id, row) for row in rows)
+        ids = {row.public_id for row in rows}
+        keys = {row.trail_key for row in rows} - {None}
+    return list(found.values())
 
 
 async def toggle_vote(db: Database, guild_id: int, entry_id: int, user_id: int) -> VoteOutcome:

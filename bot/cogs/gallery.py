@@ -4,6 +4,9 @@ A submitted result is posted (its final picture and a vote button) in the server
 gallery channel, or right where it was submitted when the server has none. With a
 hall-of-fame channel set, an entry is featured there once: when submitted, or when its
 votes reach the server's threshold if one is set.
+
+Only a member's own paintings go in: not a repaint or transition of someone else's result,
+whose picture is that member's.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import asyncio
 import io
 import logging
 import math
+import re
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -25,10 +29,12 @@ from bot.delivery import MESSAGE_OVERHEAD, shrink_picture
 from bot.text import one_line, quote
 from bot.views import gallery_view, vote_view, with_vote_count
 from db.gallery import (
+    Borrowed,
     EntryNotFound,
     GalleryError,
     GalleryItem,
     GalleryPost,
+    borrowed_source,
     browse,
     claim_hall_of_fame,
     count_entries,
@@ -91,6 +97,27 @@ def cannot_post(channel_id: int | None) -> str:
         "View Channel, Send Messages, Embed Links and Attach Files permissions there "
         "(or to pick another channel with /settings)."
     )
+
+
+def borrowed_text(borrowed: Borrowed) -> str:
+    """Why a result made from someone else's painting cannot go in the gallery."""
+    if borrowed.owner_id is not None:
+        source = f"<@{borrowed.owner_id}>'s `{borrowed.public_id}`"
+    elif borrowed.public_id:
+        source = f"`{borrowed.public_id}`, which was deleted (so I cannot tell whose painting it was)"
+    else:
+        source = "a result that was deleted (so I cannot tell whose painting it was)"
+    return f"That result {borrowed.relation} {source}; only your own paintings can go in the gallery."
+
+
+# Artifact keys of jobs: ``jobs/<job id>/<attempt>/<role>`` (see bot.artifacts.job_key).
+_JOB_KEY = re.compile(r"jobs/([0-9]{1,18})/.+")
+
+
+def job_of_key(key: str) -> int | None:
+    """The job that stored an artifact, from its key; None for keys no job made."""
+    matched = _JOB_KEY.fullmatch(key)
+    return int(matched[1]) if matched else None
 
 
 def may_moderate(interaction: discord.Interaction) -> bool:
@@ -221,10 +248,12 @@ class GalleryCog(commands.Cog, name="Gallery"):
     async def check_postable(
         self, interaction: discord.Interaction, public_id: str, channel_id: int | None, rules: GuildRules
     ) -> None:
-        """Refuse, before anything is written, the member's own result that the gallery channel may not show.
+        """Refuse, before anything is written, the member's own result that the gallery may not show.
 
-        A result the safety checker flagged is posted only where delivery would have shown
-        it (as spoilers, in an age-restricted channel when the server allows that). Someone
+        A repaint or transition of another member's result is theirs as much as the member's
+        (a repaint's final picture is its source's picture): refused, naming the source. A
+        result the safety checker flagged is posted only where delivery would have shown it
+        (as spoilers, in an age-restricted channel when the server allows that). Someone
         else's result is left to :func:`db.gallery.submit`, which refuses it.
         """
         try:
@@ -233,6 +262,15 @@ class GalleryCog(commands.Cog, name="Gallery"):
             return
         if result.owner_id != interaction.user.id:
             return
+        borrowed = await borrowed_source(self.bot.db, public_id, interaction.user.id, job_of_key=job_of_key)
+        if borrowed is not None:
+            log.info(
+                "gallery submission of %s refused: made from %s of member %s",
+                public_id,
+                borrowed.public_id,
+                borrowed.owner_id,
+            )
+            raise UserError(borrowed_text(borrowed))
         if await flagged_action(self.bot, result, interaction.guild_id, channel_id) == "refuse":
             log.info("gallery submission of %s refused: flagged by the safety checker", public_id)
             raise UserError(withheld(public_id, "added to the gallery", rules.flagged_results))

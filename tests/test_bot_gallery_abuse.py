@@ -1,0 +1,287 @@
+"""Who may put what in a gallery, vote for it and take it out, through the real discord.py client.
+
+A repaint or transition of another member's result is that member's picture: it cannot go
+in the gallery under someone else's name, and deleting the original takes such entries
+down. A hall-of-fame post that fails is said to the member whose action made it (and tried
+again on the next vote); /settings warns about a channel the bot cannot post in. Nobody
+votes for their own entry. Manage Messages counts in the gallery channel itself, not
+wherever /gallery remove was typed. The bot runs the scripted job runner of
+``test_bot_delivery`` (real files, no model).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from sqlalchemy import delete, select
+
+from bot.cogs.gallery import job_of_key
+from db.engine import Database
+from db.gallery import (
+    Borrowed,
+    GalleryPost,
+    borrowed_source,
+    browse,
+    count_entries,
+    record_post,
+    result_posts,
+)
+from db.models import GalleryEntry, Result
+from db.queue import JobQueue
+from db.results import new_public_id
+from tests import db_fixtures
+from tests.discord_standin import InteractionHandle, StoredMessage
+from tests.discord_standin.world import (
+    ALICE_ID,
+    BOB_ID,
+    BOT_ROLE_ID,
+    GALLERY_ID,
+    GUILD_ID,
+)
+from tests.test_bot_delivery import scripted_world
+from tests.test_bot_e2e import FOLLOWUP, World, custom_ids, delivered, new_data_dir, result_id
+from tests.test_bot_gallery_history import (
+    clear_gallery,
+    paint,
+    posts_of,
+    reset,
+    settings,
+    stored_paint,
+    told_privately,
+)
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+db_url, database, queue = db_fixtures.db_url, db_fixtures.database, db_fixtures.queue
+
+ONLY_YOURS = "only your own paintings can go in the gallery."
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def world(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> AsyncIterator[World]:
+    data = new_data_dir(tmp_path_factory.mktemp("bot-gallery-abuse"), data_dir)
+    async with scripted_world(data) as world:
+        yield world
+
+
+async def repaint(world: World, message: StoredMessage, rid: str, user: int) -> tuple[str, StoredMessage]:
+    """``user`` clicks "Repaint with… glow" under ``rid``'s message; the new result and its message."""
+    click = await world.standin.send_component(
+        f"lp:repaint:{rid}", message=message, user=user, values=["glow"]
+    )
+    new = result_id((await delivered(click, timeout=30)).content)
+    return new, next(m for m in click.messages if f"lp:delete:{new}" in custom_ids(m))
+
+
+def made_from(owner_id: int, kind: str, **params: str) -> Result:
+    """A repaint or transition result row (no job made it), made from the results ``params`` name."""
+    return Result(
+        public_id=new_public_id(), kind=kind, owner_id=owner_id, guild_id=GUILD_ID, params=params, sizes={}
+    )
+
+
+async def submit(world: World, rid: str, user: int = ALICE_ID) -> InteractionHandle:
+    """/gallery submit as ``user``."""
+    return await world.standin.send_slash("gallery submit", {"result": rid}, user=user)
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    """Wait for a gateway event to reach the bot's cache."""
+    for _ in range(100):
+        if condition():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the bot never saw {what}")
+
+
+def denied_to_the_bot(permissions: int) -> list[dict]:
+    """A channel's permission overwrites that deny the bot's role ``permissions``."""
+    return [{"id": str(BOT_ROLE_ID), "type": 0, "allow": "0", "deny": str(permissions)}]
+
+
+async def overwrite(world: World, channel_id: int, overwrites: list[dict]) -> None:
+    """Give a channel these permission overwrites, as Discord tells the bot (CHANNEL_UPDATE).
+
+    The stand-in's REST side knows no overwrites: this changes what the bot sees, not what
+    the stand-in lets it do.
+    """
+    channel = world.standin.guild(GUILD_ID).channel(channel_id)
+    await world.standin.dispatch(
+        "CHANNEL_UPDATE", channel.payload(GUILD_ID) | {"permission_overwrites": overwrites}
+    )
+    cached = world.bot.get_guild(GUILD_ID)
+    await until(lambda: len(cached.get_channel(channel_id).overwrites) == len(overwrites), "the overwrites")
+
+
+def private_notes(handle: InteractionHandle) -> list[str]:
+    """The texts of the ephemeral follow-ups the bot sent for an interaction so far."""
+    return [r.content for r in handle.requests if r.ok and r.route == FOLLOWUP and r.ephemeral and r.content]
+
+
+# -- 1. someone else's picture under your name ------------------------------------------------------
+
+
+async def test_a_repaint_of_another_members_result_cannot_go_in_the_gallery(world: World) -> None:
+    standin, bot = world.standin, world.bot
+    alices, alices_message = await paint(world, "with-trail alice's lighthouse")
+    await (await submit(world, alices)).followup(timeout=10)  # in the gallery: Bob may use it
+    try:
+        bobs, bobs_message = await repaint(world, alices_message, alices, BOB_ID)
+        expected = f"That result repaints <@{ALICE_ID}>'s `{alices}`; {ONLY_YOURS}"
+        assert await told_privately(await submit(world, bobs, BOB_ID)) == expected
+        # The result's own "Add to gallery" button is the same submission.
+        click = await standin.send_component(f"lp:submit:{bobs}", message=bobs_message, user=BOB_ID)
+        assert await told_privately(click) == expected
+        # A repaint of that repaint is still Alice's picture.
+        again, _ = await repaint(world, bobs_message, bobs, BOB_ID)
+        text = await told_privately(await submit(world, again, BOB_ID))
+        assert text == f"That result comes from <@{ALICE_ID}>'s `{alices}`; {ONLY_YOURS}"
+        assert [i.result.public_id for i in await browse(bot.db, GUILD_ID)] == [alices]
+        assert not posts_of(world, "general", bobs) and not posts_of(world, "general", again)
+
+        # Alice's own repaint of her own painting goes in as any painting of hers.
+        hers, _ = await repaint(world, alices_message, alices, ALICE_ID)
+        assert (await (await submit(world, hers)).followup(timeout=10)).embeds[0]["title"] == hers
+
+        # Transitions: either end being someone else's is enough to refuse.
+        async with bot.db.write() as session:
+            mine = stored_paint(BOB_ID, "bob's own", trail_key="tests/bob.trail")
+            session.add(mine)
+            ends = {"from_trail": "tests/bob.trail", "to_trail": "tests/alice.trail"}
+            towards = made_from(BOB_ID, "transition", from_result=mine.public_id, to_result=alices, **ends)
+            backwards = made_from(BOB_ID, "transition", from_result=alices, to_result=mine.public_id)
+            session.add_all([towards, backwards])
+        text = await told_privately(await submit(world, towards.public_id, BOB_ID))
+        assert text == f"That result is a transition to <@{ALICE_ID}>'s `{alices}`; {ONLY_YOURS}"
+        text = await told_privately(await submit(world, backwards.public_id, BOB_ID))
+        assert text == f"That result is a transition from <@{ALICE_ID}>'s `{alices}`; {ONLY_YOURS}"
+        assert await count_entries(bot.db, GUILD_ID) == 2
+    finally:
+        await clear_gallery(world)
+
+
+async def test_deleting_a_result_takes_down_other_members_repaints_of_it(world: World) -> None:
+    standin, bot = world.standin, world.bot
+    await settings(world, gallery_channel=GALLERY_ID)
+    try:
+        alices, alices_message = await paint(world, "with-trail a painting to be deleted")
+        await (await submit(world, alices)).followup(timeout=10)
+        bobs, _ = await repaint(world, alices_message, alices, BOB_ID)
+        hers, _ = await repaint(world, alices_message, alices, ALICE_ID)
+        unrelated, _ = await paint(world, "bob's own painting", user=BOB_ID)
+        for rid, user in ((hers, ALICE_ID), (unrelated, BOB_ID)):
+            await (await submit(world, rid, user)).followup(timeout=10)
+        # Bob's repaint went in before repaints were refused: its entry and post are there.
+        async with bot.db.write() as session:
+            result = await session.scalar(select(Result).where(Result.public_id == bobs))
+            entry = GalleryEntry(guild_id=GUILD_ID, result_id=result.id, submitted_by=BOB_ID, votes=0)
+            session.add(entry)
+        guild = standin.guild(GUILD_ID)
+        post = standin.messages.create(
+            channel_id=GALLERY_ID,
+            guild=guild,
+            author=standin.bot_user,
+            body={"embeds": [{"title": bobs}]},
+            files=[],
+            flags=0,
+            type=0,
+            can_mention_everyone=False,
+        )
+        assert await record_post(bot.db, entry.id, GALLERY_ID, post.id)
+
+        mark = standin.mark()
+        click = await standin.send_component(f"lp:delete:{alices}", message=alices_message)
+        assert (await click.response(timeout=5)).callback_type == 6
+        await standin.wait_for(
+            lambda r: r.method == "DELETE" and r.path.endswith(f"/{post.id}"), since=mark, timeout=10
+        )
+        assert not posts_of(world, "gallery", bobs) and not posts_of(world, "gallery", alices)
+        # Alice's own repaint and Bob's own painting stay.
+        assert sorted(i.result.public_id for i in await browse(bot.db, GUILD_ID)) == sorted([hers, unrelated])
+        assert posts_of(world, "gallery", hers) and posts_of(world, "gallery", unrelated)
+
+        # The original is gone, but the job that painted it says whose it was.
+        text = await told_privately(await submit(world, bobs, BOB_ID))
+        assert text == f"That result repaints <@{ALICE_ID}>'s `{alices}`; {ONLY_YOURS}"
+        # And a source nothing is left of counts as someone else's.
+        async with bot.db.write() as session:
+            orphan = made_from(BOB_ID, "paint", from_result="ZZZZZZZZ", trail_key="tests/gone.trail")
+            session.add(orphan)
+        text = await told_privately(await submit(world, orphan.public_id, BOB_ID))
+        assert text == (
+            "That result repaints `ZZZZZZZZ`, which was deleted (so I cannot tell whose painting it was); "
+            + ONLY_YOURS
+        )
+    finally:
+        await reset(world, "gallery channel")
+        await clear_gallery(world)
+
+
+@pytest.mark.asyncio(loop_scope="function")
+async def test_lineage_is_followed_both_ways_on_each_database(database: Database, queue: JobQueue) -> None:
+    """Who made what a result comes from, and what was made from a deleted result (SQLite and PostgreSQL)."""
+    alice, bob, carol = 1, 2, 3
+    await queue.enqueue("paint", {"prompt": "the original"}, user_id=alice, guild_id=10)
+    [job] = await queue.list_jobs(user_id=alice)
+
+    def row(owner: int, kind: str = "paint", trail: str | None = None, **params: str) -> Result:
+        rid = new_public_id()
+        return Result(
+            public_id=rid, kind=kind, owner_id=owner, params=params, sizes={}, trail_key=trail or f"t/{rid}"
+        )
+
+    original = row(alice, trail=f"jobs/{job.id}/1/trail.safetensors")
+    repaint = row(bob, from_result=original.public_id, trail_key=original.trail_key)
+    again = row(bob, from_result=repaint.public_id, trail_key=repaint.trail_key)
+    # A repaint from before repaints named their source: its trail says where it came from.
+    unnamed = row(bob, trail_key=original.trail_key)
+    carols = row(carol)
+    between = row(carol, "transition", None, from_result=carols.public_id, to_result=again.public_id)
+    hers = row(alice, from_result=original.public_id, trail_key=original.trail_key)
+    rows = [original, repaint, again, unnamed, carols, between, hers]
+    async with database.write() as session:
+        session.add_all(rows)
+        await session.flush()
+        entries = [GalleryEntry(guild_id=10, result_id=r.id, submitted_by=r.owner_id, votes=0) for r in rows]
+        session.add_all(entries)
+    for n, entry in enumerate(entries):
+        assert await record_post(database, entry.id, 500, 9000 + n)
+
+    assert await borrowed_source(database, original.public_id, alice) is None
+    assert await borrowed_source(database, hers.public_id, alice) is None
+    assert await borrowed_source(database, carols.public_id, carol) is None
+    assert await borrowed_source(database, repaint.public_id, bob) == Borrowed(
+        original.public_id, alice, "repaints"
+    )
+    assert await borrowed_source(database, again.public_id, bob) == Borrowed(
+        original.public_id, alice, "comes from"
+    )
+    assert await borrowed_source(database, unnamed.public_id, bob) == Borrowed(
+        original.public_id, alice, "repaints"
+    )
+    assert await borrowed_source(database, between.public_id, carol) == Borrowed(
+        again.public_id, bob, "is a transition to"
+    )
+
+    # Deleting the original takes down what others made from it, however far down; hers stay.
+    posts = await result_posts(database, original.id)
+    taken = {original, repaint, again, unnamed, between}
+    assert sorted(posts, key=lambda p: p.message_id) == [
+        GalleryPost(500, 9000 + n) for n, r in enumerate(rows) if r in taken
+    ]
+    async with database.read() as session:
+        left = (await session.scalars(select(GalleryEntry.result_id))).all()
+    assert sorted(left) == sorted(r.id for r in rows if r not in taken - {original})
+
+    # Once its row is gone, the job that painted its trail still says it was Alice's.
+    async with database.write() as session:
+        await session.execute(delete(Result).where(Result.id == original.id))
+    assert await borrowed_source(database, repaint.public_id, bob) == Borrowed(
+        original.public_id, None, "repaints"
+    )
+    found = await borrowed_source(database, repaint.public_id, bob, job_of_key=job_of_key)
+    assert found == Borrowed(original.public_id, alice, "repaints")
+    assert await borrowed_source(database, hers.public_id, alice, job_of_key=job_of_key) is None
