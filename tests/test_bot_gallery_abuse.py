@@ -27,6 +27,7 @@ from db.gallery import (
     borrowed_source,
     browse,
     count_entries,
+    get_settings,
     record_post,
     result_posts,
 )
@@ -41,9 +42,13 @@ from tests.discord_standin.world import (
     BOT_ROLE_ID,
     GALLERY_ID,
     GUILD_ID,
+    HALL_ID,
+    MOD_ID,
+    Permission,
+    StandInMember,
 )
 from tests.test_bot_delivery import scripted_world
-from tests.test_bot_e2e import FOLLOWUP, World, custom_ids, delivered, new_data_dir, result_id
+from tests.test_bot_e2e import CHANNEL_POST, FOLLOWUP, World, custom_ids, delivered, new_data_dir, result_id
 from tests.test_bot_gallery_history import (
     clear_gallery,
     paint,
@@ -285,3 +290,102 @@ async def test_lineage_is_followed_both_ways_on_each_database(database: Database
     found = await borrowed_source(database, repaint.public_id, bob, job_of_key=job_of_key)
     assert found == Borrowed(original.public_id, alice, "repaints")
     assert await borrowed_source(database, hers.public_id, alice, job_of_key=job_of_key) is None
+
+
+# -- 2. posts the bot cannot make ---------------------------------------------------------------------
+
+
+async def test_a_failed_hall_of_fame_post_is_told_to_the_member_and_retried(world: World) -> None:
+    standin, bot = world.standin, world.bot
+    rid, _ = await paint(world, "a painting for a locked hall of fame")
+    guild = standin.guild(GUILD_ID)
+    granted = standin.bot_permissions(guild)
+    # The bot lost Send Messages in the hall of fame (as a channel overwrite would do).
+    bot_member = StandInMember(
+        standin.bot_user, roles=[BOT_ROLE_ID], permissions=granted & ~Permission.SEND_MESSAGES
+    )
+    guild.members.append(bot_member)
+    await settings(world, hall_of_fame_channel=HALL_ID)  # every submission is featured
+    try:
+        submitted = await submit(world, rid)
+        post = await submitted.followup(timeout=10)
+        assert post.embeds[0]["title"] == rid and not post.ephemeral  # the gallery post itself
+        [note] = await submitted.wait_for(lambda r: r.route == FOLLOWUP and r.ephemeral, timeout=10)
+        assert note.content.startswith(f"I cannot post in <#{HALL_ID}>, so {rid} was not featured"), (
+            note.content
+        )
+        assert "ask an admin" in note.content and "Send Messages" in note.content
+        assert not posts_of(world, "hall-of-fame", rid)
+        [entry] = await browse(bot.db, GUILD_ID)
+        assert entry.entry.hall_of_fame_message_id is None  # still to be featured
+
+        # Bob's vote tries again, fails again, and Bob is told too.
+        message = next(m for m in submitted.messages if custom_ids(m))
+        vote = await standin.send_component(custom_ids(message)[0], message=message, user=BOB_ID)
+        await vote.wait_for(
+            lambda r: r.route == FOLLOWUP and "I cannot post" in (r.content or ""), timeout=10
+        )
+        assert any("has 1 now" in text for text in private_notes(vote))
+
+        # Permissions fixed: the next vote features it, once, however many votes follow.
+        guild.members.remove(bot_member)
+        mark = standin.mark()
+        vote = await standin.send_component(custom_ids(message)[0], message=message, user=MOD_ID)
+        await standin.wait_for(
+            lambda r: r.ok and r.route == CHANNEL_POST and r.params.get("channel_id") == str(HALL_ID),
+            since=mark,
+            timeout=10,
+        )
+        for _ in range(2):  # Bob takes his vote back and votes again
+            await (
+                await standin.send_component(custom_ids(message)[0], message=message, user=BOB_ID)
+            ).followup()
+        assert len(posts_of(world, "hall-of-fame", rid)) == 1
+        assert not [n for n in private_notes(vote) if "cannot post" in n]
+    finally:
+        if bot_member in guild.members:
+            guild.members.remove(bot_member)
+        await reset(world, "hall of fame channel")
+        await clear_gallery(world)
+
+
+async def test_settings_warn_about_a_channel_the_bot_cannot_post_in(world: World) -> None:
+    standin, bot = world.standin, world.bot
+
+    async def as_mod(**options: object) -> str:
+        answer = await (await standin.send_slash("settings", options, user=MOD_ID)).response(timeout=5)
+        assert answer.ok and answer.ephemeral
+        return answer.content
+
+    # The gallery denies the bot Send Messages and Attach Files, the hall of fame Embed Links.
+    await overwrite(world, GALLERY_ID, denied_to_the_bot(Permission.SEND_MESSAGES | Permission.ATTACH_FILES))
+    await overwrite(world, HALL_ID, denied_to_the_bot(Permission.EMBED_LINKS))
+    try:
+        text = await as_mod(gallery_channel=GALLERY_ID)
+        assert text == (
+            # Without Send Messages, Discord counts Embed Links and Attach Files as missing too.
+            "Saved.\nWarning: I am missing Send Messages, Embed Links, Attach Files in the gallery channel "
+            f"<#{GALLERY_ID}>: until I have them there, gallery submissions will be refused."
+        )
+        text = await as_mod(hall_of_fame_channel=HALL_ID)
+        assert text.startswith(
+            "Saved.\nWarning: I am missing Send Messages, Embed Links, Attach Files in the gallery"
+        )
+        assert text.endswith(
+            f"\nWarning: I am missing Embed Links in the hall of fame channel <#{HALL_ID}>: "
+            "until I have them there, entries will not be featured."
+        )
+        # Saved all the same: the admin may fix the permissions next.
+        row = await get_settings(bot.db, GUILD_ID)
+        assert (row.gallery_channel_id, row.hall_of_fame_channel_id) == (GALLERY_ID, HALL_ID)
+
+        await overwrite(world, GALLERY_ID, [])
+        text = await as_mod()
+        assert text.startswith("Nothing changed") and "Embed Links in the hall of fame" in text
+        assert "gallery channel" not in text
+    finally:
+        await overwrite(world, GALLERY_ID, [])
+        await overwrite(world, HALL_ID, [])
+        await reset(world, "gallery channel", "hall of fame channel")
+    assert "Warning" not in await as_mod(hall_of_fame_channel=HALL_ID)
+    await reset(world, "hall of fame channel")

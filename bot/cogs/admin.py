@@ -2,7 +2,9 @@
 
 Discord hides the command from other members (``default_permissions``), but discord.py
 does not check that permission on what arrives, so the command checks it again.
-With no option given it shows the current settings.
+With no option given it shows the current settings. A gallery or hall-of-fame channel the
+bot cannot post in is saved all the same (the admin may fix its permissions next), with a
+warning saying what is missing.
 """
 
 from __future__ import annotations
@@ -29,6 +31,14 @@ FLAGGED_POLICIES = {
 # Where painting commands can be allowed: text channels, the text chat of voice and stage
 # channels, and forums (their posts are threads, allowed with their forum).
 PaintChannel = discord.TextChannel | discord.VoiceChannel | discord.StageChannel | discord.ForumChannel
+
+# What the bot needs in the gallery and hall-of-fame channels to post an entry there.
+POSTING_PERMISSIONS = {
+    "view_channel": "View Channel",
+    "send_messages": "Send Messages",
+    "embed_links": "Embed Links",
+    "attach_files": "Attach Files",
+}
 
 # /settings reset choices → the stored setting they clear.
 RESETTABLE = {
@@ -74,6 +84,34 @@ def settings_embed(row: GuildSettings, bot: LatentPainterBot, flagged: str) -> d
     )
     embed.add_field(name="Flagged results", value=FLAGGED_POLICIES[flagged], inline=False)
     return embed
+
+
+def posting_warnings(guild: discord.Guild | None, row: GuildSettings) -> list[str]:
+    """Warnings about the gallery and hall-of-fame channels the bot cannot post in, as it now stands.
+
+    Resolved from the bot's view of the server (its roles and the channels' overwrites).
+    """
+    if guild is None or guild.me is None:
+        return []
+    warnings = []
+    for name, channel_id, consequence in (
+        ("gallery", row.gallery_channel_id, "gallery submissions will be refused"),
+        ("hall of fame", row.hall_of_fame_channel_id, "entries will not be featured"),
+    ):
+        if channel_id is None:
+            continue
+        channel = guild.get_channel_or_thread(channel_id)
+        if channel is None:
+            warnings.append(f"The {name} channel <#{channel_id}> no longer exists: {consequence}.")
+            continue
+        granted = channel.permissions_for(guild.me)
+        missing = [label for flag, label in POSTING_PERMISSIONS.items() if not getattr(granted, flag)]
+        if missing:
+            warnings.append(
+                f"I am missing {', '.join(missing)} in the {name} channel <#{channel_id}>: "
+                f"until I have them there, {consequence}."
+            )
+    return warnings
 
 
 class AdminCog(commands.Cog, name="Admin"):
@@ -160,6 +198,9 @@ class AdminCog(commands.Cog, name="Admin"):
                 raise UserError(str(exc)) from None
         rules = await guild_rules(self.bot, guild_id)
         note = "Saved." if changes else "Nothing changed; these are the current settings."
+        warnings = posting_warnings(interaction.guild, row)
+        if warnings:
+            note = "\n".join([note, *(f"Warning: {warning}" for warning in warnings)])
         await interaction.response.send_message(
             note, embed=settings_embed(row, self.bot, rules.flagged_results), ephemeral=True
         )

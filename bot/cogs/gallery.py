@@ -23,7 +23,15 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.cogs.common import GuildRules, UserError, defer_publicly, guild_rules, rules_for, upload_limit
+from bot.cogs.common import (
+    GuildRules,
+    UserError,
+    answer,
+    defer_publicly,
+    guild_rules,
+    rules_for,
+    upload_limit,
+)
 from bot.cogs.transition import flagged_action, typed_id, withheld
 from bot.delivery import MESSAGE_OVERHEAD, shrink_picture
 from bot.text import one_line, quote
@@ -88,14 +96,25 @@ def entry_embed(
     return embed
 
 
+# What a member can do about a channel the bot cannot post in.
+ASK_AN_ADMIN = (
+    "Please ask an admin to check that the channel still exists and that I have the "
+    "View Channel, Send Messages, Embed Links and Attach Files permissions there "
+    "(or to pick another channel with /settings)."
+)
+
+
 def cannot_post(channel_id: int | None) -> str:
     """What the member is told when the gallery post could not be made in a channel."""
     where = f"<#{channel_id}>" if channel_id else "the gallery channel"
+    return f"I cannot post in {where}, so your result was not added to the gallery. {ASK_AN_ADMIN}"
+
+
+def cannot_feature(channel_id: int, public_id: str) -> str:
+    """What the member whose submission or vote should have featured an entry hears when that failed."""
     return (
-        f"I cannot post in {where}, so your result was not added to the gallery. "
-        "Please ask an admin to check that the channel still exists and that I have the "
-        "View Channel, Send Messages, Embed Links and Attach Files permissions there "
-        "(or to pick another channel with /settings)."
+        f"I cannot post in <#{channel_id}>, so {public_id} was not featured in the hall of fame. "
+        f"{ASK_AN_ADMIN} The next vote for it tries again."
     )
 
 
@@ -238,12 +257,15 @@ class GalleryCog(commands.Cog, name="Gallery"):
             # The result was deleted (or the entry removed) while the post was being made.
             await delete_posts(self.bot, [GalleryPost(post_channel, message_id)])
             raise UserError(f"{canonical} was taken out of the gallery meanwhile.")
+        problem = None
         if rules.hall_of_fame_channel_id is not None and rules.hall_of_fame_votes is None:
-            await self.feature(rules, result, entry)
+            problem = await self.feature(rules, result, entry)
         if not in_place:
-            await interaction.followup.send(
-                f"{canonical} is in the gallery now: <#{target}>.", ephemeral=True
-            )
+            done = f"{canonical} is in the gallery now: <#{target}>."
+            await interaction.followup.send(f"{done}\n{problem}" if problem else done, ephemeral=True)
+        elif problem:
+            # The gallery post itself answered the command; this is for the member only.
+            await interaction.followup.send(problem, ephemeral=True)
 
     async def check_postable(
         self, interaction: discord.Interaction, public_id: str, channel_id: int | None, rules: GuildRules
@@ -361,10 +383,15 @@ class GalleryCog(commands.Cog, name="Gallery"):
             message = await where.send(**kwargs)
         return message.id
 
-    async def feature(self, rules: GuildRules, result: Result, entry: GalleryEntry) -> None:
-        """Post an entry to the hall of fame, once (the database keeps which message did)."""
+    async def feature(self, rules: GuildRules, result: Result, entry: GalleryEntry) -> str | None:
+        """Post an entry to the hall of fame, once (the database keeps which message did).
+
+        Returns what to tell the member whose submission or vote featured it when the post
+        could not be made (None when it was, or when there was nothing to do). The entry
+        stays unfeatured then, so the next vote for it tries again.
+        """
         if rules.hall_of_fame_channel_id is None or entry.hall_of_fame_message_id is not None:
-            return
+            return None
         channel = self.bot.get_partial_messageable(rules.hall_of_fame_channel_id, guild_id=entry.guild_id)
         # The hall of fame may be a channel where a flagged picture is not shown: the entry is, without it.
         shown = await flagged_action(self.bot, result, entry.guild_id, channel.id)
@@ -373,16 +400,26 @@ class GalleryCog(commands.Cog, name="Gallery"):
                 channel, result, entry, shown, self.bot.settings.discord.upload_limit
             )
         except discord.HTTPException as exc:
-            log.warning("hall of fame post of entry %s failed: %s", entry.id, exc)
-            return
+            log.warning("hall of fame post of entry %s in %s failed: %s", entry.id, channel.id, exc)
+            if isinstance(exc, discord.Forbidden | discord.NotFound):
+                return cannot_feature(channel.id, result.public_id)
+            return (
+                f"{result.public_id} could not be posted to the hall of fame just now "
+                "(Discord refused it); the next vote for it tries again."
+            )
         if not await claim_hall_of_fame(self.bot.db, entry.id, message_id, channel.id):
             # Another vote featured it at the same moment (keep theirs), or the entry is gone.
             await delete_posts(self.bot, [GalleryPost(channel.id, message_id)])
+        return None
 
     # -- votes ------------------------------------------------------------------------------
 
     async def vote(self, interaction: discord.Interaction, entry_id: int) -> None:
-        """Toggle the member's vote on an entry, show the new count, and feature it if it qualifies."""
+        """Toggle the member's vote on an entry, show the new count, and feature it if it qualifies.
+
+        An entry qualifies with the server's threshold of votes, or with any vote when every
+        submission is featured (one whose post failed, or that came before the hall of fame).
+        """
         if interaction.guild_id is None:
             raise UserError("Votes belong to a server's gallery.")
         outcome = await toggle_vote(self.bot.db, interaction.guild_id, entry_id, interaction.user.id)
@@ -393,13 +430,18 @@ class GalleryCog(commands.Cog, name="Gallery"):
             said = "Vote counted." if outcome.voted else "Vote taken back."
             await interaction.followup.send(f"{said} The entry has {outcome.votes} now.", ephemeral=True)
         rules = await guild_rules(self.bot, interaction.guild_id)
-        if outcome.voted and rules.hall_of_fame_votes and outcome.votes >= rules.hall_of_fame_votes:
+        threshold = rules.hall_of_fame_votes
+        if rules.hall_of_fame_channel_id is None or not outcome.voted:
+            return
+        if threshold is None or outcome.votes >= threshold:
             # By id: however many entries have more votes, this one is the one that qualified.
             try:
                 item = await get_item(self.bot.db, interaction.guild_id, entry_id)
             except EntryNotFound:
                 return  # removed since the vote
-            await self.feature(rules, item.result, item.entry)
+            problem = await self.feature(rules, item.result, item.entry)
+            if problem:
+                await answer(interaction, problem)
 
     # -- browsing ---------------------------------------------------------------------------
 
