@@ -23,6 +23,10 @@ class EntryNotFound(GalleryError, LookupError):
     """No such gallery entry in this guild."""
 
 
+class OwnEntryVote(GalleryError):
+    """A vote for an entry the member submitted, or whose result they made."""
+
+
 @dataclass(frozen=True)
 class VoteOutcome:
     """After a vote toggle: whether the member's vote now stands, and the entry's total."""
@@ -306,20 +310,29 @@ async def _made_from(session: AsyncSession, source: Result) -> list[Result]:
 
 
 async def toggle_vote(db: Database, guild_id: int, entry_id: int, user_id: int) -> VoteOutcome:
-    """Vote for an entry, or take the vote back if the member had voted: one vote per member."""
+    """Vote for an entry, or take the vote back if the member had voted: one vote per member.
+
+    Its submitter and its result's maker cannot vote for it (:class:`OwnEntryVote`); a vote
+    of theirs from before that rule can still be taken back.
+    """
     async with db.write() as session:
         # Lock the entry row (PostgreSQL) so one member's two quick clicks toggle in turn.
-        exists = await session.scalar(
-            select(GalleryEntry.id)
-            .where(GalleryEntry.id == entry_id, GalleryEntry.guild_id == guild_id)
-            .with_for_update()
-        )
-        if exists is None:
+        row = (
+            await session.execute(
+                select(GalleryEntry.submitted_by, Result.owner_id)
+                .join(Result, Result.id == GalleryEntry.result_id)
+                .where(GalleryEntry.id == entry_id, GalleryEntry.guild_id == guild_id)
+                .with_for_update(of=GalleryEntry)
+            )
+        ).first()
+        if row is None:
             raise EntryNotFound(f"no gallery entry {entry_id} in this server")
         removed = await session.execute(
             delete(GalleryVote).where(GalleryVote.entry_id == entry_id, GalleryVote.user_id == user_id)
         )
         voted = removed.rowcount == 0
+        if voted and user_id in tuple(row):
+            raise OwnEntryVote("members cannot vote for their own gallery entries")
         if voted:
             session.add(GalleryVote(entry_id=entry_id, user_id=user_id))
             await session.flush()

@@ -24,14 +24,17 @@ from db.engine import Database
 from db.gallery import (
     Borrowed,
     GalleryPost,
+    OwnEntryVote,
+    VoteOutcome,
     borrowed_source,
     browse,
     count_entries,
     get_settings,
     record_post,
     result_posts,
+    toggle_vote,
 )
-from db.models import GalleryEntry, Result
+from db.models import GalleryEntry, GalleryVote, Result
 from db.queue import JobQueue
 from db.results import new_public_id
 from tests import db_fixtures
@@ -389,3 +392,46 @@ async def test_settings_warn_about_a_channel_the_bot_cannot_post_in(world: World
         await reset(world, "gallery channel", "hall of fame channel")
     assert "Warning" not in await as_mod(hall_of_fame_channel=HALL_ID)
     await reset(world, "hall of fame channel")
+
+
+# -- 3. votes for one's own entry ----------------------------------------------------------------------
+
+
+async def test_members_cannot_vote_for_their_own_entries(world: World) -> None:
+    standin, bot = world.standin, world.bot
+    rid, _ = await paint(world, "a painting its maker likes")
+    submitted = await submit(world, rid)
+    await submitted.followup(timeout=10)
+    message = submitted.messages[-1]
+    vote_id = custom_ids(message)[0]
+    try:
+        mark = standin.mark()
+        mine = await standin.send_component(vote_id, message=message, user=ALICE_ID)
+        assert await told_privately(mine) == "You can't vote for your own entry."
+        assert not standin.recorder.matching(lambda r: r.method == "PATCH", since=mark)
+        assert standin.messages.get(message.id).components[0]["components"][0]["label"] == "▲ 0"
+        theirs = await standin.send_component(vote_id, message=message, user=BOB_ID)
+        assert "has 1 now" in (await theirs.followup(timeout=5)).content
+
+        # The database refuses the entry's submitter and its result's maker alike; a vote of
+        # theirs from before the rule can still be taken back.
+        [item] = await browse(bot.db, GUILD_ID)
+        async with bot.db.write() as session:
+            made = stored_paint(ALICE_ID, "made by Alice, submitted by Mod")
+            session.add(made)
+            await session.flush()
+            other = GalleryEntry(guild_id=GUILD_ID, result_id=made.id, submitted_by=MOD_ID, votes=1)
+            session.add(other)
+            await session.flush()
+            session.add(GalleryVote(entry_id=other.id, user_id=ALICE_ID))
+        for user in (ALICE_ID, MOD_ID):
+            with pytest.raises(OwnEntryVote):
+                await toggle_vote(bot.db, GUILD_ID, item.entry.id if user == ALICE_ID else other.id, user)
+        assert await toggle_vote(bot.db, GUILD_ID, other.id, ALICE_ID) == VoteOutcome(False, 0)
+        with pytest.raises(OwnEntryVote):
+            await toggle_vote(bot.db, GUILD_ID, other.id, ALICE_ID)
+        assert await toggle_vote(bot.db, GUILD_ID, other.id, BOB_ID) == VoteOutcome(True, 1)
+    finally:
+        await clear_gallery(world)
+        async with bot.db.write() as session:
+            await session.execute(delete(Result).where(Result.prompt == "made by Alice, submitted by Mod"))

@@ -6,7 +6,7 @@ hall-of-fame channel set, an entry is featured there once: when submitted, or wh
 votes reach the server's threshold if one is set.
 
 Only a member's own paintings go in: not a repaint or transition of someone else's result,
-whose picture is that member's.
+whose picture is that member's. Nobody votes for their own entry.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from db.gallery import (
     GalleryError,
     GalleryItem,
     GalleryPost,
+    OwnEntryVote,
     borrowed_source,
     browse,
     claim_hall_of_fame,
@@ -422,7 +423,10 @@ class GalleryCog(commands.Cog, name="Gallery"):
         """
         if interaction.guild_id is None:
             raise UserError("Votes belong to a server's gallery.")
-        outcome = await toggle_vote(self.bot.db, interaction.guild_id, entry_id, interaction.user.id)
+        try:
+            outcome = await toggle_vote(self.bot.db, interaction.guild_id, entry_id, interaction.user.id)
+        except OwnEntryVote:
+            raise UserError("You can't vote for your own entry.") from None
         if interaction.message is not None:
             await interaction.response.edit_message(
                 view=with_vote_count(interaction.message, entry_id, outcome.votes)
