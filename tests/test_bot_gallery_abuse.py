@@ -44,6 +44,7 @@ from tests.discord_standin.world import (
     BOB_ID,
     BOT_ROLE_ID,
     GALLERY_ID,
+    GENERAL_ID,
     GUILD_ID,
     HALL_ID,
     MOD_ID,
@@ -435,3 +436,47 @@ async def test_members_cannot_vote_for_their_own_entries(world: World) -> None:
         await clear_gallery(world)
         async with bot.db.write() as session:
             await session.execute(delete(Result).where(Result.prompt == "made by Alice, submitted by Mod"))
+
+
+# -- 4. who moderates the gallery ----------------------------------------------------------------------
+
+
+async def test_manage_messages_counts_in_the_gallery_channel_not_where_the_command_is_typed(
+    world: World,
+) -> None:
+    standin, bot = world.standin, world.bot
+    await settings(world, gallery_channel=GALLERY_ID)
+    try:
+        rid, _ = await paint(world, "a painting a channel moderator wants gone")
+        await (await submit(world, rid)).followup(timeout=10)
+        assert len(posts_of(world, "gallery", rid)) == 1
+
+        # Bob moderates #general (an overwrite there): not the gallery. Not offered, and refused.
+        in_general = {
+            "user": BOB_ID,
+            "channel": GENERAL_ID,
+            "permissions": Permission.EVERYONE | Permission.MANAGE_MESSAGES,
+        }
+        offered = await (
+            await standin.send_autocomplete("gallery remove", {"result": ""}, focused="result", **in_general)
+        ).choices()
+        assert offered == []
+        text = await told_privately(await standin.send_slash("gallery remove", {"result": rid}, **in_general))
+        assert text.startswith(f"Only the member who submitted {rid}"), text
+        assert [i.result.public_id for i in await browse(bot.db, GUILD_ID)] == [rid]
+        assert len(posts_of(world, "gallery", rid)) == 1
+
+        # Given Manage Messages in the gallery channel itself, Bob may, wherever he types it.
+        allow = [{"id": str(BOB_ID), "type": 1, "allow": str(Permission.MANAGE_MESSAGES), "deny": "0"}]
+        await overwrite(world, GALLERY_ID, allow)
+        offered = await (
+            await standin.send_autocomplete("gallery remove", {"result": ""}, focused="result", user=BOB_ID)
+        ).choices()
+        assert [c["value"] for c in offered] == [rid]
+        done = await standin.send_slash("gallery remove", {"result": rid}, user=BOB_ID, channel=GENERAL_ID)
+        assert (await done.followup(timeout=10)).content == f"{rid} is out of this server's gallery."
+        assert not posts_of(world, "gallery", rid) and await count_entries(bot.db, GUILD_ID) == 0
+    finally:
+        await overwrite(world, GALLERY_ID, [])
+        await reset(world, "gallery channel")
+        await clear_gallery(world)

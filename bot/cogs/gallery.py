@@ -140,10 +140,22 @@ def job_of_key(key: str) -> int | None:
     return int(matched[1]) if matched else None
 
 
-def may_moderate(interaction: discord.Interaction) -> bool:
-    """Whether the member may take anyone's entry out of the gallery (Manage Messages or Manage Server)."""
-    permissions = interaction.permissions
-    return bool(permissions.manage_messages or permissions.manage_guild or permissions.administrator)
+def may_moderate(interaction: discord.Interaction, gallery_channel_id: int | None) -> bool:
+    """Whether the member may take anyone's entry out of the gallery.
+
+    Manage Server anywhere, or Manage Messages in the gallery channel itself: resolved there,
+    not where the command was typed, since a channel's overwrite can grant Manage Messages
+    in that one channel only. With no gallery channel, entries are posted where they were
+    submitted, so Manage Messages must come from a role (the whole server).
+    """
+    if interaction.permissions.manage_guild or interaction.permissions.administrator:
+        return True
+    member, guild = interaction.user, interaction.guild
+    if not isinstance(member, discord.Member) or guild is None:
+        return False
+    channel = guild.get_channel_or_thread(gallery_channel_id) if gallery_channel_id else None
+    there = channel.permissions_for(member) if channel is not None else member.guild_permissions
+    return bool(there.manage_messages or there.administrator)
 
 
 async def delete_posts(bot: LatentPainterBot, posts: list[GalleryPost]) -> None:
@@ -314,7 +326,8 @@ class GalleryCog(commands.Cog, name="Gallery"):
         if interaction.guild_id is None:
             return []
         needle = current.strip().lower()
-        moderator = may_moderate(interaction)
+        rules = await guild_rules(self.bot, interaction.guild_id)
+        moderator = may_moderate(interaction, rules.gallery_channel_id)
         me = interaction.user.id
         choices = []
         for item in await browse(self.bot.db, interaction.guild_id, order="new", limit=100):
@@ -330,19 +343,21 @@ class GalleryCog(commands.Cog, name="Gallery"):
     async def remove(self, interaction: discord.Interaction, public_id: str) -> None:
         """Take an entry out of the gallery, with its gallery and hall-of-fame posts.
 
-        Allowed for its submitter, the result's owner, and members with Manage Messages or
-        Manage Server; anyone else is refused ephemerally.
+        Allowed for its submitter, the result's owner, and members with Manage Messages in
+        the gallery channel or Manage Server (:func:`may_moderate`); anyone else is refused
+        ephemerally.
         """
         if interaction.guild_id is None:
             raise UserError("The gallery belongs to a server; use this in one.")
         canonical = typed_id(public_id)
+        rules = await guild_rules(self.bot, interaction.guild_id)
         try:
             item = await remove_result(
                 self.bot.db,
                 interaction.guild_id,
                 canonical,
                 interaction.user.id,
-                moderator=may_moderate(interaction),
+                moderator=may_moderate(interaction, rules.gallery_channel_id),
             )
         except (EntryNotFound, GalleryError) as exc:
             text = str(exc)
