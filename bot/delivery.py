@@ -45,6 +45,7 @@ from bot.text import jump_link, quote, seconds
 from bot.worker import forget_input, member_message
 from db.models import Job, Result, utcnow
 from db.results import result_for_job, set_result_message
+from painter.models import model_label
 
 if TYPE_CHECKING:
     from bot.discord_bot import LatentPainterBot
@@ -236,7 +237,8 @@ def result_embed(result: Result, image_name: str | None) -> discord.Embed:
         ("Steps", result.steps),
         ("Guidance", f"{result.guidance:g}" if result.guidance is not None else None),
         ("Size", f"{result.width}x{result.height}" if result.width and result.height else None),
-        ("Model", quote(result.model_id, 100) if result.model_id else None),
+        # A local checkpoint by its folder's name: the server's paths are not for members.
+        ("Model", quote(model_label(result.model_id), 100) if result.model_id else None),
         ("Effect", result.effect),
         ("Result id", f"`{result.public_id}`"),
     ]

@@ -39,7 +39,10 @@ PREVIEW_NAME = "preview.png"
 # The last edits before the interaction token is given up (``Job.token_expires_at``) say
 # where the result will go; a minute leaves room for several ticks and a slow edit.
 FAREWELL_SECONDS = 60.0
-FAREWELL = "Still working on it — I'll post the result in this channel and mention you."
+FAREWELL = (
+    "Still working on it — I'll post the result in this channel and mention you "
+    "(or send it to you directly if I can't post here)."
+)
 
 
 class PreviewBox:

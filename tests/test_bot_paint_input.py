@@ -214,6 +214,7 @@ async def test_a_checkpoint_with_a_path_longer_than_a_choice_value_is_offered_an
     offered = choices[2]
     assert len(offered["value"]) <= 100 and len(offered["name"]) <= 100
     assert offered["name"].startswith("…") and long_model.endswith(offered["name"][1:])
+    assert "/" not in offered["name"]  # the folder's name, never the server's path to it
 
     handle = await standin.send_slash("paint", {"prompt": "a lighthouse", "model": offered["value"]})
     assert (await handle.response(timeout=5)).callback_type == 5

@@ -44,6 +44,7 @@ from db.queue import JobNotFound, QueueFull
 # interaction has 3 s for its first answer.
 from painter.capture import CaptureError, check_img2img_steps
 from painter.images import ImageInputError, check_dimensions, format_list, load_image, probe_image
+from painter.models import model_label
 
 if TYPE_CHECKING:
     from bot.discord_bot import LatentPainterBot
@@ -94,8 +95,10 @@ def model_choice_value(model: str) -> str:
 
 
 def model_choice_name(model: str) -> str:
-    """The label of a checkpoint's choice: a long path keeps its end, the part that names it."""
-    return model if len(model) <= CHOICE_LIMIT else "…" + model[-(CHOICE_LIMIT - 1) :]
+    """The label of a checkpoint's choice: a local one by its folder's name (the server's
+    paths are not for members); a long name keeps its end, the part that names it."""
+    shown = model_label(model) or model
+    return shown if len(shown) <= CHOICE_LIMIT else "…" + shown[-(CHOICE_LIMIT - 1) :]
 
 
 def picture_label(filename: str) -> str:

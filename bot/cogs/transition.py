@@ -20,6 +20,7 @@ from discord.ext import commands
 
 from bot.cogs.common import (
     UserError,
+    check_can_post,
     guild_rules,
     no_trail,
     painter_bot,
@@ -242,6 +243,7 @@ class TransitionCog(commands.Cog, name="Transition"):
         source = await source_for_button(interaction, public_id, "transition from")
         if not source.trail_key:
             raise UserError(no_trail(source))
+        check_can_post(interaction)  # before the member types a destination
         await interaction.response.send_modal(TransitionModal(source.public_id))
 
     @commands.Cog.listener()
