@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.engine import Database
 from db.models import GalleryEntry, GalleryVote, GuildSettings, Job, Result, utcnow
-from db.results import ResultNotFound, normalize_public_id
+from db.results import ResultNotFound, normalize_public_id, typed_match
 
 
 class GalleryError(ValueError):
@@ -364,6 +364,34 @@ async def browse(
         .limit(limit)
         .offset(offset)
     )
+    async with db.read() as session:
+        rows = (await session.execute(query)).all()
+    return [GalleryItem(entry=entry, result=result) for entry, result in rows]
+
+
+async def find_entries(
+    db: Database, guild_id: int, typed: str, *, user_id: int | None = None, limit: int = 25
+) -> list[GalleryItem]:
+    """The guild's gallery entries whose result matches what was typed (see
+    :func:`db.results.typed_match`), newest entries first.
+
+    With ``user_id``, only entries that member submitted or whose result they made (what
+    they may take out without moderating). Filtered in the query, so an old entry is found
+    however many newer ones there are.
+    """
+    if limit < 1:
+        raise GalleryError("limit must be at least 1")
+    query = (
+        select(GalleryEntry, Result)
+        .join(Result, Result.id == GalleryEntry.result_id)
+        .where(GalleryEntry.guild_id == guild_id)
+    )
+    if user_id is not None:
+        query = query.where(or_(GalleryEntry.submitted_by == user_id, Result.owner_id == user_id))
+    matched = typed_match(typed)
+    if matched is not None:
+        query = query.where(matched)
+    query = query.order_by(GalleryEntry.created_at.desc(), GalleryEntry.id.desc()).limit(limit)
     async with db.read() as session:
         rows = (await session.execute(query)).all()
     return [GalleryItem(entry=entry, result=result) for entry, result in rows]

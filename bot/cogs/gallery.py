@@ -48,6 +48,7 @@ from db.gallery import (
     claim_hall_of_fame,
     count_entries,
     discard_entry,
+    find_entries,
     get_item,
     posts_of,
     record_post,
@@ -210,17 +211,12 @@ class GalleryCog(commands.Cog, name="Gallery"):
     async def complete_own(
         self, interaction: discord.Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
+        """The member's own results whose id starts with, or prompt contains, what they typed."""
         from bot.cogs.transition import MAX_CHOICES, result_label
-        from db.results import list_results
+        from db.results import find_results
 
-        needle = current.strip().lower()
-        own = await list_results(self.bot.db, user_id=interaction.user.id, limit=100)
-        picked = [
-            r
-            for r in own
-            if not needle or needle in r.public_id.lower() or needle in (r.prompt or "").lower()
-        ]
-        return [app_commands.Choice(name=result_label(r), value=r.public_id) for r in picked[:MAX_CHOICES]]
+        own = await find_results(self.bot.db, current, owner_id=interaction.user.id, limit=MAX_CHOICES)
+        return [app_commands.Choice(name=result_label(r), value=r.public_id) for r in own]
 
     async def submit(self, interaction: discord.Interaction, public_id: str) -> None:
         """Add the member's result to the gallery and post it (the button and the command).
@@ -323,22 +319,23 @@ class GalleryCog(commands.Cog, name="Gallery"):
     async def complete_removable(
         self, interaction: discord.Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
+        """Entries the member may take out (all of them for a moderator) matching what they typed."""
+        from bot.cogs.transition import MAX_CHOICES
+
         if interaction.guild_id is None:
             return []
-        needle = current.strip().lower()
         rules = await guild_rules(self.bot, interaction.guild_id)
         moderator = may_moderate(interaction, rules.gallery_channel_id)
-        me = interaction.user.id
+        user_id = None if moderator else interaction.user.id
+        items = await find_entries(
+            self.bot.db, interaction.guild_id, current, user_id=user_id, limit=MAX_CHOICES
+        )
         choices = []
-        for item in await browse(self.bot.db, interaction.guild_id, order="new", limit=100):
-            if not moderator and me not in (item.entry.submitted_by, item.result.owner_id):
-                continue
+        for item in items:
             prompt = item.result.prompt or ""
-            if needle and needle not in item.result.public_id.lower() and needle not in prompt.lower():
-                continue
             label = one_line(f"{item.result.public_id} · {prompt}" if prompt else item.result.public_id, 100)
             choices.append(app_commands.Choice(name=label, value=item.result.public_id))
-        return choices[:25]
+        return choices
 
     async def remove(self, interaction: discord.Interaction, public_id: str) -> None:
         """Take an entry out of the gallery, with its gallery and hall-of-fame posts.

@@ -34,9 +34,8 @@ from bot.config import EFFECTS
 from bot.delivery import safety_action
 from bot.text import CHOICE_NAME_LIMIT, one_line, quote
 from bot.views import TRANSITION_MODAL, TransitionModal, submitted_values
-from db.gallery import browse
 from db.models import Result
-from db.results import PUBLIC_ID_LENGTH, ResultNotFound, get_result, list_results, normalize_public_id
+from db.results import PUBLIC_ID_LENGTH, ResultNotFound, find_results, get_result, normalize_public_id
 
 if TYPE_CHECKING:
     from bot.discord_bot import LatentPainterBot
@@ -52,16 +51,17 @@ def result_label(result: Result) -> str:
     return one_line(f"{result.public_id} · {what}", CHOICE_NAME_LIMIT)
 
 
-async def usable_results(bot: LatentPainterBot, user_id: int, guild_id: int | None) -> list[Result]:
-    """Results the member may animate: their own paintings, then the server gallery's, newest first."""
-    own = await list_results(bot.db, user_id=user_id, limit=100)
-    seen = {r.id for r in own}
-    shared: list[Result] = []
-    if guild_id is not None:
-        shared = [item.result for item in await browse(bot.db, guild_id, order="new", limit=100)]
-    merged = own + [r for r in shared if r.id not in seen]
-    merged.sort(key=lambda r: (r.created_at, r.id), reverse=True)
-    return [r for r in merged if r.trail_key]
+async def usable_results(
+    bot: LatentPainterBot, user_id: int, guild_id: int | None, typed: str = ""
+) -> list[Result]:
+    """Results the member may animate whose id or prompt matches ``typed``, newest first.
+
+    Their own paintings and the server gallery's, only those with a trail, at most
+    :data:`MAX_CHOICES`: filtered by the database, so older work is found by its prompt.
+    """
+    return await find_results(
+        bot.db, typed, owner_id=user_id, gallery_guild_id=guild_id, with_trail=True, limit=MAX_CHOICES
+    )
 
 
 def typed_id(text: str, role: str | None = None) -> str:
@@ -223,15 +223,9 @@ class TransitionCog(commands.Cog, name="Transition"):
     async def complete_result(
         self, interaction: discord.Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
-        """The member's usable results whose id or prompt contains what they typed."""
-        needle = current.strip().lower()
-        results = await usable_results(self.bot, interaction.user.id, interaction.guild_id)
-        picked = [
-            r
-            for r in results
-            if not needle or needle in r.public_id.lower() or needle in (r.prompt or "").lower()
-        ]
-        return [app_commands.Choice(name=result_label(r), value=r.public_id) for r in picked[:MAX_CHOICES]]
+        """The member's usable results whose id starts with, or prompt contains, what they typed."""
+        results = await usable_results(self.bot, interaction.user.id, interaction.guild_id, current)
+        return [app_commands.Choice(name=result_label(r), value=r.public_id) for r in results]
 
     async def open_modal(self, interaction: discord.Interaction, public_id: str) -> None:
         """ "Transition from this": ask for the destination, once the source is known usable.
