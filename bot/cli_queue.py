@@ -1,4 +1,5 @@
-"""Queue subcommands of ``latent-painter``: db, worker, submit, jobs, results, cancel.
+"""Queue subcommands of ``latent-painter``: db, worker, submit, jobs, results (list, delete,
+prune), cancel.
 
 ``bot.cli`` calls :func:`add_subcommands`; ``python -m bot.cli_queue`` runs them on their
 own. Every command returns an exit code. A user error (a bad flag value, a bad config, an
@@ -440,6 +441,15 @@ def progress_text(job: Any) -> str:
 
 
 def _results(args: argparse.Namespace) -> int:
+    action = getattr(args, "results_action", None)
+    if action is not None and (args.json or args.limit is not None):
+        raise UsageError(f"--json and --limit go with listing results, not with `results {action}`")
+    if action == "delete":
+        if args.user is not None:
+            raise UsageError("`results delete` takes result ids; --user goes with listing or prune")
+        return _results_delete(args)
+    if action == "prune":
+        return _results_prune(args)
     from db.results import list_results
 
     user = _int("--user", args.user, low=0)
@@ -469,6 +479,166 @@ def _results(args: argparse.Namespace) -> int:
             f"{result.effect or '-':<8}  {_shorten(result.model_id, 20):<20}  {_shorten(result.prompt, 50)}"
         )
     return EXIT_OK
+
+
+# -- results delete / prune ---------------------------------------------------------------
+#
+# Order: a result's row is deleted (and committed) first, its files after. A crash in
+# between leaves files nothing points at (space to reclaim, never a result whose video is
+# gone); the other order could leave /history or /transition offering a result whose
+# files were deleted. Gallery entries go with their row (the database cascades), so no
+# entry ever points at a deleted result; their Discord posts stay up (they carry their own
+# copies of the pictures) until someone takes them down, and the command says where they are.
+
+
+def _human_size(size: int) -> str:
+    """``6.2 MB``, ``293 B``: decimal units, as disks and Discord's upload limits count."""
+    for unit, scale in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} B"
+
+
+def _size_text(size: int) -> str:
+    return f"{_human_size(size)} ({size:,} bytes)"
+
+
+class _Tally:
+    """What a delete or prune removed (or, in a dry run, would remove), line by line."""
+
+    def __init__(self, store: Any, *, dry_run: bool) -> None:
+        self.store = store
+        self.dry_run = dry_run
+        self.results = self.files = self.size = 0
+        self.failed: list[str] = []
+
+    def take(self, removal: Any) -> None:
+        """Remove one deleted result's files (none in a dry run) and print its line."""
+        from bot.artifacts import ArtifactKeyError, ArtifactNotFound
+        from bot.text import jump_link
+        from db.gallery import posts_of
+
+        files = size = 0
+        for key in removal.keys:
+            try:
+                found = self.store.size(key)
+                if not self.dry_run and not self.store.delete(key):
+                    continue  # gone meanwhile: what was to be freed is
+            except ArtifactNotFound:
+                continue  # already missing: nothing to free, and not an error
+            except (ArtifactKeyError, OSError) as exc:
+                # The row is gone; the file stays behind for the operator to remove by hand.
+                self.failed.append(f"{removal.result.public_id}: could not remove {key}: {exc}")
+                continue
+            files += 1
+            size += found
+        self.results += 1
+        self.files += files
+        self.size += size
+        result = removal.result
+        verb = "would delete" if self.dry_run else "deleted"
+        print(
+            f"{verb} {result.public_id}  owner {result.owner_id}  {result.created_at:%Y-%m-%d}  "
+            f"{files} file{'s' if files != 1 else ''}  {_human_size(size)}  "
+            f"{_shorten(result.prompt, 50)}"
+        )
+        for entry in removal.entries:
+            posts = posts_of(entry)
+            where = ", ".join(jump_link(entry.guild_id, p.channel_id, p.message_id) for p in posts)
+            state = "would stay up" if self.dry_run else "stays up"
+            print(
+                f"  gallery entry {entry.id} in server {entry.guild_id} "
+                + (
+                    f"goes with it; its Discord post {state} (take it down by hand): {where}"
+                    if posts
+                    else "goes with it (no Discord post recorded)"
+                )
+            )
+
+    def summary(self, extra: str = "") -> int:
+        """Print the closing line (and any file that could not be removed); the exit code."""
+        for line in self.failed:
+            print(f"latent-painter results: error: {line}", file=sys.stderr)
+        counted = f"{self.results} result{'s' if self.results != 1 else ''} ({self.files} files)"
+        if self.dry_run:
+            freeing = f"freeing {_size_text(self.size)}"
+            print(f"would delete {counted}, {freeing}; nothing was deleted (--dry-run){extra}")
+        else:
+            print(f"deleted {counted}, freed {_size_text(self.size)}{extra}")
+        return EXIT_FAILED if self.failed else EXIT_OK
+
+
+def _store(settings: Settings) -> Any:
+    from bot.artifacts import LocalArtifactStore
+
+    return LocalArtifactStore(settings.data_dir / "artifacts")
+
+
+def _results_delete(args: argparse.Namespace) -> int:
+    from db.results import ResultNotFound, delete_results, normalize_public_id
+
+    # Every id is checked before the database is touched.
+    wanted = [normalize_public_id(text) for text in args.ids]
+    settings = _settings(args)
+
+    async def delete() -> list[Any]:
+        db = await _open(settings, create=False)
+        if db is None:
+            raise ResultNotFound(f"no result with id {', '.join(wanted)}; nothing was deleted")
+        try:
+            return await delete_results(
+                db, wanted, include_gallery=args.include_gallery, dry_run=args.dry_run
+            )
+        finally:
+            await db.dispose()
+
+    removals = asyncio.run(delete())
+    tally = _Tally(_store(settings), dry_run=args.dry_run)
+    for removal in removals:
+        tally.take(removal)
+    return tally.summary()
+
+
+def _results_prune(args: argparse.Namespace) -> int:
+    from datetime import UTC, timedelta
+
+    from db.results import count_prunable_in_gallery, prune_results
+
+    days = _float("--older-than", args.older_than)
+    if days is None or days <= 0:
+        raise UsageError(f"--older-than must be a number of days above 0, got {args.older_than!r}")
+    user = _int("--user", args.user, low=0)
+    settings = _settings(args)
+    try:
+        cutoff = datetime.now(UTC) - timedelta(days=days)
+    except OverflowError:
+        raise UsageError(f"--older-than {args.older_than} days reaches back before the year 1") from None
+    tally = _Tally(_store(settings), dry_run=args.dry_run)
+
+    async def prune() -> int:
+        db = await _open(settings, create=False)
+        if db is None:
+            return 0
+        try:
+            async for batch in prune_results(
+                db, cutoff, owner_id=user, include_gallery=args.include_gallery, dry_run=args.dry_run
+            ):
+                # This batch's rows are committed as gone (unless a dry run): now their files.
+                for removal in batch:
+                    tally.take(removal)
+            return 0 if args.include_gallery else await count_prunable_in_gallery(db, cutoff, owner_id=user)
+        finally:
+            await db.dispose()
+
+    kept = asyncio.run(prune())
+    extra = ""
+    if kept:
+        extra = (
+            f"; kept {kept} result{'s' if kept != 1 else ''} in a server gallery "
+            "(their posts are on Discord, out of this command's reach: /gallery remove them first, "
+            "or pass --include-gallery)"
+        )
+    return tally.summary(extra)
 
 
 def _cancel(args: argparse.Namespace) -> int:
@@ -564,12 +734,31 @@ def add_subcommands(subparsers: Any) -> None:
     _config_option(jobs)
     jobs.set_defaults(func=_command("jobs", _jobs))
 
-    results = subparsers.add_parser("results", help="list results with their artifact keys")
+    results = subparsers.add_parser(
+        "results", help="list results with their artifact keys; delete or prune them (and their files)"
+    )
     results.add_argument("--user", help="only this user's results")
     results.add_argument("--limit", help="at most this many (default 50), newest first")
     results.add_argument("--json", action="store_true", help="print a JSON array")
     _config_option(results)
     results.set_defaults(func=_command("results", _results))
+    removals = results.add_subparsers(dest="results_action", metavar="ACTION")
+    delete = removals.add_parser("delete", help="delete results by id, with their stored files")
+    delete.add_argument("ids", nargs="+", metavar="ID", help="result ids as members see them (K3F97QXM)")
+    prune = removals.add_parser("prune", help="delete results older than DAYS, with their stored files")
+    prune.add_argument("--older-than", required=True, metavar="DAYS", help="made more than DAYS days ago")
+    # SUPPRESS: a --user or --config given before the action is not reset to None here.
+    prune.add_argument("--user", default=argparse.SUPPRESS, help="only this user's results")
+    for parser in (delete, prune):
+        parser.add_argument(
+            "--include-gallery",
+            action="store_true",
+            help="also results in a server gallery (their entries go; their Discord posts stay up)",
+        )
+        parser.add_argument(
+            "--dry-run", action="store_true", help="say what would be deleted, delete nothing"
+        )
+        parser.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="TOML settings file")
 
     cancel = subparsers.add_parser("cancel", help="cancel a job (a running one stops at its next step)")
     cancel.add_argument("job_id", metavar="JOB_ID")
