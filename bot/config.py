@@ -90,6 +90,8 @@ class RenderSettings:
 @dataclass(frozen=True)
 class StorageSettings:
     data_dir: str = "./data"
+    # Workers take no job while less than this many MB are free under data_dir (0: no check).
+    min_free_mb: int = 1024
 
 
 @dataclass(frozen=True)
@@ -178,6 +180,7 @@ RANGES: dict[tuple[str, str], tuple[float | None, float | None]] = {
     ("render", "decode_memory_mb"): (0, None),
     ("render", "tolerance_db"): (20.0, 99.0),
     ("render", "encoder_processes"): (0, 16),
+    ("storage", "min_free_mb"): (0, None),
     ("queue", "lease_seconds"): (1.0, None),
     ("queue", "heartbeat_seconds"): (0.1, None),
     ("queue", "max_attempts"): (1, 100),

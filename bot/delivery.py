@@ -67,21 +67,78 @@ class DeliveryLedger:
 
     The first line holds the time the ledger was started: jobs that ended before it were
     never this bot's to deliver (a database older than the bot), so they are not owed.
+
+    Job ids only mean something within one database (a new or reset one starts again at
+    1), so the bot keeps one ledger per database (:meth:`for_database`): a ledger of
+    another database's ids would have every new job up to its last id skipped as
+    "delivered". ``path`` None keeps the ledger in memory only (see :meth:`for_store`).
     """
 
-    def __init__(self, path: Path) -> None:
+    # The one ledger of versions before databases had ids: whose jobs it lists is unknown.
+    LEGACY_NAME = "delivered.txt"
+
+    def __init__(self, path: Path | None, *, since: datetime | None = None) -> None:
+        """Open (or start, from ``since``, by default now) the ledger in the file ``path``."""
         self.path = path
         self._done: set[int] = set()
+        if path is None:
+            self.since = since or utcnow()
+            return
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists():
             tmp = path.with_name(path.name + ".new")
-            tmp.write_text(f"# since {utcnow().isoformat()}\n")
+            tmp.write_text(f"# since {(since or utcnow()).isoformat()}\n")
             os.replace(tmp, path)
         lines = path.read_text().splitlines()
         self.since = datetime.fromisoformat(lines[0].removeprefix("# since ").strip())
         for line in lines[1:]:
             if line.strip().isdigit():
                 self._done.add(int(line))
+
+    @classmethod
+    def for_database(cls, directory: Path, database_id: str) -> DeliveryLedger:
+        """The ledger of the jobs of one database: ``directory/delivered-<database id>.txt``.
+
+        An old ``delivered.txt`` (from before databases had ids) is not trusted: the data
+        directory may have been moved to another database before this version started, and
+        its ids would then skip this database's jobs forever. Only its time is taken, once:
+        a new ledger starts from the last delivery it recorded (the file's modification
+        time), so jobs that ended after that (while the bot was being upgraded, say) are
+        still delivered; those it lists ended before and are not owed. It is then renamed
+        ``delivered.txt.replaced`` so that no later ledger starts from that old time.
+        """
+        path = directory / f"delivered-{database_id}.txt"
+        legacy = directory / cls.LEGACY_NAME
+        if path.exists() or not legacy.is_file():
+            return cls(path)
+        last_delivery = datetime.fromtimestamp(legacy.stat().st_mtime, utcnow().tzinfo)
+        ledger = cls(path, since=min(last_delivery, utcnow()))
+        os.replace(legacy, legacy.with_name(f"{cls.LEGACY_NAME}.replaced"))
+        log.info(
+            "delivery ledger %s starts from %s (the last delivery %s recorded)", path, ledger.since, legacy
+        )
+        return ledger
+
+    @classmethod
+    def for_store(cls, directory: Path, store: Any) -> DeliveryLedger:
+        """The ledger of the database the artifact ``store`` belongs to (its marker, which the
+        bot's start-up check, :func:`bot.storage_identity.check_data_dir`, verified).
+
+        A store without a marker (a bot made without that check) gets a ledger in memory
+        only, with a warning: forgetting deliveries at a restart sends a result twice at
+        worst, where trusting another database's ledger would send it never.
+        """
+        from bot.artifacts import LocalArtifactStore
+        from bot.storage_identity import read_marker
+
+        identity = read_marker(store.root) if isinstance(store, LocalArtifactStore) else None
+        if identity is None:
+            log.warning(
+                "the artifact store has no database marker (the start-up check did not run): "
+                "deliveries are remembered only until the bot stops"
+            )
+            return cls(None)
+        return cls.for_database(directory, identity)
 
     def __contains__(self, job_id: object) -> bool:
         return job_id in self._done
@@ -90,10 +147,11 @@ class DeliveryLedger:
         """Write the job id down (flushed to disk) before the watcher lets the job go."""
         if job_id in self._done:
             return
-        with open(self.path, "a") as handle:
-            handle.write(f"{job_id}\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        if self.path is not None:
+            with open(self.path, "a") as handle:
+                handle.write(f"{job_id}\n")
+                handle.flush()
+                os.fsync(handle.fileno())
         self._done.add(job_id)
 
 

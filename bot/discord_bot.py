@@ -54,6 +54,7 @@ from bot.config import ConfigError, Settings
 from bot.delivery import DeliveryLedger, JobWatcher
 from bot.progress import PreviewBox
 from bot.redact import add_secrets, install_log_redaction
+from bot.storage_identity import check_data_dir
 from bot.text import listed, one_line
 from bot.views import DYNAMIC_ITEMS
 from bot.worker import (
@@ -187,7 +188,7 @@ class LatentPainterBot(commands.Bot):
         self.db = db
         self.queue = JobQueue(db, queue_policy(settings))
         self.store = store
-        ledger = DeliveryLedger(settings.data_dir / "bot" / "delivered.txt")
+        ledger = DeliveryLedger.for_store(settings.data_dir / "bot", store)
         self.watcher = JobWatcher(self, ledger, tick_seconds=min(1.0, settings.queue.poll_seconds))
         self.worker = None
         if settings.discord.run_worker:
@@ -435,6 +436,12 @@ async def create_bot(settings: Settings, *, runner: Runner | None = None, **opti
     await ensure_schema_current(url, upgrade_if_old=sqlite_path(url) is not None)
     db = Database.from_url(url)
     store = LocalArtifactStore(settings.data_dir / "artifacts")
+    try:
+        # A data directory of another database is refused before anything reads it.
+        await check_data_dir(db, store.root, data_dir=settings.data_dir)
+    except BaseException:
+        await db.dispose()
+        raise
     return LatentPainterBot(settings, db=db, store=store, runner=runner, **options)
 
 

@@ -55,8 +55,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from bot.artifacts import ArtifactStore, LocalArtifactStore, job_key, job_prefix
+from bot.storage_identity import check_data_dir
 from db.queue import JobQueue, Lease, LeaseLost, QueuePolicy, database_unavailable
 from db.results import ARTIFACT_ROLES, NewResult
+from db.storage import ended_jobs
 
 log = logging.getLogger("latent_painter.worker")
 
@@ -364,6 +366,23 @@ def _job_of_key(key: str) -> int | None:
     return int(parts[1]) if len(parts) > 2 and parts[0] == "jobs" and parts[1].isdigit() else None
 
 
+def _least_free(places: list[Path]) -> tuple[int, Path]:
+    """The smallest free space (bytes) among the disks holding ``places``, and that place.
+
+    A place not made yet is measured by its nearest existing parent.
+    """
+    least: tuple[int, Path] | None = None
+    for place in places:
+        probe = place.absolute()
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        free = shutil.disk_usage(probe).free
+        if least is None or free < least[0]:
+            least = (free, place)
+    assert least is not None
+    return least
+
+
 def _abandoned(directory: Path, pid: int) -> bool:
     """Whether the worker that made ``directory`` is gone: nobody holds its lock file."""
     try:
@@ -445,6 +464,7 @@ class Worker:
         self.sweep_seconds = sweep_seconds
         self.upload_grace_seconds = upload_grace_seconds
         self._next_sweep = 0.0
+        self._short_of_space = False  # below [storage] min_free_mb: not claiming (logged once)
         self._workdir_lock: int | None = None  # the descriptor holding WORKDIR_LOCK
         self.current: Lease | None = None
         self._stopping = asyncio.Event()
@@ -492,6 +512,13 @@ class Worker:
             while not self._stopping.is_set():
                 if time.monotonic() >= self._next_sweep:
                     await self._sweep_storage_now()
+                if not await self._room_to_work():
+                    # Each attempt on a full disk paints and renders, then fails storing:
+                    # leave the jobs queued until there is room (or another worker has it).
+                    if exit_when_idle:
+                        break
+                    await self._idle(self.poll_seconds)
+                    continue
                 try:
                     lease = await self.queue.claim(self.worker_id, kinds=self.kinds)
                 except Exception as exc:
@@ -1016,6 +1043,45 @@ class Worker:
                 )
             await self._notify("job_cancelled" if job.status == "cancelled" else "job_failed", job)
 
+    async def _room_to_work(self) -> bool:
+        """Whether the disks under ``[storage] data_dir`` have ``[storage] min_free_mb`` free.
+
+        Logs one WARNING when space runs short and one INFO when it is back. Always true
+        without settings, with ``min_free_mb = 0``, or when free space cannot be measured.
+        """
+        storage = getattr(self.settings, "storage", None)
+        need_mb = int(getattr(storage, "min_free_mb", 0) or 0)
+        if need_mb <= 0:
+            return True
+        places = [Path(self.settings.data_dir), self.workdir_root]
+        if isinstance(self.store, LocalArtifactStore):
+            places.append(self.store.root)  # may be a volume of its own (shared by GPU hosts)
+        try:
+            free, where = await asyncio.to_thread(_least_free, places)
+        except OSError as exc:
+            log.debug("worker %s: free space unknown (%s); taking jobs", self.worker_id, exc)
+            return True
+        free_mb = free // (1024 * 1024)
+        room = free_mb >= need_mb
+        if not room and not self._short_of_space:
+            log.warning(
+                "worker %s: %d MB free under [storage] data_dir (%s), below [storage] min_free_mb "
+                "(%d); not taking jobs until there is room",
+                self.worker_id,
+                free_mb,
+                where,
+                need_mb,
+            )
+        elif room and self._short_of_space:
+            log.info(
+                "worker %s: %d MB free under [storage] data_dir (%s) again; taking jobs",
+                self.worker_id,
+                free_mb,
+                where,
+            )
+        self._short_of_space = not room
+        return room
+
     def _sweep_workdirs_now(self) -> None:
         try:
             self.sweep_dead_workdirs()
@@ -1034,19 +1100,28 @@ class Worker:
     async def sweep_storage(self) -> int:
         """Delete what no job will need again; returns how many files went.
 
-        That is, under ``jobs/<id>/``: files of jobs that are not live, unless a result
-        points at them (a worker that died between storing and recording, or right after
-        recording, before it deleted other attempts' files); under ``uploads/``: pictures
-        no live job reads, once ``upload_grace_seconds`` old (a job whose worker died right
-        after recording it done never deleted its upload). The store is listed before
+        That is, under ``jobs/<id>/``: files of jobs that this database has and that have
+        ended (done, failed, cancelled), unless a result points at them (a worker that died
+        between storing and recording, or right after recording, before it deleted other
+        attempts' files); under ``uploads/``: pictures no live job reads, once
+        ``upload_grace_seconds`` old (a job whose worker died right after recording it done
+        never deleted its upload). Files of job ids this database has no row for are never
+        judged: job ids restart in every database, so they may be another database's work.
+        Nothing is swept from a store that belongs to another database
+        (:func:`bot.storage_identity.check_data_dir` raises). The store is listed before
         the database is read, so a file stored meanwhile is never judged on old rows.
         """
+        if isinstance(self.store, LocalArtifactStore):
+            await check_data_dir(self.queue.db, self.store.root)
         jobs, uploads = await asyncio.to_thread(self._sweepable_keys)
         refs = await self.queue.storage_references()
+        # Read after the references: a job that ends in between was live in them, so kept.
+        ended = await ended_jobs(self.queue.db, {i for key in jobs if (i := _job_of_key(key)) is not None})
         doomed = [
             key
             for key in jobs
             if (job_id := _job_of_key(key)) is not None
+            and job_id in ended
             and job_id not in refs.live_jobs
             and key not in refs.result_keys
         ]
@@ -1111,8 +1186,9 @@ async def run_worker(
     """The ``latent-painter worker`` process: check the schema, then work until SIGTERM/SIGINT.
 
     The embedded SQLite database is upgraded in place if it is behind; a PostgreSQL
-    database must be upgraded with ``latent-painter db upgrade`` first. Returns the number
-    of jobs handled.
+    database must be upgraded with ``latent-painter db upgrade`` first. A data directory
+    whose artifact store belongs to another database is refused
+    (:class:`~bot.storage_identity.ForeignDataDirectory`). Returns the number of jobs handled.
     """
     from db.engine import Database, sqlite_path
     from db.migrate import ensure_schema_current
@@ -1121,9 +1197,16 @@ async def run_worker(
     await ensure_schema_current(url, upgrade_if_old=sqlite_path(url) is not None)
     runner_fn = load_runner(runner) if isinstance(runner, str) else runner
     db = Database.from_url(url)
+    store = LocalArtifactStore(settings.data_dir / "artifacts")
+    try:
+        # Before anything is swept or claimed: a data directory of another database is refused.
+        await check_data_dir(db, store.root, data_dir=settings.data_dir)
+    except BaseException:
+        await db.dispose()
+        raise
     worker = Worker(
         JobQueue(db, queue_policy(settings)),
-        LocalArtifactStore(settings.data_dir / "artifacts"),
+        store,
         runner_fn,
         workdir_root=settings.data_dir / "work",
         worker_id=worker_id,

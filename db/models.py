@@ -289,3 +289,17 @@ class GuildSettings(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
     __table_args__ = (CheckConstraint("flagged_results IN ('refuse', 'spoiler')", name="flagged_results"),)
+
+
+class DatabaseIdentity(Base):
+    """Which database this is: one row, with a random id made by the migration that made the table.
+
+    A data directory remembers the id of the database it belongs to (the artifact store's
+    marker, the delivery ledger's file name), so that it is never used with another one:
+    job ids of two databases mean different jobs.
+    """
+
+    __tablename__ = "database_identity"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
