@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import logging
 import math
@@ -506,11 +507,18 @@ def _size_text(size: int) -> str:
 class _Tally:
     """What a delete or prune removed (or, in a dry run, would remove), line by line."""
 
-    def __init__(self, store: Any, *, dry_run: bool) -> None:
-        self.store = store
+    def __init__(self, settings: Settings, *, dry_run: bool) -> None:
+        self.settings = settings
         self.dry_run = dry_run
         self.results = self.files = self.size = 0
         self.failed: list[str] = []
+
+    @functools.cached_property
+    def store(self) -> Any:
+        # Made on first use: a command that finds nothing to delete creates no directory.
+        from bot.artifacts import LocalArtifactStore
+
+        return LocalArtifactStore(self.settings.data_dir / "artifacts")
 
     def take(self, removal: Any) -> None:
         """Remove one deleted result's files (none in a dry run) and print its line."""
@@ -568,12 +576,6 @@ class _Tally:
         return EXIT_FAILED if self.failed else EXIT_OK
 
 
-def _store(settings: Settings) -> Any:
-    from bot.artifacts import LocalArtifactStore
-
-    return LocalArtifactStore(settings.data_dir / "artifacts")
-
-
 def _results_delete(args: argparse.Namespace) -> int:
     from db.results import ResultNotFound, delete_results, normalize_public_id
 
@@ -593,7 +595,7 @@ def _results_delete(args: argparse.Namespace) -> int:
             await db.dispose()
 
     removals = asyncio.run(delete())
-    tally = _Tally(_store(settings), dry_run=args.dry_run)
+    tally = _Tally(settings, dry_run=args.dry_run)
     for removal in removals:
         tally.take(removal)
     return tally.summary()
@@ -613,7 +615,7 @@ def _results_prune(args: argparse.Namespace) -> int:
         cutoff = datetime.now(UTC) - timedelta(days=days)
     except OverflowError:
         raise UsageError(f"--older-than {args.older_than} days reaches back before the year 1") from None
-    tally = _Tally(_store(settings), dry_run=args.dry_run)
+    tally = _Tally(settings, dry_run=args.dry_run)
 
     async def prune() -> int:
         db = await _open(settings, create=False)

@@ -291,6 +291,19 @@ def test_bad_flags_are_one_line_and_touch_nothing(
     assert not (tmp_path / "data").exists()
 
 
+def test_prune_before_anything_was_painted_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("LATENT_PAINTER_DATABASE_URL", raising=False)
+    config = tmp_path / "config.toml"
+    config.write_text(f'[storage]\ndata_dir = "{tmp_path / "data"}"\n')
+    assert main(["results", "prune", "--older-than", "30", "--config", str(config)]) == 0
+    assert capsys.readouterr().out.strip() == "deleted 0 results (0 files), freed 0 B (0 bytes)"
+    assert main(["results", "delete", "K3F97QXM", "--config", str(config)]) == 2
+    assert "no result with id K3F97QXM; nothing was deleted" in capsys.readouterr().err
+    assert not (tmp_path / "data").exists()  # not even the database file
+
+
 # -- autocomplete finds old work ----------------------------------------------------------------
 
 on_bot = pytest.mark.asyncio(loop_scope="module")
