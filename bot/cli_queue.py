@@ -750,7 +750,7 @@ def add_subcommands(subparsers: Any) -> None:
     prune = removals.add_parser("prune", help="delete results older than DAYS, with their stored files")
     prune.add_argument("--older-than", required=True, metavar="DAYS", help="made more than DAYS days ago")
     # SUPPRESS: a --user or --config given before the action is not reset to None here.
-    prune.add_argument("--user", default=argparse.SUPPRESS, help="only this user's results")
+    prune.add_argument("--user", default=argparse.SUPPRESS, metavar="ID", help="only this user's results")
     for parser in (delete, prune):
         parser.add_argument(
             "--include-gallery",
