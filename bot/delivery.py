@@ -793,6 +793,7 @@ class JobWatcher:
         # 429 inside the call) or a slow upload holds up nobody else's job.
         self._jobs: dict[int, asyncio.Task[None]] = {}
         self._delivering: set[int] = set()
+        self._next_round = 0.0  # time.monotonic() of the next progress round
 
     def track(self, job_id: int) -> None:
         """Follow a job queued for an interaction this bot has acknowledged."""
@@ -835,17 +836,22 @@ class JobWatcher:
                 await asyncio.wait(pending)
 
     async def recover(self) -> None:
-        """Track every job made from Discord that is live, or ended and is not yet delivered."""
+        """Track every job made from Discord that is live, or ended and is not yet delivered.
+
+        Paged through oldest first and with no cap: after a restart with a long queue, the
+        oldest waiting jobs are the next to run, and each must be followed to its delivery.
+        """
         cutoff = max(self.ledger.since, utcnow() - REDELIVERY_WINDOW)
         found = 0
-        for status in ("queued", "running", *FINISHED):
-            for job in await self.bot.queue.list_jobs(status=status, limit=1000):
-                if job.channel_id is None or job.id in self.ledger:
-                    continue
-                if status in FINISHED and (job.finished_at is None or job.finished_at < cutoff):
-                    continue
-                self.tracked.setdefault(job.id, Tracked(job.id))
-                found += 1
+        for statuses, since in ((("queued", "running"), None), (FINISHED, cutoff)):
+            after = 0
+            while page := await self.bot.queue.jobs_after(after, statuses=statuses, finished_since=since):
+                after = page[-1].id
+                for job in page:
+                    if job.channel_id is None or job.id in self.ledger or job.id in self.tracked:
+                        continue
+                    self.tracked[job.id] = Tracked(job.id)
+                    found += 1
         if found:
             log.info("following %d job(s) left from before the restart", found)
 
@@ -870,15 +876,27 @@ class JobWatcher:
     async def tick(self) -> None:
         """Start a progress edit for each live job and a delivery for each finished one.
 
+        The tracked jobs are read together (one query per few hundred), not one by one.
+        Replies are looked at in rounds, every ``progress_seconds``, and in between only
+        for jobs whose own state changed (claimed, a step further, cancelled, retried):
+        what the queue around a job does moves its place and ETA, and that waits for the
+        round. A round reads the queue once (:meth:`~db.queue.JobQueue.snapshot`) for all
+        the replies due; a reply whose text did not change starts no work at all.
+
         Each job's work runs in its own task, at most one per job at a time; a job whose
         previous work is still under way is left for a later tick. A progress edit still
         waiting (out a rate limit, say) when its job ends is cancelled: it is stale, and
         a reply must never go back to "Queued…" after its result.
         """
+        if not self.tracked:
+            return
+        jobs = await self.bot.queue.get_many(list(self.tracked))
+        now = time.monotonic()
+        round_due = now >= self._next_round
+        due: list[int] = []
         for job_id, tracked in list(self.tracked.items()):
-            try:
-                job = await self.bot.queue.get(job_id)
-            except LookupError:
+            job = jobs.get(job_id)
+            if job is None:
                 self.tracked.pop(job_id, None)
                 continue
             running = self._jobs.get(job_id)
@@ -892,8 +910,24 @@ class JobWatcher:
                     with contextlib.suppress(asyncio.CancelledError):
                         await running
                 self._spawn(job_id, self._finish(job, tracked), delivering=True)
-            elif not busy:
-                self._spawn(job_id, self._update(job, tracked), delivering=False)
+            elif not busy and self.progress.due(job, tracked, now):
+                if round_due or tracked.state_changed(job):
+                    due.append(job_id)
+        if not due:
+            return
+        if round_due:
+            self._next_round = now + self.progress.every
+        # The due jobs are read again with the queue, so each one's place is consistent.
+        snapshot = await self.bot.queue.snapshot(due)
+        for job_id in due:
+            job, tracked = snapshot.jobs.get(job_id), self.tracked.get(job_id)
+            if job is None or tracked is None or not job.is_live:
+                continue  # it moved on while the queue was read: the next tick sees it
+            text = self.progress.text(job, snapshot)
+            tracked.saw(job)
+            if self.progress.worth_editing(job, tracked, text, now):
+                edit = self.progress.update(job, tracked, snapshot, now=now)
+                self._spawn(job_id, self._update(job, edit), delivering=False)
 
     def _spawn(self, job_id: int, work: Awaitable[None], *, delivering: bool) -> None:
         task = asyncio.ensure_future(work)
@@ -910,9 +944,9 @@ class JobWatcher:
 
         task.add_done_callback(done)
 
-    async def _update(self, job: Job, tracked: Tracked) -> None:
+    async def _update(self, job: Job, edit: Awaitable[None]) -> None:
         try:
-            await self.progress.update(job, tracked)
+            await edit
         except discord.HTTPException as exc:
             log.warning("job %s: progress edit failed: %s", job.id, exc)
 

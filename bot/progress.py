@@ -28,6 +28,7 @@ from PIL import Image
 
 from bot.text import quote, seconds
 from db.models import Job, utcnow
+from db.queue import QueuePosition, QueueSnapshot
 
 if TYPE_CHECKING:
     from bot.discord_bot import LatentPainterBot
@@ -66,6 +67,11 @@ class PreviewBox:
         with self._lock:
             self._frames.pop(job_id, None)
 
+    def waiting(self, job_id: int) -> bool:
+        """Whether a frame was offered for the job since the last take."""
+        with self._lock:
+            return job_id in self._frames
+
 
 def preview_png(image: np.ndarray, side: int = PREVIEW_SIDE) -> bytes:
     """A small PNG of a frame, at most ``side`` pixels on its longer side."""
@@ -87,6 +93,28 @@ class Tracked:
     token_dead: bool = False  # the interaction token stopped working: no more edits
     failures: int = 0  # failed delivery attempts
     seen_at: float = field(default_factory=time.monotonic)
+    last_state: tuple[Any, ...] | None = None  # the job's own state when its text was last made
+
+    @staticmethod
+    def _state(job: Job) -> tuple[Any, ...]:
+        # What of the job's own row its progress text shows; the rest is the queue around it.
+        return (
+            job.status,
+            job.attempts,
+            job.cancel_requested,
+            job.error is not None,
+            job.progress_step,
+            job.progress_frame,
+            job.progress_total,
+        )
+
+    def state_changed(self, job: Job) -> bool:
+        """Whether the job's own state moved on since its text was last made (:meth:`saw`)."""
+        return self.last_state != self._state(job)
+
+    def saw(self, job: Job) -> None:
+        """Note the job's state as the one its text was made from."""
+        self.last_state = self._state(job)
 
 
 def token_usable(job: Job) -> bool:
@@ -127,8 +155,30 @@ class ProgressReporter:
         expires = job.token_expires_at
         return expires is not None and (expires - utcnow()).total_seconds() <= FAREWELL_SECONDS
 
-    async def status(self, job: Job) -> str:
-        """Where the job stands, in words: position and ETA, retry, step or frame."""
+    def due(self, job: Job, tracked: Tracked, now: float) -> bool:
+        """Whether the job's reply may be edited at ``now`` (``time.monotonic()``): its token
+        still works and its last edit is ``progress_seconds`` old. No database, no Discord."""
+        return not tracked.token_dead and token_usable(job) and now - tracked.last_edit >= self.every
+
+    async def status(self, job: Job, snapshot: QueueSnapshot | None = None) -> str:
+        """Where the job stands, in words: position and ETA, retry, step or frame.
+
+        Its place in the queue comes from ``snapshot`` (taken with the job in it), else
+        from a :meth:`~db.queue.JobQueue.position` of its own.
+        """
+        position = None
+        if self._needs_position(job):
+            position = (
+                snapshot.position(job.id) if snapshot is not None else await self.bot.queue.position(job.id)
+            )
+        return self.describe(job, position)
+
+    @staticmethod
+    def _needs_position(job: Job) -> bool:
+        return not job.cancel_requested and not (job.status == "queued" and job.attempts > 0 and job.error)
+
+    def describe(self, job: Job, position: QueuePosition | None) -> str:
+        """:meth:`status`'s words for the job at ``position`` (None where no position is shown)."""
         max_attempts = job.max_attempts
         if job.cancel_requested:
             return "Cancelling: the job stops at its next step."
@@ -137,7 +187,7 @@ class ProgressReporter:
                 f"Attempt {job.attempts} of {max_attempts} failed on our side; "
                 f"it will be retried (attempt {job.attempts + 1} of {max_attempts})."
             )
-        position = await self.bot.queue.position(job.id)
+        assert position is not None
         eta = f" Ready in {seconds(position.eta_seconds)}." if position.eta_seconds is not None else ""
         if job.status == "queued":
             if position.ahead == 0:
@@ -153,16 +203,43 @@ class ProgressReporter:
             return f"Generating: step {min(job.progress_step, steps)}/{steps}.{eta}"
         return f"Starting…{eta}"
 
-    async def update(self, job: Job, tracked: Tracked) -> None:
-        """Edit the job's reply if an edit is due and something changed."""
-        if tracked.token_dead or not token_usable(job):
-            return
-        now = time.monotonic()
-        if now - tracked.last_edit < self.every:
-            return
-        text = f"{heading(job)}\n{await self.status(job)}"
+    def text(self, job: Job, snapshot: QueueSnapshot | None) -> str:
+        """The whole reply for the job, its place read from ``snapshot`` (no database; None
+        only where the text shows no place: a job being cancelled or waiting for a retry)."""
+        position = None
+        if self._needs_position(job):
+            assert snapshot is not None, "a snapshot places the job"
+            position = snapshot.position(job.id)
+        text = f"{heading(job)}\n{self.describe(job, position)}"
         if self.token_ending(job):
             text += f"\n{FAREWELL}"
+        return text
+
+    def worth_editing(self, job: Job, tracked: Tracked, text: str, now: float) -> bool:
+        """Whether an edit would change the reply: new text, or a preview frame due and waiting."""
+        if text != tracked.last_text:
+            return True
+        return now - tracked.last_preview >= self.preview_every and self.previews.waiting(job.id)
+
+    async def update(
+        self,
+        job: Job,
+        tracked: Tracked,
+        snapshot: QueueSnapshot | None = None,
+        *,
+        now: float | None = None,
+    ) -> None:
+        """Edit the job's reply if an edit is due and something changed.
+
+        ``snapshot`` (taken with the job in it) places the job in the queue without a
+        read of its own; ``now`` is the ``time.monotonic()`` the caller judged it due at.
+        """
+        now = time.monotonic() if now is None else now
+        if not self.due(job, tracked, now):
+            return
+        if snapshot is None and self._needs_position(job):
+            snapshot = await self.bot.queue.snapshot([job.id])
+        text = self.text(job, snapshot)
         frame = None
         if now - tracked.last_preview >= self.preview_every:
             frame = self.previews.take(job.id)

@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import functools
 import heapq
-import itertools
 import random
 import statistics
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -39,6 +38,8 @@ from db.results import NewResult, new_public_id
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = (s.value for s in JobStatus)
 MAX_ERROR_CHARS = 8000
+# Ids per ``IN (…)`` when reading many jobs at once: far below every driver's parameter limit.
+IDS_PER_QUERY = 500
 STALE_ERROR = "the worker stopped sending heartbeats (crashed or stalled); lease expired"
 # SQLSTATE classes that mean "not now" rather than "never": connection exceptions (08),
 # insufficient resources (53), operator intervention such as a shutdown (57), and a
@@ -190,11 +191,12 @@ def _rescue_statement() -> Any:
     )
 
 
-def _jobs_claimed_before(job_id: int, queued: Sequence[Any], served: dict[int, datetime]) -> int:
-    """How many of the ``queued`` jobs (rows of id, user_id, priority) the claim takes before ``job_id``.
+def _claim_order(queued: Sequence[Any], served: dict[int, datetime]) -> dict[int, int]:
+    """How many of the ``queued`` jobs (rows of id, user_id, priority) the claim takes before each.
 
-    Replays the claim's order exactly: the user whose latest job started longest ago (or
-    never) first, then priority, then id — and a user who was just served goes to the back.
+    Replays the claim's order exactly, once for the whole queue: the user whose latest job
+    started longest ago (or never) first, then priority, then id — and a user who was just
+    served goes to the back.
     """
     per_user: dict[int, list[tuple[int, int]]] = defaultdict(list)
     for row in queued:
@@ -207,15 +209,62 @@ def _jobs_claimed_before(job_id: int, queued: Sequence[Any], served: dict[int, d
         turn = (0, 0.0) if started is None else (1, started.timestamp())
         heap.append((turn, jobs[-1], user))
     heapq.heapify(heap)
-    for claimed in itertools.count():
+    order: dict[int, int] = {}
+    while heap:
         _, (_, picked), user = heapq.heappop(heap)
-        if picked == job_id:
-            return claimed
+        claimed = len(order)
+        order[picked] = claimed
         jobs = per_user[user]
         jobs.pop()
         if jobs:
             heapq.heappush(heap, ((2, claimed), jobs[-1], user))
-    raise AssertionError("unreachable")  # pragma: no cover - job_id is among the queued
+    return order
+
+
+@dataclass(frozen=True)
+class QueueSnapshot:
+    """The queue as one consistent read saw it, to tell any number of jobs where they stand.
+
+    A progress round of the bot takes one snapshot for every job it watches, instead of a
+    :meth:`JobQueue.position` (a read of the whole queue) per job.
+    """
+
+    taken_at: datetime
+    jobs: dict[int, Job]  # the jobs asked for, as they were in this read
+    claim_order: dict[int, int]  # queued job id -> jobs the claim takes before it
+    running: tuple[Any, ...]  # rows of worker_id, started_at, progress_frame, progress_total
+    typical_seconds: float | None  # median duration of the recently finished jobs
+
+    def position(self, job_id: int) -> QueuePosition:
+        """Where the job stands in this snapshot; raises :class:`JobNotFound` if it was not asked for."""
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise JobNotFound(f"no job {job_id}")
+        typical, running = self.typical_seconds, self.running
+        workers = max(1, len({row.worker_id for row in running}))
+        if job.status not in LIVE_STATUSES:
+            return QueuePosition(job.id, job.status, 0, len(running), workers, typical, 0.0)
+
+        def remaining(started: datetime | None, frame: int | None, total: int | None) -> float:
+            assert typical is not None
+            if frame is not None and total:
+                return typical * max(0.0, 1.0 - frame / total)
+            elapsed = (self.taken_at - started).total_seconds() if started else 0.0
+            return max(0.0, typical - elapsed)
+
+        ahead = self.claim_order.get(job.id)
+        if job.status == RUNNING or ahead is None:
+            # A queued job missing from the queued rows was claimed (or ended) between two
+            # reads that were not one snapshot: it is no longer waiting, so nobody is ahead.
+            eta = None
+            if typical is not None:
+                eta = remaining(job.started_at, job.progress_frame, job.progress_total)
+            return QueuePosition(job.id, RUNNING, 0, len(running), workers, typical, eta)
+        eta = None
+        if typical is not None:
+            busy = sum(remaining(r.started_at, r.progress_frame, r.progress_total) for r in running)
+            eta = (busy + ahead * typical) / workers + typical
+        return QueuePosition(job.id, job.status, ahead, len(running), workers, typical, eta)
 
 
 @functools.cache
@@ -613,18 +662,68 @@ class JobQueue:
             rows = await session.execute(select(Job.status, func.count()).group_by(Job.status))
         return {status: 0 for status in JobStatus} | {status: n for status, n in rows.all()}
 
+    async def get_many(self, job_ids: Iterable[int]) -> dict[int, Job]:
+        """The jobs with these ids that exist, by id: one query per :data:`IDS_PER_QUERY` ids."""
+        async with self.db.read() as session:
+            return await self._jobs_by_id(session, job_ids)
+
+    @staticmethod
+    async def _jobs_by_id(session: AsyncSession, job_ids: Iterable[int]) -> dict[int, Job]:
+        ids = sorted(set(job_ids))
+        found: dict[int, Job] = {}
+        for start in range(0, len(ids), IDS_PER_QUERY):
+            chunk = ids[start : start + IDS_PER_QUERY]
+            found.update((job.id, job) for job in await session.scalars(select(Job).where(Job.id.in_(chunk))))
+        return found
+
+    async def jobs_after(
+        self,
+        after_id: int = 0,
+        *,
+        statuses: Sequence[str] = LIVE_STATUSES,
+        finished_since: datetime | None = None,
+        limit: int = 500,
+    ) -> list[Job]:
+        """One page of jobs oldest first: those with an id above ``after_id`` in ``statuses``.
+
+        With ``finished_since``, only jobs that finished at or after it. Page on by passing
+        the last id of a page as the next ``after_id``, until a page comes back empty; each
+        page is its own short read, so paging through a long queue holds no transaction open.
+        """
+        unknown = [status for status in statuses if status not in tuple(JobStatus)]
+        if unknown:
+            raise ValueError(f"status must be one of {', '.join(JobStatus)}; got {unknown[0]!r}")
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        query = select(Job).where(Job.id > after_id, Job.status.in_(list(statuses)))
+        if finished_since is not None:
+            query = query.where(Job.finished_at >= finished_since)
+        async with self.db.read() as session:
+            return list((await session.scalars(query.order_by(Job.id).limit(limit))).all())
+
     async def position(self, job_id: int) -> QueuePosition:
         """How many jobs will start before this one, and an ETA from recent job durations.
 
         The count follows the claim order: each user ahead in the round-robin gets one
         more turn than the jobs this user has ahead of this one. The ETA is None until
-        some job has finished, since there is nothing to measure yet.
+        some job has finished, since there is nothing to measure yet. Raises
+        :class:`JobNotFound`. To place many jobs, take one :meth:`snapshot` instead.
+        """
+        return (await self.snapshot([job_id])).position(job_id)
+
+    async def snapshot(self, job_ids: Iterable[int] = ()) -> QueueSnapshot:
+        """The jobs ``job_ids`` and the queue around them (claim order, running jobs, recent
+        durations), all read in one snapshot, so what it says of a job is consistent.
+
+        PostgreSQL reads each statement of a READ COMMITTED transaction afresh, so a worker
+        could claim a job between reading it and reading the queue: the snapshot is read
+        under REPEATABLE READ there. SQLite's read transaction is one snapshot already.
         """
         now = utcnow()
         async with self.db.read() as session:
-            job = await session.get(Job, job_id)
-            if job is None:
-                raise JobNotFound(f"no job {job_id}")
+            if self.db.dialect == "postgresql":
+                await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+            jobs = await self._jobs_by_id(session, job_ids)
             recent = (
                 await session.execute(
                     select(Job.started_at, Job.finished_at)
@@ -640,45 +739,31 @@ class JobQueue:
                     )
                 )
             ).all()
-            queued = []
-            if job.status == QUEUED:
+            queued: Sequence[Any] = ()
+            served: dict[int, datetime] = {}
+            if any(job.status == QUEUED for job in jobs.values()):
                 queued = (
                     await session.execute(
                         select(Job.id, Job.user_id, Job.priority).where(Job.status == QUEUED)
                     )
                 ).all()
-                users = {row.user_id for row in queued}
+                # Round-robin turns of the users waiting: a subquery, not their ids as
+                # parameters, which a queue of thousands of members would run out of.
+                waiting = select(Job.user_id).where(Job.status == QUEUED).distinct()
                 served = dict(
                     (
                         await session.execute(
                             select(Job.user_id, func.max(Job.started_at))
-                            .where(Job.user_id.in_(users))
+                            .where(Job.user_id.in_(waiting))
                             .group_by(Job.user_id)
                         )
                     ).all()
                 )
         durations = [(f - s).total_seconds() for s, f in recent if s is not None and f is not None]
-        typical = statistics.median(durations) if durations else None
-        workers = max(1, len({row.worker_id for row in running}))
-        if job.status not in LIVE_STATUSES:
-            return QueuePosition(job.id, job.status, 0, len(running), workers, typical, 0.0)
-
-        def remaining(started: datetime | None, frame: int | None, total: int | None) -> float:
-            assert typical is not None
-            if frame is not None and total:
-                return typical * max(0.0, 1.0 - frame / total)
-            elapsed = (now - started).total_seconds() if started else 0.0
-            return max(0.0, typical - elapsed)
-
-        if job.status == RUNNING:
-            eta = None
-            if typical is not None:
-                eta = remaining(job.started_at, job.progress_frame, job.progress_total)
-            return QueuePosition(job.id, job.status, 0, len(running), workers, typical, eta)
-
-        ahead = _jobs_claimed_before(job.id, queued, served)
-        eta = None
-        if typical is not None:
-            busy = sum(remaining(r.started_at, r.progress_frame, r.progress_total) for r in running)
-            eta = (busy + ahead * typical) / workers + typical
-        return QueuePosition(job.id, job.status, ahead, len(running), workers, typical, eta)
+        return QueueSnapshot(
+            taken_at=now,
+            jobs=jobs,
+            claim_order=_claim_order(queued, served),
+            running=tuple(running),
+            typical_seconds=statistics.median(durations) if durations else None,
+        )
