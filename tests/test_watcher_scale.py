@@ -173,6 +173,18 @@ async def test_one_snapshot_places_every_job_as_position_does(queue: JobQueue) -
     assert sorted(snapshot.claim_order.values()) == list(range(7))
 
 
+def test_a_queued_job_missing_from_the_queued_rows_is_no_longer_waiting() -> None:
+    """Rows read apart (not one snapshot) may show the job queued and the queue without it:
+    that is a job just claimed, told as nobody ahead of it, never an exception."""
+    now = utcnow()
+    job = Job(id=7, kind="paint", status="queued", user_id=1, params=PAINT, attempts=0, max_attempts=3)
+    snapshot = QueueSnapshot(taken_at=now, jobs={7: job}, claim_order={}, running=(), typical_seconds=20.0)
+    position = snapshot.position(7)
+    assert (position.status, position.ahead, position.eta_seconds) == ("running", 0, 20.0)
+    with pytest.raises(LookupError):
+        snapshot.position(8)
+
+
 # -- the watcher: recover and tick -------------------------------------------------------
 
 
