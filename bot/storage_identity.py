@@ -8,7 +8,8 @@ deleted every result's files, and the delivery ledger skipped new jobs as "deliv
 So the artifact store remembers its database: a marker file ``.database-id`` in the
 store's root holds the id of the database (:func:`db.storage.database_id`) it was first
 started with. A store without a marker adopts the database it is started with (existing
-deployments upgrade without a step); one whose marker names another database is refused
+deployments upgrade without a step), unless it holds files of jobs that database does not
+have; one whose marker names another database is refused
 at start-up by the bot and by every worker, with a :class:`ForeignDataDirectory`
 (a :class:`~bot.config.ConfigError`: one line, exit 2). The marker's name starts with a dot,
 so it is never listed as an artifact key and can never clash with one.
@@ -28,7 +29,7 @@ from pathlib import Path
 from bot.artifacts import PARTIAL_PREFIX
 from bot.config import ConfigError
 from db.engine import Database
-from db.storage import database_id
+from db.storage import database_id, existing_jobs
 
 log = logging.getLogger("latent_painter.storage")
 
@@ -134,12 +135,36 @@ def claim_store(store_root: Path, ours: str, *, data_dir: Path | None = None) ->
     return adopted
 
 
+def _stored_job_ids(store_root: Path) -> set[int]:
+    """The job ids with files in the store (its ``jobs/<id>/`` directories)."""
+    jobs = store_root / "jobs"
+    if not jobs.is_dir():
+        return set()
+    return {int(entry.name) for entry in jobs.iterdir() if entry.name.isdigit() and entry.is_dir()}
+
+
 async def check_data_dir(db: Database, store_root: Path, *, data_dir: Path | None = None) -> str:
     """The start-up check of the bot and of every worker: the artifact store at ``store_root``
     belongs to ``db`` (adopted if it has no marker yet). Returns the database's id.
 
+    A store without a marker is adopted only if every job it holds files of is a job of
+    ``db`` (job rows are never deleted): one from before this check (no marker) that another
+    database filled is refused too, rather than have its files taken for this one's.
     Raises :class:`ForeignDataDirectory` (a ConfigError: one line, exit 2) otherwise.
     """
+    store_root = Path(store_root)
     ours = await database_id(db)
-    await asyncio.to_thread(claim_store, Path(store_root), ours, data_dir=data_dir)
+    if await asyncio.to_thread(read_marker, store_root) is None:
+        stored = await asyncio.to_thread(_stored_job_ids, store_root)
+        strangers = sorted(stored - await existing_jobs(db, stored))
+        if strangers:
+            shown = ", ".join(str(job_id) for job_id in strangers[:3]) + (", …" if len(strangers) > 3 else "")
+            directory = data_dir if data_dir is not None else store_root.parent
+            raise ForeignDataDirectory(
+                f"the data directory {directory} (artifact store {store_root}) holds files of "
+                f"{len(strangers)} job(s) that [database] url's database does not have (ids {shown}): "
+                "it belongs to another database; point [storage] data_dir at a new directory for "
+                "this database, or [database] url back at its own"
+            )
+    await asyncio.to_thread(claim_store, store_root, ours, data_dir=data_dir)
     return ours

@@ -3,7 +3,8 @@
 A data directory (artifact store, delivery ledger) is kept for one database. Job ids are
 only unique within a database, so the files under ``jobs/<id>/`` mean something only to the
 database whose job made them: :func:`database_id` tells the databases apart, and
-:func:`ended_jobs` is what the store sweep asks before it deletes a job's files.
+:func:`ended_jobs` is what the store sweep asks before it deletes a job's files;
+:func:`existing_jobs` tells whether a store that names no database yet could be this one's.
 """
 
 from __future__ import annotations
@@ -43,12 +44,21 @@ async def ended_jobs(db: Database, job_ids: Iterable[int]) -> frozenset[int]:
     Ids this database has no row for are not in the answer: their files, if any, belong to
     another database (or a job whose row was lost) and are nobody's here to delete.
     """
+    return await _jobs_among(db, job_ids, ended_only=True)
+
+
+async def existing_jobs(db: Database, job_ids: Iterable[int]) -> frozenset[int]:
+    """Those of ``job_ids`` that this database has a row for, whatever their status."""
+    return await _jobs_among(db, job_ids, ended_only=False)
+
+
+async def _jobs_among(db: Database, job_ids: Iterable[int], *, ended_only: bool) -> frozenset[int]:
     wanted = sorted(set(job_ids))
     found: set[int] = set()
     async with db.read() as session:
         for start in range(0, len(wanted), _CHUNK):
-            chunk = wanted[start : start + _CHUNK]
-            found.update(
-                await session.scalars(select(Job.id).where(Job.id.in_(chunk), Job.status.in_(ENDED_STATUSES)))
-            )
+            query = select(Job.id).where(Job.id.in_(wanted[start : start + _CHUNK]))
+            if ended_only:
+                query = query.where(Job.status.in_(ENDED_STATUSES))
+            found.update(await session.scalars(query))
     return frozenset(found)
