@@ -131,11 +131,13 @@ def result_summary(result: Any) -> dict[str, Any]:
     }
 
 
-async def _open(settings: Settings, *, create: bool) -> Any:
+async def _open(settings: Settings, *, create: bool, store: bool = False) -> Any:
     """The database, schema checked (the embedded SQLite one is upgraded in place).
 
     With ``create`` False a SQLite file that does not exist yet is not created: there is
-    nothing to list, and listing should not write.
+    nothing to list, and listing should not write. With ``store`` the command reads or
+    writes the artifact store, which must belong to this database (as for the bot and
+    the workers: :func:`bot.storage_identity.check_data_dir`).
     """
     from db.engine import Database, sqlite_path
     from db.migrate import ensure_schema_current
@@ -145,7 +147,16 @@ async def _open(settings: Settings, *, create: bool) -> Any:
     if path is not None and not create and not path.exists():
         return None
     await ensure_schema_current(url, upgrade_if_old=path is not None)
-    return Database.from_url(url)
+    db = Database.from_url(url)
+    if store:
+        from bot.storage_identity import check_data_dir
+
+        try:
+            await check_data_dir(db, settings.data_dir / "artifacts", data_dir=settings.data_dir)
+        except BaseException:
+            await db.dispose()
+            raise
+    return db
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -322,9 +333,20 @@ def _submit(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     picture = _read_picture(args.image) if args.image is not None else None
 
+    store = None
+    if picture is not None:
+        # As /paint does with an attachment: the worker reads the picture from the artifact
+        # store (it may run on another machine, sharing only the store and the database).
+        from bot.artifacts import LocalArtifactStore
+
+        store = LocalArtifactStore(settings.data_dir / "artifacts")
+        params["image_key"] = f"uploads/{user}/cli-{secrets.token_hex(8)}{picture[1]}"
+
     async def enqueue() -> Any:
-        db = await _open(settings, create=True)
+        db = await _open(settings, create=True, store=store is not None)
         try:
+            if store is not None and picture is not None:
+                store.put_bytes(params["image_key"], picture[0])
             return await JobQueue(db, queue_policy(settings)).enqueue(
                 "paint",
                 params,
@@ -336,16 +358,6 @@ def _submit(args: argparse.Namespace) -> int:
         finally:
             await db.dispose()
 
-    store = None
-    if picture is not None:
-        # As /paint does with an attachment: the worker reads the picture from the artifact
-        # store (it may run on another machine, sharing only the store and the database).
-        from bot.artifacts import LocalArtifactStore
-
-        store = LocalArtifactStore(settings.data_dir / "artifacts")
-        data, suffix = picture
-        params["image_key"] = f"uploads/{user}/cli-{secrets.token_hex(8)}{suffix}"
-        store.put_bytes(params["image_key"], data)
     try:
         outcome = asyncio.run(enqueue())
     except BaseException:
@@ -584,7 +596,7 @@ def _results_delete(args: argparse.Namespace) -> int:
     settings = _settings(args)
 
     async def delete() -> list[Any]:
-        db = await _open(settings, create=False)
+        db = await _open(settings, create=False, store=True)
         if db is None:
             raise ResultNotFound(f"no result with id {', '.join(wanted)}; nothing was deleted")
         try:
@@ -618,7 +630,7 @@ def _results_prune(args: argparse.Namespace) -> int:
     tally = _Tally(settings, dry_run=args.dry_run)
 
     async def prune() -> int:
-        db = await _open(settings, create=False)
+        db = await _open(settings, create=False, store=True)
         if db is None:
             return 0
         try:
@@ -650,7 +662,7 @@ def _cancel(args: argparse.Namespace) -> int:
     settings = _settings(args)
 
     async def cancel() -> Any:
-        db = await _open(settings, create=False)
+        db = await _open(settings, create=False, store=True)
         if db is None:
             raise UsageError(f"no job {job_id}")
         try:

@@ -232,6 +232,7 @@ def resolve_trails(settings: Settings, given: Sequence[Path]) -> list[Path]:
 
 async def _stored_trails(settings: Settings, ids: dict[int, str]) -> dict[int, Path]:
     from bot.artifacts import LocalArtifactStore
+    from bot.storage_identity import check_data_dir
     from db.engine import Database, sqlite_path
     from db.migrate import ensure_schema_current
     from db.results import ResultNotFound, get_result
@@ -244,6 +245,8 @@ async def _stored_trails(settings: Settings, ids: dict[int, str]) -> dict[int, P
     db = Database.from_url(url)
     store = LocalArtifactStore(settings.data_dir / "artifacts")
     try:
+        # Another database's store would hand over another job's trail under this key.
+        await check_data_dir(db, store.root, data_dir=settings.data_dir)
         found: dict[int, Path] = {}
         for index, public_id in ids.items():
             try:

@@ -15,7 +15,15 @@ from db.migrate import SchemaError
 from db.models import Base
 from tests.db_fixtures import BACKENDS, ROOT, dispose_url, fresh_url, sqlite_url
 
-TABLES = ["alembic_version", "gallery_entries", "gallery_votes", "guild_settings", "jobs", "results"]
+TABLES = [
+    "alembic_version",
+    "database_identity",
+    "gallery_entries",
+    "gallery_votes",
+    "guild_settings",
+    "jobs",
+    "results",
+]
 
 
 @pytest.fixture(params=BACKENDS)

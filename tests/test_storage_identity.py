@@ -429,3 +429,39 @@ def test_min_free_mb_is_checked_like_every_other_setting() -> None:
         load_settings(env={"LATENT_PAINTER_STORAGE_MIN_FREE_MB": "-1"})
     with pytest.raises(ConfigError, match=r"\[storage\] min_free_mb must be int"):
         load_settings(env={"LATENT_PAINTER_STORAGE_MIN_FREE_MB": "lots"})
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["results", "prune", "--older-than", "1"],
+        ["results", "delete", "AAAAAAAA"],
+        ["transition", "AAAAAAAA", "BBBBBBBB"],
+    ],
+)
+def test_commands_that_touch_the_store_refuse_another_database_s_data_directory(
+    tmp_path: Path, command: list[str]
+) -> None:
+    """`results prune` deletes files by key: on another database's store it would delete that
+    database's results' files (job ids restart at 1 in every database)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    store = data / "artifacts"
+    (store / "jobs" / "1" / "1").mkdir(parents=True)
+    (store / "jobs" / "1" / "1" / "video.mp4").write_bytes(b"someone else's painting")
+    (store / MARKER_NAME).write_text("ab" * 16 + "\n")
+    asyncio.run(migrate.upgrade(f"sqlite+aiosqlite:///{data / 'latent-painter.db'}"))
+    config = db_fixtures.write_config(tmp_path / "config.toml", "", data)
+    env = {**os.environ, "PYTHONPATH": str(db_fixtures.ROOT), "HF_HUB_OFFLINE": "1"}
+    env.pop("LATENT_PAINTER_DATABASE_URL", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "bot.cli", *command, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert done.returncode == 2, done.stderr
+    ours = asyncio.run(id_of(f"sqlite+aiosqlite:///{data / 'latent-painter.db'}"))
+    assert foreign_line(data, "ab" * 16, ours) in done.stderr.strip().splitlines()[-1]
+    assert (store / "jobs" / "1" / "1" / "video.mp4").read_bytes() == b"someone else's painting"
