@@ -148,6 +148,8 @@ class Job(Base):
         # Per-user cap and round-robin ("when was this user last served").
         Index("ix_jobs_user_id_status", "user_id", "status"),
         Index("ix_jobs_user_id_started_at", "user_id", "started_at"),
+        # Waiting times told to members: the newest finished jobs' durations.
+        Index("ix_jobs_status_finished_at", "status", "finished_at"),
         # A dedupe key is unique among live jobs only: once a job is finished, the same
         # request may be made again.
         Index(
@@ -212,6 +214,8 @@ class Result(Base):
     __table_args__ = (
         CheckConstraint(_in("visibility", Visibility), name="visibility"),
         Index("ix_results_owner_id_created_at", "owner_id", "created_at"),
+        # `latent-painter results prune --older-than`.
+        Index("ix_results_created_at", "created_at"),
     )
 
     def artifact_keys(self) -> dict[str, str]:

@@ -162,3 +162,26 @@ def test_downgrading_to_base_with_jobs_in_it_asks_first(tmp_path: Path) -> None:
 
 def migrate_versions() -> list[Path]:
     return sorted((ROOT / "migrations" / "versions").glob("0*.py"))
+
+
+async def test_the_waiting_time_estimate_reads_an_index_not_every_finished_job(tmp_path: Path) -> None:
+    """Members are told how long they wait from the newest finished jobs: on a server with
+    months of history that query sorted every finished job (a temporary B-tree) per reply."""
+    from sqlalchemy import select, text
+
+    from db.engine import Database
+    from db.models import Job
+
+    url = await fresh_url("sqlite", tmp_path)
+    query = (
+        select(Job.started_at, Job.finished_at)
+        .where(Job.status == "done", Job.started_at.is_not(None))
+        .order_by(Job.finished_at.desc())
+        .limit(20)
+    )
+    async with Database.from_url(url) as db, db.read() as session:
+        compiled = query.compile(dialect=session.bind.dialect, compile_kwargs={"literal_binds": True})
+        plan = " ".join(
+            str(row[-1]) for row in (await session.execute(text(f"EXPLAIN QUERY PLAN {compiled}")))
+        )
+    assert "ix_jobs_status_finished_at" in plan and "TEMP B-TREE" not in plan, plan
