@@ -48,13 +48,12 @@ import yarl
 from discord import app_commands
 from discord.ext import commands
 
-from bot.artifacts import ArtifactStore, LocalArtifactStore
+from bot.artifacts import ArtifactStore
 from bot.cogs.common import report_error
 from bot.config import ConfigError, Settings
 from bot.delivery import DeliveryLedger, JobWatcher
 from bot.progress import PreviewBox
 from bot.redact import add_secrets, install_log_redaction
-from bot.storage_identity import check_data_dir
 from bot.text import listed, one_line
 from bot.views import DYNAMIC_ITEMS
 from bot.worker import (
@@ -423,8 +422,7 @@ def noise_warning(settings: Settings) -> str | None:
 
 async def create_bot(settings: Settings, *, runner: Runner | None = None, **options: Any) -> LatentPainterBot:
     """The bot with its database (schema checked; SQLite upgraded in place) and artifact store."""
-    from db.engine import sqlite_path
-    from db.migrate import ensure_schema_current
+    from bot.storage_identity import open_data
 
     log.info("%s", describe_start(settings))
     # 'tiny' is the default, so a forgotten LATENT_PAINTER_MODEL_ID would otherwise only
@@ -432,16 +430,7 @@ async def create_bot(settings: Settings, *, runner: Runner | None = None, **opti
     warning = noise_warning(settings)
     if warning is not None:
         log.warning("%s", warning)
-    url = settings.database_url
-    await ensure_schema_current(url, upgrade_if_old=sqlite_path(url) is not None)
-    db = Database.from_url(url)
-    store = LocalArtifactStore(settings.data_dir / "artifacts")
-    try:
-        # A data directory of another database is refused before anything reads it.
-        await check_data_dir(db, store.root, data_dir=settings.data_dir)
-    except BaseException:
-        await db.dispose()
-        raise
+    db, store = await open_data(settings)
     return LatentPainterBot(settings, db=db, store=store, runner=runner, **options)
 
 

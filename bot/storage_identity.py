@@ -26,7 +26,7 @@ import time
 import uuid
 from pathlib import Path
 
-from bot.artifacts import PARTIAL_PREFIX
+from bot.artifacts import PARTIAL_PREFIX, LocalArtifactStore
 from bot.config import ConfigError
 from db.engine import Database
 from db.storage import database_id, existing_jobs
@@ -168,3 +168,24 @@ async def check_data_dir(db: Database, store_root: Path, *, data_dir: Path | Non
             )
     await asyncio.to_thread(claim_store, store_root, ours, data_dir=data_dir)
     return ours
+
+
+async def open_data(settings: object) -> tuple[Database, LocalArtifactStore]:
+    """The database (schema checked; the embedded SQLite one upgraded in place) and the
+    artifact store of ``settings``, checked to belong together (:func:`check_data_dir`):
+    what the bot and every worker start from."""
+    from db.engine import sqlite_path
+    from db.migrate import ensure_schema_current
+
+    url = settings.database_url  # type: ignore[attr-defined]
+    data_dir = Path(settings.data_dir)  # type: ignore[attr-defined]
+    await ensure_schema_current(url, upgrade_if_old=sqlite_path(url) is not None)
+    db = Database.from_url(url)
+    store = LocalArtifactStore(data_dir / "artifacts")
+    try:
+        # Before anything is swept, claimed or read: another database's data directory is refused.
+        await check_data_dir(db, store.root, data_dir=data_dir)
+    except BaseException:
+        await db.dispose()
+        raise
+    return db, store

@@ -1190,20 +1190,10 @@ async def run_worker(
     whose artifact store belongs to another database is refused
     (:class:`~bot.storage_identity.ForeignDataDirectory`). Returns the number of jobs handled.
     """
-    from db.engine import Database, sqlite_path
-    from db.migrate import ensure_schema_current
+    from bot.storage_identity import open_data
 
-    url = settings.database_url
-    await ensure_schema_current(url, upgrade_if_old=sqlite_path(url) is not None)
     runner_fn = load_runner(runner) if isinstance(runner, str) else runner
-    db = Database.from_url(url)
-    store = LocalArtifactStore(settings.data_dir / "artifacts")
-    try:
-        # Before anything is swept or claimed: a data directory of another database is refused.
-        await check_data_dir(db, store.root, data_dir=settings.data_dir)
-    except BaseException:
-        await db.dispose()
-        raise
+    db, store = await open_data(settings)
     worker = Worker(
         JobQueue(db, queue_policy(settings)),
         store,
