@@ -41,6 +41,10 @@ SD15_VAE_CONFIG: dict[str, Any] = {
     "norm_num_groups": 32,
     "sample_size": 512,
     "scaling_factor": 0.18215,
+    # SD 1.5's VAE decodes in the pipeline's fp16 (diffusers upcasts only SDXL's); saved
+    # without this, save_pretrained writes AutoencoderKL's default true and the painter's
+    # decoder would measure an fp32 decode.
+    "force_upcast": False,
 }
 # SD 1.5's UNet is diffusers' UNet2DConditionModel default but for these.
 SD15_UNET_CONFIG: dict[str, Any] = {"sample_size": 64, "cross_attention_dim": 768}

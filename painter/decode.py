@@ -196,7 +196,10 @@ class Decoder:
         """
         vae = self.vae
         if vae is not None and (vae.dtype != self.dtype or vae.device != self.device):
-            vae.to(self.device, self.dtype)
+            # Outside inference mode: cast there, the weights would become inference tensors
+            # and a compiled decode's guards would fail (one recompile, ~28 s on an H100).
+            with torch.inference_mode(False):
+                vae.to(self.device, self.dtype)
 
     def _vae_decode(self, chunk: torch.Tensor, size: int) -> torch.Tensor:
         assert self._decode is not None

@@ -97,13 +97,17 @@ def model_label(model_id: str | None) -> str | None:
 def resolve_device(device: str = "auto") -> torch.device:
     """``auto`` picks CUDA when present, else the CPU."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         resolved = torch.device(device)
     except RuntimeError:
         raise ModelError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ModelError(f"device {device!r} asked for, but CUDA is not available on this machine")
+    if resolved.type == "cuda" and resolved.index is None:
+        # Modules report cuda:0, and torch.device("cuda") != torch.device("cuda:0"): every
+        # device comparison would fail and move the VAE again before each decode.
+        resolved = torch.device("cuda", torch.cuda.current_device())
     return resolved
 
 

@@ -160,3 +160,19 @@ def test_per_channel_latent_scaling_round_trips_and_follows_diffusers():
     assert scalar.latents_mean is None and torch.allclose(scalar.to_vae(x), x / 0.13025)
     with pytest.raises(ValueError, match="4/4 values, but its latents have 3 channels"):
         scaling.to_vae(x[:, :3])
+
+
+def test_a_vae_cast_back_by_img2img_is_recast_outside_inference_mode(tiny_model):
+    """img2img casts the shared VAE for its encode; the decoder casts it back. Cast under
+    inference mode, the weights became inference tensors and a compiled decode's guards
+    failed on them: one recompile (~28 s on an H100) at the first paint from a picture."""
+    import torch
+
+    from painter.decode import Decoder
+
+    vae = AutoencoderKL.from_pretrained(tiny_model / "vae").eval()
+    decoder = Decoder(vae, scaling_factor=float(vae.config.scaling_factor), batch_size=2)
+    vae.to(torch.bfloat16)  # what an img2img encode leaves behind
+    decoder.decode_float(torch.randn(1, 4, 8, 8))
+    assert all(p.dtype == decoder.dtype for p in vae.parameters())
+    assert not any(p.is_inference() for p in vae.parameters())
