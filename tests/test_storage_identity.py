@@ -110,6 +110,20 @@ def foreign_line(data: Path, theirs: str, ours: str) -> str:
     )
 
 
+def latent_painter(tmp_path: Path, data: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`latent-painter ARGS` in its own process, with a config naming ``data`` (SQLite there)."""
+    config = db_fixtures.write_config(tmp_path / "config.toml", "", data)
+    env = {**os.environ, "PYTHONPATH": str(db_fixtures.ROOT), "HF_HUB_OFFLINE": "1"}
+    env.pop("LATENT_PAINTER_DATABASE_URL", None)
+    return subprocess.run(
+        [sys.executable, "-m", "bot.cli", *args, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+
+
 async def id_of(url: str) -> str:
     async with Database.from_url(url) as db:
         return await database_id(db)
@@ -177,16 +191,7 @@ def test_latent_painter_worker_exits_2_with_one_line_on_another_database_s_data_
     store = data / "artifacts"
     store.mkdir()
     (store / MARKER_NAME).write_text("ab" * 16 + "\n")
-    config = db_fixtures.write_config(tmp_path / "config.toml", "", data)
-    env = {**os.environ, "PYTHONPATH": str(db_fixtures.ROOT), "HF_HUB_OFFLINE": "1"}
-    env.pop("LATENT_PAINTER_DATABASE_URL", None)
-    done = subprocess.run(
-        [sys.executable, "-m", "bot.cli", "worker", "--config", str(config), "--runner", RUNNER],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
+    done = latent_painter(tmp_path, data, "worker", "--runner", RUNNER)
     assert done.returncode == 2, done.stderr
     ours = asyncio.run(id_of(f"sqlite+aiosqlite:///{data / 'latent-painter.db'}"))
     assert (
@@ -451,16 +456,7 @@ def test_commands_that_touch_the_store_refuse_another_database_s_data_directory(
     (store / "jobs" / "1" / "1" / "video.mp4").write_bytes(b"someone else's painting")
     (store / MARKER_NAME).write_text("ab" * 16 + "\n")
     asyncio.run(migrate.upgrade(f"sqlite+aiosqlite:///{data / 'latent-painter.db'}"))
-    config = db_fixtures.write_config(tmp_path / "config.toml", "", data)
-    env = {**os.environ, "PYTHONPATH": str(db_fixtures.ROOT), "HF_HUB_OFFLINE": "1"}
-    env.pop("LATENT_PAINTER_DATABASE_URL", None)
-    done = subprocess.run(
-        [sys.executable, "-m", "bot.cli", *command, "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
+    done = latent_painter(tmp_path, data, *command)
     assert done.returncode == 2, done.stderr
     ours = asyncio.run(id_of(f"sqlite+aiosqlite:///{data / 'latent-painter.db'}"))
     assert foreign_line(data, "ab" * 16, ours) in done.stderr.strip().splitlines()[-1]
