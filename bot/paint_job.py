@@ -117,6 +117,7 @@ class ModelCache:
             batch_size=settings.render.batch_size,
             compile=self.compiles(settings, model),
             memory_mb=settings.render.decode_memory_mb,
+            upcast=model.upcasts_vae if vae is model.vae else None,  # TAESD: its own config
         )
 
     def image_decoder(self, settings: Settings, model: LoadedModel) -> Decoder:
@@ -550,12 +551,10 @@ def animate_to(
 @torch.inference_mode()
 def encode_picture(model: LoadedModel, picture: Any) -> torch.Tensor:
     """The VAE latent of a picture, as the first canvas for ``--start-from-image``."""
-    from painter.decode import asks_for_upcast
-
     vae = model.vae
     dtype = vae.dtype
     # A VAE that overflows in fp16 (SDXL's) encodes in fp32, as its pipelines do.
-    upcast = dtype != torch.float32 and asks_for_upcast(vae)
+    upcast = dtype == torch.float16 and model.upcasts_vae
     if upcast:
         vae.to(torch.float32)
     try:

@@ -115,6 +115,11 @@ class Decoder:
     fp16 with batches of 8 added ~7.7 GB over the plain generation on an H100; one
     frame at a time ~0.8 GB). 0: no bound. A batch that still runs out of GPU memory
     is halved and retried, never failing a job that one frame at a time can finish.
+
+    ``upcast``: decode in fp32 when ``dtype`` is fp16 (a VAE that overflows in fp16). The
+    pipeline decides, as in diffusers: pass :attr:`painter.models.LoadedModel.upcasts_vae`.
+    ``None`` (a VAE on its own) follows the VAE's config only where it sets
+    ``force_upcast`` itself (:func:`asks_for_upcast`).
     """
 
     def __init__(
@@ -130,6 +135,7 @@ class Decoder:
         batch_size: int = 8,
         compile: bool | str | Callable[..., Any] = False,
         memory_mb: int = 0,
+        upcast: bool | None = None,
     ) -> None:
         self.vae = vae
         self.device = torch.device(device)
@@ -148,7 +154,9 @@ class Decoder:
             )
         )
         self.dtype = dtype
-        if vae is not None and dtype == torch.float16 and asks_for_upcast(vae):
+        if upcast is None:
+            upcast = vae is not None and asks_for_upcast(vae)
+        if vae is not None and dtype == torch.float16 and upcast:
             self.dtype = torch.float32
         if vae is not None:
             if vae.device != self.device or vae.dtype != self.dtype:
@@ -317,11 +325,12 @@ def _root_cause(exc: BaseException) -> str:
 
 
 def asks_for_upcast(vae: Any) -> bool:
-    """Whether the VAE's own config says it overflows in fp16 (SDXL's does).
+    """Whether the VAE's own config says it overflows in fp16 (SDXL's does), for a VAE on its own.
 
     diffusers defaults ``force_upcast`` to True for configs that never mention it (SD
     1.5's), and SD 1.5's pipeline decodes in fp16 regardless: only an explicit setting
-    counts, so SD 1.5 keeps its fast fp16 decode.
+    counts here. ``save_pretrained`` writes the default out, though, so a pipeline's VAE
+    is better judged with its pipeline (:attr:`painter.models.LoadedModel.upcasts_vae`).
     """
     config = vae.config
     defaulted = set(config.get("_use_default_values", []) or [])

@@ -81,6 +81,18 @@ class LoadedModel:
     def vae(self) -> Any:
         return self.pipeline.vae
 
+    @property
+    def upcasts_vae(self) -> bool:
+        """Whether the pipeline decodes (and encodes) its VAE in fp32 when it runs in fp16.
+
+        diffusers' rule: SDXL-family pipelines (those with ``upcast_vae``) do when the VAE's
+        ``force_upcast`` is set (SDXL's VAE overflows in fp16); SD 1.x/2.x pipelines never
+        do, whatever the config says — and ``save_pretrained`` writes ``force_upcast: true``
+        into every VAE it saves, so the config alone would decode SD 1.5 in fp32: twice
+        the memory, and slower.
+        """
+        return hasattr(self.pipeline, "upcast_vae") and bool(getattr(self.vae.config, "force_upcast", False))
+
 
 def model_label(model_id: str | None) -> str | None:
     """How a model is named where members see it: a local checkpoint by its folder's name.

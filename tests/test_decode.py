@@ -1,4 +1,4 @@
-"""Decoder dtype: only a VAE whose own config asks for it is upcast from fp16."""
+"""Decoder dtype: upcast from fp16 where diffusers' own pipeline would (SDXL's VAE), nowhere else."""
 
 from __future__ import annotations
 
@@ -176,3 +176,37 @@ def test_a_vae_cast_back_by_img2img_is_recast_outside_inference_mode(tiny_model)
     decoder.decode_float(torch.randn(1, 4, 8, 8))
     assert all(p.dtype == decoder.dtype for p in vae.parameters())
     assert not any(p.is_inference() for p in vae.parameters())
+
+
+@pytest.mark.parametrize(
+    ("checkpoint", "decodes_in"),
+    [("tiny_model", "float16"), ("tiny_sdxl_model", "float32")],
+)
+def test_the_pipeline_decides_whether_its_vae_is_upcast(checkpoint, decodes_in, data_dir, request):
+    """diffusers decodes SD 1.x/2.x in fp16 whatever the VAE's config says (save_pretrained
+    writes force_upcast true into every VAE), and SDXL's VAE in fp32 (it overflows in
+    fp16). A job does the same: SD 1.5 decoding in fp32 took twice the memory."""
+    import torch
+    from PIL import Image
+
+    from bot.config import load_settings
+    from bot.paint_job import ModelCache, encode_picture
+
+    path = request.getfixturevalue(checkpoint)
+    assert AutoencoderKL.load_config(path / "vae")["force_upcast"] is True  # as saved, both
+    overrides = {"model": {"id": str(path), "dtype": "float16", "device": "cpu"}}
+    settings = load_settings(env={}, overrides={**overrides, "storage": {"data_dir": str(data_dir)}})
+    cache = ModelCache()
+    model = cache.model(settings)
+    assert model.upcasts_vae is (decodes_in == "float32")
+    decoder = cache.decoder(settings, model)
+    assert decoder.dtype == getattr(torch, decodes_in)
+    rgb = decoder.decode_float(torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3)))
+    assert rgb.shape == (1, 3, 64, 64) and torch.isfinite(rgb).all()
+    seen = []
+    hook = model.vae.encoder.register_forward_pre_hook(lambda _, args: seen.append(args[0].dtype))
+    try:
+        latent = encode_picture(model, Image.new("RGB", (64, 64), (200, 60, 40)))
+    finally:
+        hook.remove()
+    assert seen == [getattr(torch, decodes_in)] and torch.isfinite(latent).all()
