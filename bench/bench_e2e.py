@@ -19,10 +19,12 @@ generation (``bench/paint_job_stages.png``; ``_cuda`` on a GPU). Goals on a GPU:
 
 On the CPU the model is the tiny offline one (256² by default: its VAE decodes a 512²
 frame in ~0.7 s here); with ``--device cuda`` it is SD 1.5's architecture with random
-weights at 512², run once with the full VAE and once with TAESD.
+weights at 512², run once with the full VAE and once with TAESD; ``--full`` runs that
+architecture on the CPU too (full VAE adaptive, TAESD exact and adaptive).
 
     python bench/bench_e2e.py                    # CPU, tiny model, about 2-3 minutes
     python bench/bench_e2e.py --size 512         # the spec's size on the CPU (~5 min)
+    python bench/bench_e2e.py --full --size 256  # SD 1.5's architecture on the CPU (~15 min)
     python bench/bench_e2e.py --device cuda      # SD 1.5 architecture, VAE and TAESD
 """
 
@@ -299,7 +301,7 @@ def main() -> None:
         # by side; on a GPU each decoder also runs eager and compiled, as a one-shot command and
         # the long-running worker (compile = "auto") would paint.
         variants = [("vae", "", "never", "exact"), ("vae", "", "never", "adaptive")]
-        if cuda:
+        if cuda or args.full:
             model_settings["id"] = str(build_sd15_pipeline(args.data_dir / "models" / "sd15-random"))
             taesd_dir = args.data_dir / "models" / "taesd-random"
             if not (taesd_dir / "config.json").is_file():
@@ -310,6 +312,12 @@ def main() -> None:
                 for d, t in decoders
                 for c, r in (("never", "exact"), ("auto", "exact"), ("auto", "adaptive"))
             ]
+            if not cuda:
+                # The SD 1.5 architecture on the CPU: the same work per job as on a GPU, so the
+                # job / generation ratio is the GPU's up to how each device runs convolutions and
+                # attention. Eager only; 300 exact full-VAE decodes would take most of an hour.
+                variants = [("vae", "", "never", "adaptive")]
+                variants += [("taesd", str(taesd_dir), "never", r) for r in ("exact", "adaptive")]
         models = paint_job.ModelCache(long_running=True)  # as the worker's
         jobs: dict[str, dict[str, float]] = {}
         first_runs: dict[str, float] = {}
@@ -379,7 +387,7 @@ def main() -> None:
             summary = ", ".join(f"{k} {v:.2f}" for k, v in jobs[label].items())
             print(f"  done {label}: {summary}", flush=True)
             demo = demo_wall_time(workdir)
-    what = "SD 1.5 architecture (random weights)" if cuda else "tiny offline model"
+    what = "SD 1.5 architecture (random weights)" if cuda or args.full else "tiny offline model"
     print(
         f"\nOne /paint job vs the plain generation: {what}, {size}x{size}, {args.steps} steps, 10 s at 30 fps"
         f" (x264 processes: {encoder_processes(load_settings(env={}).render.encoder_processes)})"
@@ -408,7 +416,8 @@ def main() -> None:
             f"latent-painter demo (fresh process, analytic model, 512x512, 15 s at 30 fps): {demo:.1f} s wall"
         )
     print("Goals on a GPU: <= 1.5x with TAESD, <= 3x with the full VAE; painting < 10% of the job.")
-    chart = args.chart or ROOT / "bench" / ("paint_job_stages_cuda.png" if cuda else "paint_job_stages.png")
+    suffix = "_cuda" if cuda else "_sd15_cpu" if args.full else ""
+    chart = args.chart or ROOT / "bench" / f"paint_job_stages{suffix}.png"
     title = (
         f"Where one /paint job's time goes: {what}, {size}x{size}, {args.steps} steps, 300 frames, {device}"
     )

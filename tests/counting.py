@@ -1,4 +1,4 @@
-"""A real decoder that counts what it decodes, for tests of how many decodes a render costs."""
+"""Real parts that count or record what they do: decodes a render costs, the dtype an encode ran in."""
 
 from __future__ import annotations
 
@@ -15,3 +15,15 @@ class CountingDecoder(Decoder):
     def decode_float(self, canvases: torch.Tensor) -> torch.Tensor:
         self.decoded += canvases.shape[0]
         return super().decode_float(canvases)
+
+
+def encode_recording_dtype(model, picture) -> tuple[torch.Tensor, list[torch.dtype]]:
+    """``encode_picture`` of the real VAE, with the dtype each call of its encoder saw."""
+    from bot.paint_job import encode_picture
+
+    seen: list[torch.dtype] = []
+    hook = model.vae.encoder.register_forward_pre_hook(lambda _, args: seen.append(args[0].dtype))
+    try:
+        return encode_picture(model, picture), seen
+    finally:
+        hook.remove()

@@ -359,15 +359,10 @@ def test_sdxl_transition_between_checkpoints_sharing_a_vae(sdxl, tiny_sdxl_same_
 def test_start_from_image_encodes_an_upcast_vae_in_fp32(tiny_sdxl_model):
     """--start-from-image with an fp16 SDXL: its VAE overflows in fp16, so the picture is
     encoded in fp32 (as SDXL's pipelines do) and the VAE is left in the dtype it had."""
-    from bot.paint_job import encode_picture
+    from tests.counting import encode_recording_dtype
 
     half = load_pipeline(str(tiny_sdxl_model), device="cpu", dtype="float16", scheduler="euler")
-    seen = []
-    hook = half.vae.encoder.register_forward_pre_hook(lambda _, args: seen.append(args[0].dtype))
-    try:
-        latent = encode_picture(half, Image.new("RGB", (64, 64), (200, 60, 40)))
-    finally:
-        hook.remove()
+    latent, seen = encode_recording_dtype(half, Image.new("RGB", (64, 64), (200, 60, 40)))
     assert seen == [torch.float32] and half.vae.dtype == torch.float16
     assert latent.shape == (4, 8, 8) and torch.isfinite(latent).all()
 

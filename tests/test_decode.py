@@ -190,7 +190,8 @@ def test_the_pipeline_decides_whether_its_vae_is_upcast(checkpoint, decodes_in, 
     from PIL import Image
 
     from bot.config import load_settings
-    from bot.paint_job import ModelCache, encode_picture
+    from bot.paint_job import ModelCache
+    from tests.counting import encode_recording_dtype
 
     path = request.getfixturevalue(checkpoint)
     assert AutoencoderKL.load_config(path / "vae")["force_upcast"] is True  # as saved, both
@@ -203,10 +204,5 @@ def test_the_pipeline_decides_whether_its_vae_is_upcast(checkpoint, decodes_in, 
     assert decoder.dtype == getattr(torch, decodes_in)
     rgb = decoder.decode_float(torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3)))
     assert rgb.shape == (1, 3, 64, 64) and torch.isfinite(rgb).all()
-    seen = []
-    hook = model.vae.encoder.register_forward_pre_hook(lambda _, args: seen.append(args[0].dtype))
-    try:
-        latent = encode_picture(model, Image.new("RGB", (64, 64), (200, 60, 40)))
-    finally:
-        hook.remove()
+    latent, seen = encode_recording_dtype(model, Image.new("RGB", (64, 64), (200, 60, 40)))
     assert seen == [getattr(torch, decodes_in)] and torch.isfinite(latent).all()
