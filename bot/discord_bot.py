@@ -287,7 +287,8 @@ class LatentPainterBot(commands.Bot):
 
         When ``[discord] sync_guild`` named another guild at the last sync, that guild's
         commands are taken off first: Discord would list them there as well as the global
-        (or the new guild's) ones.
+        (or the new guild's) ones. Moving from global commands to one guild takes the global
+        ones off after the guild's are in, for the same reason.
         """
         guild_id = self.settings.discord.sync_guild
         synced_file = self.settings.data_dir / SYNCED_GUILD_FILE
@@ -307,6 +308,8 @@ class LatentPainterBot(commands.Bot):
                     "applications.commands scopes, or set sync_guild = 0 to register them globally"
                 ) from None
             log.info("synced %d commands to guild %s", len(synced), guild_id)
+            if previous == 0 and previous != guild_id:
+                await self._take_commands_off(0)
         else:
             synced = await self.tree.sync()
             log.info("synced %d global commands", len(synced))
@@ -315,7 +318,12 @@ class LatentPainterBot(commands.Bot):
         return synced
 
     async def _take_commands_off(self, guild_id: int) -> None:
-        """Remove this bot's commands from ``guild_id`` (the sync_guild of an earlier start)."""
+        """Remove this bot's commands from ``guild_id`` (the sync_guild of an earlier start; 0: global)."""
+        if guild_id == 0:
+            self.tree.clear_commands(guild=None)  # the guild holds its own copy by now
+            await self.tree.sync()
+            log.info("took the global commands off ([discord] sync_guild was 0 before)")
+            return
         guild = discord.Object(guild_id)
         self.tree.clear_commands(guild=guild)
         try:

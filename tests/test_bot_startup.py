@@ -209,6 +209,20 @@ async def test_changing_sync_guild_takes_the_commands_off_the_guild_named_before
         await start_with(0)  # nothing to take off any more: one global sync only
         puts = [r for r in standin.requests if r.method == "PUT"]
         assert [r.path.count("/guilds/") for r in puts[-2:]] == [0, 0]
+
+        await start_with(GUILD_ID)  # global back to one guild: the global ones come off
+        assert command_names(standin.guild_commands[GUILD_ID]) == names
+        assert standin.global_commands == []
+        settings = settings_for(
+            data,
+            standin,
+            LATENT_PAINTER_DISCORD_SYNC_GUILD=str(GUILD_ID),
+            LATENT_PAINTER_DISCORD_RUN_WORKER="false",
+        )
+        async with running_bot(standin, settings):
+            await standin.wait_until_ready()
+            answer = await (await standin.send_slash("history", {}, guild=GUILD_ID)).response(timeout=5)
+            assert answer.callback_type == 4  # the guild's copy of the command answers
         standin.assert_clean()
 
 
