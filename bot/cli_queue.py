@@ -616,7 +616,7 @@ def _results_delete(args: argparse.Namespace) -> int:
 def _results_prune(args: argparse.Namespace) -> int:
     from datetime import UTC, timedelta
 
-    from db.results import count_prunable_in_gallery, prune_results
+    from db.results import count_prunable_in_gallery, count_prunable_in_use, prune_results
 
     days = _float("--older-than", args.older_than)
     if days is None or days <= 0:
@@ -629,10 +629,10 @@ def _results_prune(args: argparse.Namespace) -> int:
         raise UsageError(f"--older-than {args.older_than} days reaches back before the year 1") from None
     tally = _Tally(settings, dry_run=args.dry_run)
 
-    async def prune() -> int:
+    async def prune() -> tuple[int, int]:
         db = await _open(settings, create=False, store=True)
         if db is None:
-            return 0
+            return 0, 0
         try:
             async for batch in prune_results(
                 db, cutoff, owner_id=user, include_gallery=args.include_gallery, dry_run=args.dry_run
@@ -640,17 +640,25 @@ def _results_prune(args: argparse.Namespace) -> int:
                 # This batch's rows are committed as gone (unless a dry run): now their files.
                 for removal in batch:
                     tally.take(removal)
-            return 0 if args.include_gallery else await count_prunable_in_gallery(db, cutoff, owner_id=user)
+            in_gallery = (
+                0 if args.include_gallery else await count_prunable_in_gallery(db, cutoff, owner_id=user)
+            )
+            return in_gallery, await count_prunable_in_use(db, cutoff, owner_id=user)
         finally:
             await db.dispose()
 
-    kept = asyncio.run(prune())
+    in_gallery, in_use = asyncio.run(prune())
     extra = ""
-    if kept:
-        extra = (
-            f"; kept {kept} result{'s' if kept != 1 else ''} in a server gallery "
+    if in_gallery:
+        extra += (
+            f"; kept {in_gallery} result{'s' if in_gallery != 1 else ''} in a server gallery "
             "(their posts are on Discord, out of this command's reach: /gallery remove them first, "
             "or pass --include-gallery)"
+        )
+    if in_use:
+        extra += (
+            f"; kept {in_use} result{'s' if in_use != 1 else ''} that queued jobs still read "
+            "(a repaint or transition a member asked for; a later prune takes them)"
         )
     return tally.summary(extra)
 

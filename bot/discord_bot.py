@@ -320,8 +320,10 @@ class LatentPainterBot(commands.Bot):
     async def _take_commands_off(self, guild_id: int) -> None:
         """Remove this bot's commands from ``guild_id`` (the sync_guild of an earlier start; 0: global)."""
         if guild_id == 0:
-            self.tree.clear_commands(guild=None)  # the guild holds its own copy by now
-            await self.tree.sync()
+            # Straight to the API: the tree keeps its global commands, which the guild's copies
+            # (and the bot's own look-ups) are made from.
+            assert self.application_id is not None
+            await self.http.bulk_upsert_global_commands(self.application_id, payload=[])
             log.info("took the global commands off ([discord] sync_guild was 0 before)")
             return
         guild = discord.Object(guild_id)

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import and_, delete, exists, func, or_, select, update
 
 from db.engine import Database
-from db.models import GalleryEntry, Job, Result, Visibility
+from db.models import LIVE_STATUSES, GalleryEntry, Job, Result, Visibility
 
 ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 PUBLIC_ID_LENGTH = 8
@@ -404,6 +404,16 @@ def _in_any_gallery() -> Any:
     return exists().where(GalleryEntry.result_id == Result.id)
 
 
+async def _used_by_live_jobs(session: Any) -> set[str]:
+    """Public ids of the results a queued or running job reads (a repaint's source, a transition's ends)."""
+    rows = await session.scalars(select(Job.params).where(Job.status.in_(LIVE_STATUSES)))
+    used = set()
+    for params in rows:
+        if isinstance(params, dict):
+            used.update(params.get(name) for name in ("from_result", "to_result"))
+    return {public_id for public_id in used if isinstance(public_id, str)}
+
+
 async def count_prunable_in_gallery(
     db: Database, older_than: datetime, *, owner_id: int | None = None
 ) -> int:
@@ -411,6 +421,20 @@ async def count_prunable_in_gallery(
     async with db.read() as session:
         total = await session.scalar(
             select(func.count()).select_from(Result).where(_prunable(older_than, owner_id), _in_any_gallery())
+        )
+    return int(total or 0)
+
+
+async def count_prunable_in_use(db: Database, older_than: datetime, *, owner_id: int | None = None) -> int:
+    """How many results made before ``older_than`` (of ``owner_id``) a queued or running job reads."""
+    async with db.read() as session:
+        used = await _used_by_live_jobs(session)
+        if not used:
+            return 0
+        total = await session.scalar(
+            select(func.count())
+            .select_from(Result)
+            .where(_prunable(older_than, owner_id), Result.public_id.in_(sorted(used)))
         )
     return int(total or 0)
 
@@ -425,7 +449,9 @@ async def prune_results(
 ) -> AsyncIterator[list[Removal]]:
     """Delete the results made before ``older_than`` (only ``owner_id``'s, if given), oldest first.
 
-    Results in a server gallery are left alone unless ``include_gallery``. Yields the
+    Results in a server gallery are left alone unless ``include_gallery``, and so are results
+    a queued or running job reads (its member asked for a repaint or transition of them; a
+    later prune takes them). Yields the
     removals one committed batch at a time (:data:`REMOVAL_BATCH` rows), so the caller
     removes a batch's files while its rows are already gone and a large prune never holds
     the database's write lock for long. With ``dry_run`` nothing is deleted.
@@ -438,6 +464,9 @@ async def prune_results(
             query = query.where(~_in_any_gallery())
         query = query.order_by(Result.id).limit(REMOVAL_BATCH)
         async with db.read() if dry_run else db.write() as session:
+            used = await _used_by_live_jobs(session)
+            if used:
+                query = query.where(Result.public_id.not_in(sorted(used)))
             removals = await _removals(session, query, lock=not dry_run)
             if removals and not dry_run:
                 await _delete_rows(session, removals)

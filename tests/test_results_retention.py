@@ -194,6 +194,35 @@ def test_prune_deletes_old_results_and_their_files_and_keeps_gallery_ones(operat
     assert code == 0 and out.strip() == "deleted 0 results (0 files), freed 0 B (0 bytes)"
 
 
+def test_prune_keeps_results_a_queued_job_reads_until_it_has_run(operator: Operator) -> None:
+    """A member's queued transition of two old results must not fail because an operator's
+    prune took its ends first; once it has run, the next prune takes them."""
+    from db.queue import JobQueue
+
+    start, end, alone = operator.paint(("an old dawn", 1), ("an old dusk", 1), ("an old noon", 2))
+    for result in (start, end, alone):
+        operator.age(result["id"], 40)
+
+    async def queue_transition(db: Database) -> None:
+        params = {"from_result": start["id"], "to_result": end["id"], "effect": "fade"}
+        params |= {"from_trail": start["artifacts"]["trail"], "to_trail": end["artifacts"]["trail"]}
+        await JobQueue(db).enqueue("transition", params, user_id=1)
+
+    operator.db(queue_transition)
+    code, out, err = operator.run("results", "prune", "--older-than", "30")
+    assert code == 0 and err == ""
+    assert [line.split()[:2] for line in out.strip().splitlines()[:-1]] == [["deleted", alone["id"]]]
+    assert "kept 2 results that queued jobs still read" in summary(out)
+    assert set(operator.results()) == {start["id"], end["id"]}
+    assert operator.files(start) and operator.files(end)
+
+    code, _, err = operator.run("worker", "--runner", "tests.job_runners:run_job", "--exit-when-idle")
+    assert code == 0, err
+    code, out, _ = operator.run("results", "prune", "--older-than", "30")
+    assert code == 0 and "kept" not in summary(out)
+    assert {start["id"], end["id"]} <= {line.split()[1] for line in out.strip().splitlines()[:-1]}
+
+
 def test_delete_by_id_all_or_nothing(operator: Operator) -> None:
     mill, piece, bridge = operator.paint(("an old mill", 1), ("a gallery piece", 2), ("a new bridge", 1))
     operator.put_in_gallery(piece, message_id=888)
