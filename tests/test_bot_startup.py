@@ -184,15 +184,18 @@ async def test_changing_sync_guild_takes_the_commands_off_the_guild_named_before
     """Every command is listed once wherever it is used: guild → other guild → global."""
     async with DiscordStandIn(token=TOKEN) as standin:
 
-        async def start_with(sync_guild: int) -> None:
+        async def start_with(sync_guild: int, *, then_ask: str | None = None) -> None:
             settings = settings_for(
                 data,
                 standin,
                 LATENT_PAINTER_DISCORD_SYNC_GUILD=str(sync_guild),
                 LATENT_PAINTER_DISCORD_RUN_WORKER="false",
             )
-            async with running_bot(standin, settings):
-                pass  # the commands are synced before the bot connects
+            async with running_bot(standin, settings):  # commands are synced before it connects
+                if then_ask is not None:  # a member uses a command in GUILD_ID: it must answer
+                    await standin.wait_until_ready()
+                    handle = await standin.send_slash(then_ask, {}, guild=GUILD_ID)
+                    assert (await handle.response(timeout=5)).callback_type == 4
 
         await start_with(GUILD_ID)
         names = command_names(standin.guild_commands[GUILD_ID])
@@ -210,19 +213,10 @@ async def test_changing_sync_guild_takes_the_commands_off_the_guild_named_before
         puts = [r for r in standin.requests if r.method == "PUT"]
         assert [r.path.count("/guilds/") for r in puts[-2:]] == [0, 0]
 
-        await start_with(GUILD_ID)  # global back to one guild: the global ones come off
+        # Global back to one guild: the global ones come off; the guild's copies answer.
+        await start_with(GUILD_ID, then_ask="history")
         assert command_names(standin.guild_commands[GUILD_ID]) == names
         assert standin.global_commands == []
-        settings = settings_for(
-            data,
-            standin,
-            LATENT_PAINTER_DISCORD_SYNC_GUILD=str(GUILD_ID),
-            LATENT_PAINTER_DISCORD_RUN_WORKER="false",
-        )
-        async with running_bot(standin, settings):
-            await standin.wait_until_ready()
-            answer = await (await standin.send_slash("history", {}, guild=GUILD_ID)).response(timeout=5)
-            assert answer.callback_type == 4  # the guild's copy of the command answers
         standin.assert_clean()
 
 
