@@ -335,15 +335,20 @@ def member_fault(job: Job) -> bool:
     return job.status == "failed" and member_message(job.error) is not None
 
 
-def failure_text(job: Job, *, by_moderator: bool = False) -> str:
+# The note a moderator's cancellation leaves in the job's error column (``JobQueue.cancel``).
+MODERATOR_CANCEL = "cancelled by a moderator"
+
+
+def failure_text(job: Job) -> str:
     """Why a job ended without a result, for the member: their own mistake in full, ours briefly.
 
     Never the job's database id (members never see it) nor our internals: a storage key,
     a path or a model's name stays in the job's error column and the log. A job a server
-    moderator cancelled (``by_moderator``) says so.
+    moderator cancelled says so (the note survives a restart: it is in the job's row).
     """
     title = job_title(job)
     if job.status == "cancelled":
+        by_moderator = job.error == MODERATOR_CANCEL
         return f"{title} was cancelled by a moderator." if by_moderator else f"{title} was cancelled."
     mine = member_message(job.error)
     if mine is not None:
@@ -435,15 +440,12 @@ class Deliverer:
 
     def __init__(self, bot: LatentPainterBot) -> None:
         self.bot = bot
-        # Jobs a moderator cancelled, so their announcement says so. Kept in memory: a
-        # restart between the click and the delivery only loses "by a moderator".
-        self.moderator_cancels: set[int] = set()
 
     async def outcome(self, job: Job) -> Outcome:
         """What to tell the requester about a finished job."""
         mention = f"<@{job.user_id}>"
         if job.status != "done":
-            text = failure_text(job, by_moderator=job.id in self.moderator_cancels)
+            text = failure_text(job)
             if member_fault(job):
                 return Outcome(status=text, content=text, private=True)
             failed = job.status == "failed"
@@ -804,10 +806,6 @@ class JobWatcher:
         """Look at the tracked jobs now rather than at the next tick."""
         self._wake.set()
 
-    def cancelled_by_moderator(self, job_id: int) -> None:
-        """Note that a moderator, not the requester, cancels the job (its announcement says so)."""
-        self.deliverer.moderator_cancels.add(job_id)
-
     async def start(self) -> None:
         """Pick up jobs still owed an answer from before a restart, then start the loop."""
         await self.recover()
@@ -975,7 +973,6 @@ class JobWatcher:
             self.ledger.record(job.id)
             self.tracked.pop(job.id, None)
             self.previews.drop(job.id)
-            self.deliverer.moderator_cancels.discard(job.id)
             await self._forget_upload(job)
 
     async def _forget_upload(self, job: Job) -> None:

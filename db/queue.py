@@ -398,18 +398,22 @@ class JobQueue:
             select(Job).where(Job.dedupe_key == dedupe_key, Job.status.in_(LIVE_STATUSES))
         )
 
-    async def cancel(self, job_id: int, *, user_id: int | None = None) -> Job:
+    async def cancel(self, job_id: int, *, user_id: int | None = None, note: str | None = None) -> Job:
         """Cancel a job: a queued one at once, a running one at the worker's next step.
 
-        With ``user_id``, only that user's job. Returns the job as it now is (a finished
-        job is returned unchanged); raises :class:`JobNotFound` if there is no such job.
+        With ``user_id``, only that user's job. ``note`` goes in the job's error column
+        with the cancellation (who cancelled it, for the announcement and the operator's
+        job list), in the same statement, so whoever sees the job cancelled sees the note.
+        Returns the job as it now is (a finished job is returned unchanged); raises
+        :class:`JobNotFound` if there is no such job.
         """
+        noted = {} if note is None else {"error": note}
         mine = Job.id == job_id if user_id is None else and_(Job.id == job_id, Job.user_id == user_id)
         async with self.db.write() as session:
             job = await session.scalar(
                 update(Job)
                 .where(mine, Job.status == QUEUED)
-                .values(status=CANCELLED, finished_at=utcnow())
+                .values(status=CANCELLED, finished_at=utcnow(), **noted)
                 .returning(Job),
                 execution_options={"synchronize_session": False},
             )
@@ -417,7 +421,7 @@ class JobQueue:
                 job = await session.scalar(
                     update(Job)
                     .where(mine, Job.status == RUNNING)
-                    .values(cancel_requested=True)
+                    .values(cancel_requested=True, **noted)
                     .returning(Job),
                     execution_options={"synchronize_session": False},
                 )

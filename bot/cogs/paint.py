@@ -482,7 +482,7 @@ class PaintCog(commands.Cog, name="Paint"):
         edited in the same answer (the click's own token, so this works after the command's
         token expired); the watcher then delivers the cancellation as for any finished job.
         """
-        from bot.delivery import failure_text, job_title
+        from bot.delivery import MODERATOR_CANCEL, failure_text, job_title
         from bot.progress import heading
 
         bot = painter_bot(interaction)
@@ -499,15 +499,15 @@ class PaintCog(commands.Cog, name="Paint"):
             why = what.get(job.status, job.status)
             await answer(interaction, f"{job_title(job)} cannot be cancelled: {why} already.")
             return
-        if by_moderator:
-            # Noted first: the watcher may see the cancelled job before this call returns.
-            bot.watcher.cancelled_by_moderator(job_id)
         try:
-            job = await bot.queue.cancel(job_id, user_id=None if by_moderator else interaction.user.id)
+            if by_moderator:
+                job = await bot.queue.cancel(job_id, note=MODERATOR_CANCEL)
+            else:
+                job = await bot.queue.cancel(job_id, user_id=interaction.user.id)
         except JobNotFound:
             raise UserError("That job no longer exists; there is nothing to cancel.") from None
         if job.status == "cancelled":
-            text = failure_text(job, by_moderator=by_moderator)  # the same words the delivery will use
+            text = failure_text(job)  # the same words the delivery will use
         elif job.is_live:
             text = "Cancelling: the job stops at its next step."
         else:  # it finished between the two reads
