@@ -643,7 +643,10 @@ def _results_prune(args: argparse.Namespace) -> int:
             in_gallery = (
                 0 if args.include_gallery else await count_prunable_in_gallery(db, cutoff, owner_id=user)
             )
-            return in_gallery, await count_prunable_in_use(db, cutoff, owner_id=user)
+            in_use = await count_prunable_in_use(
+                db, cutoff, owner_id=user, include_gallery=args.include_gallery
+            )
+            return in_gallery, in_use
         finally:
             await db.dispose()
 

@@ -44,6 +44,7 @@ from bot.progress import Tracked, interaction_webhook, token_usable
 from bot.text import jump_link, quote, seconds
 from bot.worker import forget_input, member_message
 from db.models import Job, Result, utcnow
+from db.queue import MODERATOR_CANCEL
 from db.results import result_for_job, set_result_message
 from painter.models import model_label
 
@@ -333,10 +334,6 @@ def job_title(job: Job) -> str:
 def member_fault(job: Job) -> bool:
     """Whether the job failed because of the member's own request (told to them privately)."""
     return job.status == "failed" and member_message(job.error) is not None
-
-
-# The note a moderator's cancellation leaves in the job's error column (``JobQueue.cancel``).
-MODERATOR_CANCEL = "cancelled by a moderator"
 
 
 def failure_text(job: Job) -> str:

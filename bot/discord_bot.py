@@ -308,8 +308,10 @@ class LatentPainterBot(commands.Bot):
                     "applications.commands scopes, or set sync_guild = 0 to register them globally"
                 ) from None
             log.info("synced %d commands to guild %s", len(synced), guild_id)
-            if previous == 0 and previous != guild_id:
-                await self._take_commands_off(0)
+            # Only where this data directory synced globally itself: with no record, global
+            # commands may be another deployment's of the same application.
+            if previous == 0 and not await self._take_commands_off(0):
+                return synced  # not noted: the next start tries again
         else:
             synced = await self.tree.sync()
             log.info("synced %d global commands", len(synced))
@@ -317,15 +319,22 @@ class LatentPainterBot(commands.Bot):
             _write_guild_id(synced_file, guild_id)
         return synced
 
-    async def _take_commands_off(self, guild_id: int) -> None:
-        """Remove this bot's commands from ``guild_id`` (the sync_guild of an earlier start; 0: global)."""
+    async def _take_commands_off(self, guild_id: int) -> bool:
+        """Remove this bot's commands from ``guild_id`` (the sync_guild of an earlier start; 0: global).
+
+        Whether it is done (a guild the bot has left since counts as done).
+        """
         if guild_id == 0:
             # Straight to the API: the tree keeps its global commands, which the guild's copies
             # (and the bot's own look-ups) are made from.
             assert self.application_id is not None
-            await self.http.bulk_upsert_global_commands(self.application_id, payload=[])
+            try:
+                await self.http.bulk_upsert_global_commands(self.application_id, payload=[])
+            except discord.HTTPException as exc:
+                log.warning("could not take the global commands off (they stay listed twice): %s", exc)
+                return False
             log.info("took the global commands off ([discord] sync_guild was 0 before)")
-            return
+            return True
         guild = discord.Object(guild_id)
         self.tree.clear_commands(guild=guild)
         try:
@@ -337,8 +346,9 @@ class LatentPainterBot(commands.Bot):
                 "the bot is no longer in it",
                 guild_id,
             )
-            return
+            return True
         log.info("took the commands off guild %s ([discord] sync_guild before)", guild_id)
+        return True
 
     def wake_worker(self) -> None:
         """Let the in-process worker look at the queue now (a job was just queued)."""
@@ -372,12 +382,12 @@ class LatentPainterBot(commands.Bot):
         await self.db.dispose()
 
 
-def _read_guild_id(path: Path) -> int:
-    """The guild id saved in ``path``; 0 (global) when there is none or it cannot be read."""
+def _read_guild_id(path: Path) -> int | None:
+    """The guild id saved in ``path`` (0: global); None when there is none or it cannot be read."""
     try:
-        return int(path.read_text().strip() or 0)
+        return int(path.read_text().strip())
     except (OSError, ValueError):
-        return 0
+        return None
 
 
 def _write_guild_id(path: Path, guild_id: int) -> None:

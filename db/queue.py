@@ -37,6 +37,8 @@ from db.params import validate_kind, validate_params
 from db.results import NewResult, new_public_id
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = (s.value for s in JobStatus)
+# The error column of a job someone other than its requester cancelled (``cancel(by_moderator=True)``).
+MODERATOR_CANCEL = "cancelled by a moderator"
 MAX_ERROR_CHARS = 8000
 # Ids per ``IN (…)`` when reading many jobs at once: far below every driver's parameter limit.
 IDS_PER_QUERY = 500
@@ -398,16 +400,17 @@ class JobQueue:
             select(Job).where(Job.dedupe_key == dedupe_key, Job.status.in_(LIVE_STATUSES))
         )
 
-    async def cancel(self, job_id: int, *, user_id: int | None = None, note: str | None = None) -> Job:
+    async def cancel(self, job_id: int, *, user_id: int | None = None, by_moderator: bool = False) -> Job:
         """Cancel a job: a queued one at once, a running one at the worker's next step.
 
-        With ``user_id``, only that user's job. ``note`` goes in the job's error column
-        with the cancellation (who cancelled it, for the announcement and the operator's
-        job list), in the same statement, so whoever sees the job cancelled sees the note.
+        With ``user_id``, only that user's job. ``by_moderator``: someone other than its
+        requester cancels it; :data:`MODERATOR_CANCEL` goes in the job's error column in
+        the same statement as the cancellation (so whoever sees the job cancelled sees who
+        did it, after a restart too) and stays there if the attempt fails meanwhile.
         Returns the job as it now is (a finished job is returned unchanged); raises
         :class:`JobNotFound` if there is no such job.
         """
-        noted = {} if note is None else {"error": note}
+        noted = {"error": MODERATOR_CANCEL} if by_moderator else {}
         mine = Job.id == job_id if user_id is None else and_(Job.id == job_id, Job.user_id == user_id)
         async with self.db.write() as session:
             job = await session.scalar(
@@ -578,7 +581,11 @@ class JobQueue:
                 .where(_held(lease))
                 .values(
                     status=case((Job.cancel_requested, CANCELLED), else_=next_status),
-                    error=error[:MAX_ERROR_CHARS],
+                    # It ends cancelled: who cancelled it is what its requester is told.
+                    error=case(
+                        (and_(Job.cancel_requested, Job.error == MODERATOR_CANCEL), Job.error),
+                        else_=error[:MAX_ERROR_CHARS],
+                    ),
                     worker_id=None,
                     heartbeat_at=None,
                     run_at=run_at or Job.run_at,

@@ -404,14 +404,27 @@ def _in_any_gallery() -> Any:
     return exists().where(GalleryEntry.result_id == Result.id)
 
 
-async def _used_by_live_jobs(session: Any) -> set[str]:
-    """Public ids of the results a queued or running job reads (a repaint's source, a transition's ends)."""
+async def _used_by_live_jobs(session: Any) -> Any | None:
+    """Which results a queued or running job reads (a repaint's source, a transition's ends),
+    as a condition on results; None when no live job reads one.
+
+    By public id and by trail key: repaint jobs queued before they carried ``from_result``
+    name their source by its trail alone.
+    """
     rows = await session.scalars(select(Job.params).where(Job.status.in_(LIVE_STATUSES)))
-    used = set()
+    ids: set[Any] = set()
+    trails: set[Any] = set()
     for params in rows:
         if isinstance(params, dict):
-            used.update(params.get(name) for name in ("from_result", "to_result"))
-    return {public_id for public_id in used if isinstance(public_id, str)}
+            ids.update(params.get(name) for name in ("from_result", "to_result"))
+            trails.update(params.get(name) for name in ("trail_key", "from_trail", "to_trail"))
+    ids = {value for value in ids if isinstance(value, str)}
+    trails = {value for value in trails if isinstance(value, str)}
+    if not ids and not trails:
+        return None
+    # is_not(None): NOT (x IN …) is NULL, not true, for a result without a trail.
+    by_trail = and_(Result.trail_key.is_not(None), Result.trail_key.in_(sorted(trails)))
+    return or_(Result.public_id.in_(sorted(ids)), by_trail)
 
 
 async def count_prunable_in_gallery(
@@ -425,17 +438,19 @@ async def count_prunable_in_gallery(
     return int(total or 0)
 
 
-async def count_prunable_in_use(db: Database, older_than: datetime, *, owner_id: int | None = None) -> int:
-    """How many results made before ``older_than`` (of ``owner_id``) a queued or running job reads."""
+async def count_prunable_in_use(
+    db: Database, older_than: datetime, *, owner_id: int | None = None, include_gallery: bool = False
+) -> int:
+    """How many results made before ``older_than`` (of ``owner_id``) a queued or running job
+    reads, less those kept for being in a gallery (unless ``include_gallery``)."""
     async with db.read() as session:
         used = await _used_by_live_jobs(session)
-        if not used:
+        if used is None:
             return 0
-        total = await session.scalar(
-            select(func.count())
-            .select_from(Result)
-            .where(_prunable(older_than, owner_id), Result.public_id.in_(sorted(used)))
-        )
+        query = select(func.count()).select_from(Result).where(_prunable(older_than, owner_id), used)
+        if not include_gallery:
+            query = query.where(~_in_any_gallery())
+        total = await session.scalar(query)
     return int(total or 0)
 
 
@@ -465,8 +480,8 @@ async def prune_results(
         query = query.order_by(Result.id).limit(REMOVAL_BATCH)
         async with db.read() if dry_run else db.write() as session:
             used = await _used_by_live_jobs(session)
-            if used:
-                query = query.where(Result.public_id.not_in(sorted(used)))
+            if used is not None:
+                query = query.where(~used)
             removals = await _removals(session, query, lock=not dry_run)
             if removals and not dry_run:
                 await _delete_rows(session, removals)

@@ -91,7 +91,11 @@ class LoadedModel:
         into every VAE it saves, so the config alone would decode SD 1.5 in fp32: twice
         the memory, and slower.
         """
-        return hasattr(self.pipeline, "upcast_vae") and bool(getattr(self.vae.config, "force_upcast", False))
+        # SDXL family: the method (deprecated in diffusers, to go in 1.0) or SDXL's second
+        # text encoder, so a diffusers without the method still upcasts SDXL's VAE.
+        components = getattr(self.pipeline, "components", {}) or {}
+        sdxl_family = hasattr(self.pipeline, "upcast_vae") or "text_encoder_2" in components
+        return sdxl_family and bool(getattr(self.vae.config, "force_upcast", False))
 
 
 def model_label(model_id: str | None) -> str | None:

@@ -200,6 +200,9 @@ async def test_changing_sync_guild_takes_the_commands_off_the_guild_named_before
         await start_with(GUILD_ID)
         names = command_names(standin.guild_commands[GUILD_ID])
         assert "paint" in names and standin.global_commands == []
+        # A data directory with no record of an earlier sync leaves global commands alone:
+        # they may be another deployment's of the same application.
+        assert not [r for r in standin.requests if r.method == "PUT" and "/guilds/" not in r.path]
 
         await start_with(OTHER_GUILD_ID)
         assert standin.guild_commands[GUILD_ID] == []

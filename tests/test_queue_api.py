@@ -10,6 +10,7 @@ from sqlalchemy import func, select, update
 from db.engine import Database
 from db.models import Job, Result, utcnow
 from db.queue import (
+    MODERATOR_CANCEL,
     STALE_ERROR,
     JobNotFound,
     JobQueue,
@@ -190,24 +191,31 @@ async def test_cancel_queued_at_once_and_running_through_the_flag(queue: JobQueu
 async def test_a_cancel_note_is_kept_with_the_job_whether_queued_or_running(queue: JobQueue) -> None:
     """Who cancelled a job (a moderator) is in its row, written with the cancellation, so
     an announcement made after a restart still says so; a plain cancel leaves no note."""
-    from bot.delivery import MODERATOR_CANCEL, failure_text
+    from bot.delivery import failure_text
 
     running = (await queue.enqueue("paint", paint("a"), user_id=1)).job
     queued = (await queue.enqueue("paint", paint("b"), user_id=2)).job
-    plain = (await queue.enqueue("paint", paint("c"), user_id=3)).job
+    failing = (await queue.enqueue("paint", paint("c"), user_id=3)).job
+    plain = (await queue.enqueue("paint", paint("d"), user_id=4)).job
     lease = await queue.claim("w")
     assert lease.job_id == running.id
-    assert (await queue.cancel(queued.id, note=MODERATOR_CANCEL)).error == MODERATOR_CANCEL
-    assert (await queue.cancel(running.id, note=MODERATOR_CANCEL)).cancel_requested
+    assert (await queue.cancel(queued.id, by_moderator=True)).error == MODERATOR_CANCEL
+    assert (await queue.cancel(running.id, by_moderator=True)).cancel_requested
     assert await queue.heartbeat(lease) is True
     await queue.confirm_cancel(lease)
-    await queue.cancel(plain.id, user_id=3)
+    # Cancelled while running, and its attempt failed before the worker heard of it.
+    other = await queue.claim("w")
+    assert other.job_id == failing.id
+    await queue.cancel(failing.id, by_moderator=True)
+    assert (await queue.fail(other, "RuntimeError: boom")).status == "cancelled"
+    await queue.cancel(plain.id, user_id=4)
     fresh = JobQueue(queue.db)  # as the bot reads them after a restart
-    texts = [failure_text(await fresh.get(job.id)) for job in (running, queued, plain)]
+    texts = [failure_text(await fresh.get(job.id)) for job in (running, queued, failing, plain)]
     assert texts == [
         "Your painting “a” was cancelled by a moderator.",
         "Your painting “b” was cancelled by a moderator.",
-        "Your painting “c” was cancelled.",
+        "Your painting “c” was cancelled by a moderator.",
+        "Your painting “d” was cancelled.",
     ]
 
 

@@ -199,28 +199,34 @@ def test_prune_keeps_results_a_queued_job_reads_until_it_has_run(operator: Opera
     prune took its ends first; once it has run, the next prune takes them."""
     from db.queue import JobQueue
 
-    start, end, alone = operator.paint(("an old dawn", 1), ("an old dusk", 1), ("an old noon", 2))
-    for result in (start, end, alone):
+    start, end, source, alone = operator.paint(
+        ("an old dawn", 1), ("an old dusk", 1), ("an old river", 3), ("an old noon", 2)
+    )
+    for result in (start, end, source, alone):
         operator.age(result["id"], 40)
 
-    async def queue_transition(db: Database) -> None:
+    async def queue_jobs(db: Database) -> None:
         params = {"from_result": start["id"], "to_result": end["id"], "effect": "fade"}
         params |= {"from_trail": start["artifacts"]["trail"], "to_trail": end["artifacts"]["trail"]}
         await JobQueue(db).enqueue("transition", params, user_id=1)
+        # A repaint queued before repaints named their source: its trail key alone.
+        repaint = {"prompt": "an old river", "trail_key": source["artifacts"]["trail"]}
+        await JobQueue(db).enqueue("paint", repaint, user_id=3)
 
-    operator.db(queue_transition)
+    operator.db(queue_jobs)
     code, out, err = operator.run("results", "prune", "--older-than", "30")
     assert code == 0 and err == ""
     assert [line.split()[:2] for line in out.strip().splitlines()[:-1]] == [["deleted", alone["id"]]]
-    assert "kept 2 results that queued jobs still read" in summary(out)
-    assert set(operator.results()) == {start["id"], end["id"]}
-    assert operator.files(start) and operator.files(end)
+    assert "kept 3 results that queued jobs still read" in summary(out)
+    assert set(operator.results()) == {start["id"], end["id"], source["id"]}
+    assert operator.files(start) and operator.files(end) and operator.files(source)
 
     code, _, err = operator.run("worker", "--runner", "tests.job_runners:run_job", "--exit-when-idle")
     assert code == 0, err
     code, out, _ = operator.run("results", "prune", "--older-than", "30")
     assert code == 0 and "kept" not in summary(out)
-    assert {start["id"], end["id"]} <= {line.split()[1] for line in out.strip().splitlines()[:-1]}
+    gone = {line.split()[1] for line in out.strip().splitlines()[:-1]}
+    assert {start["id"], end["id"], source["id"]} <= gone
 
 
 def test_delete_by_id_all_or_nothing(operator: Operator) -> None:

@@ -482,7 +482,7 @@ class PaintCog(commands.Cog, name="Paint"):
         edited in the same answer (the click's own token, so this works after the command's
         token expired); the watcher then delivers the cancellation as for any finished job.
         """
-        from bot.delivery import MODERATOR_CANCEL, failure_text, job_title
+        from bot.delivery import failure_text, job_title
         from bot.progress import heading
 
         bot = painter_bot(interaction)
@@ -501,7 +501,7 @@ class PaintCog(commands.Cog, name="Paint"):
             return
         try:
             if by_moderator:
-                job = await bot.queue.cancel(job_id, note=MODERATOR_CANCEL)
+                job = await bot.queue.cancel(job_id, by_moderator=True)
             else:
                 job = await bot.queue.cancel(job_id, user_id=interaction.user.id)
         except JobNotFound:
